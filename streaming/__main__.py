@@ -1,0 +1,3 @@
+from streaming.cli import app
+
+app(prog_name="imgstream")

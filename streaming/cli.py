@@ -1,0 +1,196 @@
+"""`imgstream`: run the local stack, submit the job, publish requests, read results."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from streaming import jobs, kafka_io
+from streaming.config import PipelineConfig, Secret
+from streaming.stack import stack as local_stack
+from streaming.stack.layout import StackLayout
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="The local single-node stack on loopback.")
+job_app = typer.Typer(no_args_is_help=True, help="The PyFlink job on the session cluster.")
+models_app = typer.Typer(no_args_is_help=True, help="The Triton model repository.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(job_app, name="job")
+app.add_typer(models_app, name="models")
+
+
+def _layout() -> StackLayout:
+    return StackLayout.from_env()
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def stack_config(layout: StackLayout, settings: list[str] | None = None) -> PipelineConfig:
+    """The job's configuration for the local stack; `key=value` settings override."""
+    base = PipelineConfig.from_env(
+        kafka_bootstrap=layout.kafka_bootstrap, requests_topic=layout.requests_topic,
+        results_topic=layout.results_topic, s3_endpoint=layout.s3_endpoint,
+        s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
+        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc,
+    )
+    overrides = dict(item.split("=", 1) for item in settings or [])
+    if not overrides:
+        return base
+    return PipelineConfig.from_mapping({**base.to_mapping(), **overrides})
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka, S3Proxy, Triton and Flink (downloads and builds what is missing)."""
+    layout = _layout()
+    local_stack.up(layout, log=_echo)
+    typer.echo(json.dumps(local_stack.status(layout), indent=2))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every service of the stack; leaves no process behind."""
+    local_stack.down(_layout(), log=_echo)
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Endpoints and health of each service; exit 1 unless all are healthy."""
+    report = local_stack.status(_layout())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for name, section in report.items():
+            if isinstance(section, dict):
+                mark = "up  " if section["healthy"] else "DOWN"
+                endpoints = {k: v for k, v in section.items() if k not in ("healthy", "pid", "pids", "secret_key")}
+                typer.echo(f"{mark} {name:7s} {endpoints}")
+    raise typer.Exit(0 if report["healthy"] else 1)
+
+
+@models_app.command("build")
+def models_build(instances: int = 1, max_batch: int = 32) -> None:
+    """Export the model to ONNX and write the Triton model repository."""
+    from triton_models.build import build_repository
+    typer.echo(build_repository(_layout().model_repository, instances=instances, max_batch_size=max_batch))
+
+
+@job_app.command("submit")
+def job_submit(name: str = "imgstream-classify",
+               setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE config override"),
+               wait: bool = typer.Option(True, help="Wait until every task runs.")) -> None:
+    """Submit the classify job to the session cluster; prints its id."""
+    layout = _layout()
+    prepared = local_stack.prepare(layout)
+    job_id = jobs.submit(layout, stack_config(layout, setting), prepared.connector_jar, name)
+    if wait:
+        jobs.wait_running(layout, job_id)
+    typer.echo(job_id)
+
+
+@job_app.command("list")
+def job_list() -> None:
+    for job in jobs.list_jobs(_layout()):
+        typer.echo(f"{job.id}  {job.state:10s} {job.name}")
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: Optional[str] = typer.Argument(None), all_jobs: bool = typer.Option(False, "--all")) -> None:
+    layout = _layout()
+    ids = [j.id for j in jobs.list_jobs(layout) if j.state == "RUNNING"] if all_jobs else [job_id]
+    for jid in filter(None, ids):
+        jobs.cancel(layout, jid)
+        typer.echo(f"cancelled {jid}")
+
+
+@job_app.command("savepoint")
+def job_savepoint(job_id: str, stop: bool = typer.Option(False, help="Stop the job with the savepoint.")) -> None:
+    typer.echo(jobs.savepoint(_layout(), job_id, stop=stop))
+
+
+def _expand(layout: StackLayout, uris: list[str]) -> list[str]:
+    """s3://bucket/prefix/ (ending in /) expands to every object under it."""
+    from streaming.stack import s3
+    out: list[str] = []
+    for uri in uris:
+        if uri.startswith("s3://") and uri.endswith("/"):
+            bucket, _, prefix = uri[5:].partition("/")
+            client = s3.s3_client(layout)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                out += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+        else:
+            out.append(uri)
+    return out
+
+
+@app.command()
+def publish(uris: Optional[List[str]] = typer.Argument(None, help="URIs; s3://bucket/prefix/ means every object under it"),
+            from_file: Optional[Path] = typer.Option(None, help="One URI per line"),
+            topic: Optional[str] = None) -> None:
+    """Publish one request event per URI; prints each event as JSON."""
+    layout = _layout()
+    items = list(uris or [])
+    if from_file:
+        items += [line.strip() for line in from_file.read_text().splitlines() if line.strip()]
+    events = kafka_io.make_requests(_expand(layout, items))
+    kafka_io.publish(layout.kafka_bootstrap, topic or layout.requests_topic, events)
+    for event in events:
+        typer.echo(json.dumps(event))
+    _echo(f"published {len(events)} events to {topic or layout.requests_topic}")
+
+
+def _describe(result: dict) -> str:
+    if "error" in result:
+        err = result["error"]
+        return f"{result.get('uri')}  ERROR {err['code']} ({err['stage']}): {err['message']}"
+    best = ", ".join(f"{l['label']} {l['score']:.2f}" for l in result["top_k"][:3])
+    return f"{result['uri']}  →  {best}   [{result['timings_ms'].get('total', 0):.0f} ms]"
+
+
+@app.command()
+def results(count: Optional[int] = None, timeout: float = 60.0, as_json: bool = typer.Option(False, "--json"),
+            topic: Optional[str] = None, from_beginning: bool = True) -> None:
+    """Follow the results topic: one line per result (`--json`: the raw JSON)."""
+    layout = _layout()
+    for result in kafka_io.read_results(layout.kafka_bootstrap, topic or layout.results_topic, count=count,
+                                        timeout_s=timeout, from_beginning=from_beginning):
+        typer.echo(json.dumps(result) if as_json else _describe(result))
+
+
+@app.command()
+def demo(timeout: float = 300.0) -> None:
+    """Stack up, job submitted, every sample photo published, predictions printed."""
+    layout = _layout()
+    prepared = local_stack.up(layout, log=_echo)
+    running = [j for j in jobs.list_jobs(layout) if j.state == "RUNNING" and j.name == "imgstream-classify"]
+    if running:
+        _echo(f"job already running: {running[0].id}")
+    else:
+        _echo("submitting the job ...")
+        job_id = jobs.submit(layout, stack_config(layout), prepared.connector_jar, "imgstream-classify")
+        jobs.wait_running(layout, job_id)
+        _echo(f"job {job_id} running; Flink web UI: {layout.flink_rest}/#/job/running")
+    uris = _expand(layout, [f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}"])
+    uris.append(f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}does-not-exist.jpg")
+    events = kafka_io.make_requests(uris)
+    kafka_io.publish(layout.kafka_bootstrap, layout.requests_topic, events)
+    _echo(f"published {len(events)} requests; waiting for results ...")
+    ids = {e["id"] for e in events}
+    got = 0
+    for result in kafka_io.read_results(layout.kafka_bootstrap, layout.results_topic, count=len(ids),
+                                        timeout_s=timeout, ids=ids):
+        typer.echo(_describe(result))
+        got += 1
+    _echo(f"{got}/{len(ids)} results. Flink web UI: {layout.flink_rest}  ·  stop with: imgstream stack down")
+    if got != len(ids):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,131 @@
+"""The job's configuration: one typed, validated object built from the environment or CLI.
+
+Only `PipelineConfig.from_env` reads the environment (variables prefixed `IMGSTREAM_`).
+Secrets are wrapped in `Secret` so they never show in a repr, a log line or a result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ENV_PREFIX = "IMGSTREAM_"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that prints as *** ."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Everything the job and its stages need. Units are in the names."""
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    requests_topic: str = "image-requests"
+    results_topic: str = "image-results"
+    consumer_group: str = "imgstream"
+    start_from: str = "committed"  # committed offsets, else earliest
+    # S3 (credentials: standard AWS chain unless given here)
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: Secret | None = None
+    s3_secret_key: Secret | None = None
+    # What may be fetched
+    allowed_schemes: tuple[str, ...] = ("s3",)
+    allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
+    file_root: str | None = None  # file:// URIs are allowed only under this folder
+    # Limits
+    max_event_bytes: int = 64 * 1024
+    max_uri_chars: int = 2048
+    max_object_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    fetch_timeout_s: float = 10.0
+    fetch_retries: int = 3
+    fetch_concurrency: int = 16
+    # Model / Triton
+    triton_grpc: str = "127.0.0.1:8001"
+    model_name: str = "efficientnet_lite0"
+    model_version: str = ""
+    input_size: int = 224
+    top_k: int = 5
+    infer_timeout_s: float = 30.0
+    infer_retries: int = 3
+    max_batch_size: int = 16
+    max_batch_wait_ms: int = 10
+    # Flink
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
+                    "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
+                    "checkpoint_interval_ms")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.start_from not in ("committed", "earliest", "latest"):
+            raise ValueError(f"start_from must be committed|earliest|latest, got {self.start_from!r}")
+        unknown = set(self.allowed_schemes) - {"s3", "file", "http", "https"}
+        if unknown:
+            raise ValueError(f"unknown URI schemes: {sorted(unknown)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> "PipelineConfig":
+        """Build from strings keyed by field name (lower case); unknown keys are an error."""
+        kinds = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(kinds)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        return cls(**{k: _parse(kinds[k], v) for k, v in values.items()})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "PipelineConfig":
+        """Read `IMGSTREAM_<FIELD>` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        names = {f.name for f in fields(cls)}
+        values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                  if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in names}
+        return dataclasses.replace(cls.from_mapping(values), **overrides)
+
+    def to_mapping(self) -> dict[str, str]:
+        """Strings keyed by field name, secrets included: for handing the config to the job only."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Secret):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out[f.name] = str(value)
+        return out
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    if "Secret" in kind:
+        return Secret(raw) if raw else None
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if kind.startswith("bool"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if "None" in kind and raw == "":
+        return None
+    return raw

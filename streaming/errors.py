@@ -1,0 +1,92 @@
+"""The typed error tree. Every failure of a request ends as an error record with a stable code.
+
+`Retryable` errors (timeouts, throttling, a server that is down) may succeed if tried again;
+`Permanent` ones (bad input, a missing object) never will. Codes are part of the results
+topic's contract: add new ones, never rename.
+"""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of the project's errors. `code` is stable; `stage` says where it happened."""
+
+    code = "internal_error"
+    stage = "unknown"
+
+    def __init__(self, message: str, *, stage: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if stage is not None:
+            self.stage = stage
+
+
+class Permanent(PipelineError):
+    """Trying again cannot help."""
+
+
+class Retryable(PipelineError):
+    """Trying again later may help."""
+
+
+# -- the event itself (stage: parse) --------------------------------------------------
+class InvalidEvent(Permanent):
+    """The event is not JSON, not an object, or misses or mistypes a field."""
+    code, stage = "invalid_event", "parse"
+
+
+class EventTooLarge(Permanent):
+    """The event is bigger than max_event_bytes."""
+    code, stage = "event_too_large", "parse"
+
+
+class UriNotAllowed(Permanent):
+    """The URI's scheme, bucket or path is outside the allowlist."""
+    code, stage = "uri_not_allowed", "parse"
+
+
+# -- fetching (stage: fetch) -----------------------------------------------------------
+class ObjectNotFound(Permanent):
+    """No object at the URI (S3 NoSuchKey/NoSuchBucket, HTTP 404, missing file)."""
+    code, stage = "object_not_found", "fetch"
+
+
+class AccessDenied(Permanent):
+    """The credentials may not read the object."""
+    code, stage = "access_denied", "fetch"
+
+
+class ObjectTooLarge(Permanent):
+    """The object is bigger than max_object_bytes (checked on headers and while streaming)."""
+    code, stage = "object_too_large", "fetch"
+
+
+class FetchFailed(Retryable):
+    """The store timed out, throttled or failed (5xx) after all retries."""
+    code, stage = "fetch_failed", "fetch"
+
+
+# -- decoding (stage: decode) ----------------------------------------------------------
+class UnsupportedImage(Permanent):
+    """The bytes are not an image format we decode."""
+    code, stage = "unsupported_image", "decode"
+
+
+class CorruptImage(Permanent):
+    """The image is truncated or damaged."""
+    code, stage = "corrupt_image", "decode"
+
+
+class ImageTooLarge(Permanent):
+    """The image header declares more pixels than max_pixels (decompression bomb guard)."""
+    code, stage = "image_too_large", "decode"
+
+
+# -- inference (stage: infer) ----------------------------------------------------------
+class InferenceUnavailable(Retryable):
+    """Triton is unreachable, overloaded or timed out after all retries."""
+    code, stage = "inference_unavailable", "infer"
+
+
+class InferenceFailed(Permanent):
+    """Triton rejected the request (bad shape, model error)."""
+    code, stage = "inference_failed", "infer"

@@ -1,0 +1,103 @@
+"""Triton gRPC client for the classifier: a uint8 batch in, top-k labels out.
+
+Uses Triton's classification extension (a requested output with `class_count`), so the
+server returns only k "score:index:label" strings per image instead of 1000 floats.
+gRPC errors are translated here, at the one boundary: UNAVAILABLE, RESOURCE_EXHAUSTED and
+DEADLINE_EXCEEDED are retried with jittered backoff, then reported as InferenceUnavailable;
+anything else is InferenceFailed.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tritonclient.utils import InferenceServerException
+
+from streaming.config import PipelineConfig
+from streaming.errors import InferenceFailed, InferenceUnavailable
+from streaming.events import Label
+
+INPUT_NAME = "IMAGE"
+OUTPUT_NAME = "PROBABILITIES"
+RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
+                    "StatusCode.DEADLINE_EXCEEDED")
+
+
+def _translate(exc: InferenceServerException) -> Exception:
+    status = str(exc.status() or "")
+    message = f"triton: {status} {exc.message()}".strip()
+    if status in RETRYABLE_STATUS or not status:
+        return InferenceUnavailable(message)
+    return InferenceFailed(message)
+
+
+def parse_classification(raw: np.ndarray) -> tuple[Label, ...]:
+    """Triton's "score:index:label" strings for one image, best first."""
+    labels = []
+    for item in raw:
+        text = item.decode() if isinstance(item, bytes) else str(item)
+        score, index, label = text.split(":", 2)
+        labels.append(Label(label=label, index=int(index), score=float(score)))
+    return tuple(labels)
+
+
+class TritonClassifier:
+    """One gRPC channel to Triton; build it in the worker (`open`), not at job build time."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+        self._client: grpcclient.InferenceServerClient | None = None
+
+    def open(self) -> None:
+        self._client = grpcclient.InferenceServerClient(self.config.triton_grpc)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:
+            self.open()
+        return self._client
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Poll until the model is ready or the time is up."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.client.is_model_ready(self.config.model_name, self.config.model_version):
+                    return True
+            except InferenceServerException:
+                pass
+            time.sleep(0.5)
+        return False
+
+    def classify(self, batch: np.ndarray) -> list[tuple[Label, ...]]:
+        """Top-k labels for each image of a (N, H, W, 3) uint8 batch."""
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise InferenceFailed(f"batch must be uint8 (N,H,W,3), got {batch.dtype} {batch.shape}")
+        raw = self._infer(batch)
+        return [parse_classification(row) for row in raw]
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        attempts = max(1, self.config.infer_retries)
+
+        @retry(retry=retry_if_exception_type(InferenceUnavailable), stop=stop_after_attempt(attempts),
+               wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
+        def call() -> np.ndarray:
+            inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
+            inp.set_data_from_numpy(batch)
+            out = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=self.config.top_k)
+            try:
+                result = self.client.infer(self.config.model_name, [inp], outputs=[out],
+                                           model_version=self.config.model_version,
+                                           client_timeout=self.config.infer_timeout_s)
+            except InferenceServerException as exc:
+                raise _translate(exc) from None
+            return result.as_numpy(OUTPUT_NAME).reshape(len(batch), -1)
+
+        return call()

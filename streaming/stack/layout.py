@@ -1,0 +1,76 @@
+"""Where the local stack lives and which loopback ports it uses: one typed object."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackLayout:
+    """Folders and endpoints of the single-node local stack (everything on loopback)."""
+
+    root: Path = PROJECT_ROOT / ".stack"
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    s3_port: int = 9000
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    flink_rest_port: int = 8081
+    requests_topic: str = "image-requests"
+    results_topic: str = "image-results"
+    topic_partitions: int = 2
+    bucket: str = "samples"
+    s3_access_key: str = "local-access-key"
+    s3_secret_key: str = "local-secret-key"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "StackLayout":
+        """Only `IMGSTREAM_STACK_DIR` is read: the folder that holds logs, data and downloads."""
+        env = os.environ if environ is None else environ
+        root = env.get("IMGSTREAM_STACK_DIR")
+        return cls(root=Path(root).resolve()) if root else cls()
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid and log files."""
+        return self.root / "run"
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.root / "jars"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def model_repository(self) -> Path:
+        return PROJECT_ROOT / "triton_models" / "repository"
+
+    def data_dir(self, service: str) -> Path:
+        return self.root / "data" / service
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def triton_grpc(self) -> str:
+        return f"{self.host}:{self.triton_grpc_port}"
+
+    @property
+    def triton_http(self) -> str:
+        return f"http://{self.host}:{self.triton_http_port}"
+
+    @property
+    def flink_rest(self) -> str:
+        return f"http://{self.host}:{self.flink_rest_port}"

@@ -1,0 +1,79 @@
+"""Integration fixtures: the real local stack (started by the project's own code) and a job per session.
+
+Nothing here is skipped: if a service cannot start, the tests fail with its log's path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streaming import jobs
+from streaming.cli import stack_config
+from streaming.stack import kafka, s3
+from streaming.stack import stack as local_stack
+from streaming.stack.layout import StackLayout
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def layout() -> StackLayout:
+    return StackLayout.from_env()
+
+
+@pytest.fixture(scope="session")
+def prepared(layout) -> local_stack.Prepared:
+    """`up` is idempotent: a running stack is only health-checked."""
+    return local_stack.up(layout, log=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def test_bucket(layout, prepared) -> str:
+    """A bucket of its own for this test session, holding a few sample photos and bad objects."""
+    bucket = f"it-{uuid.uuid4().hex[:12]}"
+    s3.ensure_bucket(layout, bucket)
+    client = s3.s3_client(layout)
+    samples = {p.name: p for p in prepared.samples}
+    for name in ("LadyBird.jpg", "coffee.png", "Storm.jpg"):
+        client.put_object(Bucket=bucket, Key=f"photos/{name}", Body=samples[name].read_bytes())
+    client.put_object(Bucket=bucket, Key="bad/not-an-image.jpg", Body=b"this is plain text, not a JPEG")
+    client.put_object(Bucket=bucket, Key="bad/truncated.jpg", Body=samples["LadyBird.jpg"].read_bytes()[:2000])
+    return bucket
+
+
+@pytest.fixture(scope="session")
+def pipeline_config(layout, prepared, test_bucket):
+    config = stack_config(layout)
+    return dataclasses.replace(config, allowed_buckets=(layout.bucket, test_bucket))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningJob:
+    id: str
+    requests_topic: str
+    results_topic: str
+
+
+@pytest.fixture(scope="session")
+def running_job(layout, prepared, pipeline_config) -> RunningJob:
+    """The classify job on the session cluster, on topics of its own; cancelled at the end."""
+    suffix = uuid.uuid4().hex[:10]
+    requests_topic, results_topic = f"it-{suffix}-requests", f"it-{suffix}-results"
+    kafka.ensure_topics(layout, [requests_topic, results_topic], layout.topic_partitions)
+    config = dataclasses.replace(pipeline_config, requests_topic=requests_topic,
+                                 results_topic=results_topic, consumer_group=f"it-{suffix}",
+                                 start_from="earliest", checkpoint_interval_ms=2000)
+    job_id = jobs.submit(layout, config, prepared.connector_jar, f"it-classify-{suffix}")
+    jobs.wait_running(layout, job_id)
+    yield RunningJob(job_id, requests_topic, results_topic)
+    try:
+        jobs.cancel(layout, job_id)
+    except OSError:
+        pass  # the lifecycle test may have restarted the cluster already

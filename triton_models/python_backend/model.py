@@ -1,0 +1,94 @@
+"""Triton python-backend model: EfficientNet-Lite0 on onnxruntime (CPU).
+
+Template copied by ``triton_models/build.py`` into
+``<repo>/efficientnet_lite0/1/model.py``.  Reads from ``config.pbtxt``:
+
+* ``parameters.onnx_file``        -- ONNX file next to this model.py (default model.onnx)
+* ``parameters.intra_op_threads`` -- onnxruntime intra-op threads (0 = onnxruntime default)
+
+``execute`` validates every request on its own, runs all valid requests'
+``IMAGE`` tensors as ONE onnxruntime batch, and splits ``PROBABILITIES`` back
+per request.  A malformed request gets an error response of its own; the rest
+of the batch is still served.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+INPUT_NAME = "IMAGE"
+OUTPUT_NAME = "PROBABILITIES"
+IMAGE_SHAPE = (224, 224, 3)
+
+
+def _error(message, code_name="INVALID_ARG"):
+    code = getattr(pb_utils.TritonError, code_name, None)
+    err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        onnx_file = params.get("onnx_file") or "model.onnx"
+        threads = int(params.get("intra_op_threads") or 0)
+        path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.logger = pb_utils.Logger
+        self.logger.log_info(f"efficientnet_lite0: loaded {path} (intra_op_threads={threads})")
+
+    def _validate(self, request):
+        """The request's IMAGE as uint8 [n, 224, 224, 3]; raises ValueError otherwise."""
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+        if tensor is None:
+            raise ValueError(f"missing input {INPUT_NAME}")
+        arr = tensor.as_numpy()
+        if arr.dtype != np.uint8:
+            raise ValueError(f"{INPUT_NAME} must be UINT8, got {arr.dtype}")
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != IMAGE_SHAPE:
+            raise ValueError(f"{INPUT_NAME} must have shape [n, 224, 224, 3], got {list(arr.shape)}")
+        if arr.shape[0] < 1 or (self.max_batch_size and arr.shape[0] > self.max_batch_size):
+            raise ValueError(f"{INPUT_NAME} batch size {arr.shape[0]} outside [1, {self.max_batch_size}]")
+        return arr
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        owners, images = [], []
+        for i, request in enumerate(requests):
+            try:
+                images.append(self._validate(request))
+                owners.append(i)
+            except Exception as exc:  # one bad request never sinks the batch
+                responses[i] = _error(str(exc))
+        if not owners:
+            return responses
+
+        batch = images[0] if len(images) == 1 else np.concatenate(images, axis=0)
+        try:
+            probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        except Exception as exc:
+            for i in owners:
+                responses[i] = _error(f"onnxruntime failed: {exc}", "INTERNAL")
+            return responses
+
+        start = 0
+        for i, arr in zip(owners, images):
+            n = arr.shape[0]
+            out = pb_utils.Tensor(OUTPUT_NAME, np.ascontiguousarray(probs[start:start + n], dtype=np.float32))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+            start += n
+        return responses
+
+    def finalize(self):
+        self.session = None
