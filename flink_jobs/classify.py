@@ -55,11 +55,12 @@ class ClassifyImage(MapFunction):
 def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
     env.enable_checkpointing(config.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     env.set_parallelism(config.parallelism)
-    starting = {
-        "committed": KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
-        "earliest": KafkaOffsetsInitializer.earliest(),
-        "latest": KafkaOffsetsInitializer.latest(),
-    }[config.start_from]
+    if config.start_from == "committed":
+        starting = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+    elif config.start_from == "earliest":
+        starting = KafkaOffsetsInitializer.earliest()
+    else:
+        starting = KafkaOffsetsInitializer.latest()
     source = (KafkaSource.builder()
               .set_bootstrap_servers(config.kafka_bootstrap)
               .set_topics(config.requests_topic)

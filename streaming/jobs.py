@@ -44,7 +44,7 @@ def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, nam
     env = {**os.environ, **flink_env(layout),
            **{ENV_PREFIX + k.upper(): v for k, v in config.to_mapping().items()}}
     argv = [str(FLINK_HOME / "bin" / "flink"), "run", "--detached",
-            "-Dpipeline.jars=" + connector_jar.as_uri(),
+            "--jarfile", str(connector_jar),
             f"-Dpipeline.name={name}",
             "--python", str(JOB_SCRIPT), "--pyExecutable", python, "--pyClientExecutable", python,
             name]

@@ -1,7 +1,7 @@
 """Sample photos: real JPEGs (and a few PNGs) that ship in Debian packages.
 
 Fetched with `apt-get download` + `dpkg-deb -x` at pinned versions; each package's
-copyright file (its licence) is kept next to the photos.
+copyright file (its licence) is kept beside its folder as `<package>.COPYRIGHT`.
 """
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ def ensure_samples(dest: Path) -> list[Path]:
     photos: list[Path] = []
     for pkg in PACKAGES:
         target = dest / pkg.name
-        if not (target / ".complete").exists():
+        stamp = dest / f"{pkg.name}.complete"
+        wanted = f"{pkg.name}={pkg.version}"
+        if not stamp.exists() or stamp.read_text().strip() != wanted:
             _unpack(pkg, target)
-        photos += sorted(p for p in target.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+            stamp.write_text(wanted + "\n")
+        photos += sorted(target.iterdir())
     return photos
 
 
@@ -54,5 +57,4 @@ def _unpack(pkg: SamplePackage, target: Path) -> None:
         names = pkg.files or tuple(sorted(p.name for p in folder.glob("*.jpg")))
         for name in names:
             shutil.copy2(folder / name, target / name)
-        shutil.copy2(root / "usr/share/doc" / pkg.name / "copyright", target / "COPYRIGHT")
-        (target / ".complete").write_text(f"{pkg.name}={pkg.version}\n")
+        shutil.copy2(root / "usr/share/doc" / pkg.name / "copyright", target.parent / f"{pkg.name}.COPYRIGHT")
