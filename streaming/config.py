@@ -50,7 +50,7 @@ class PipelineConfig:
     max_object_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 64_000_000
     fetch_timeout_s: float = 10.0
-    fetch_retries: int = 3
+    fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16
     # Model / Triton
     triton_grpc: str = "127.0.0.1:8001"
@@ -59,7 +59,7 @@ class PipelineConfig:
     input_size: int = 224
     top_k: int = 5
     infer_timeout_s: float = 30.0
-    infer_retries: int = 3
+    infer_retries: int = 3  # after the first attempt
     max_batch_size: int = 16
     max_batch_wait_ms: int = 10
     # Flink
@@ -73,6 +73,8 @@ class PipelineConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.fetch_retries < 0 or self.infer_retries < 0:
+            raise ValueError("retry counts must be >= 0")
         if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         if self.start_from not in ("committed", "earliest", "latest"):

@@ -84,7 +84,7 @@ class TritonClassifier:
         return [parse_classification(row) for row in raw]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        attempts = max(1, self.config.infer_retries)
+        attempts = self.config.infer_retries + 1
 
         @retry(retry=retry_if_exception_type(InferenceUnavailable), stop=stop_after_attempt(attempts),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)

@@ -37,6 +37,8 @@ class ImagePipeline:
             log.warning("model %s not ready on %s", self.config.model_name, self.config.triton_grpc)
 
     def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
         if self._classifier is not None:
             self._classifier.close()
 
