@@ -1,7 +1,6 @@
 """`imgstream`: run the local stack, submit the job, publish requests, read results."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,17 +9,19 @@ from typing import List, Optional
 import typer
 
 from streaming import jobs, kafka_io
+from streaming.bench.cli import bench_app
 from streaming.config import PipelineConfig, Secret
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
+from triton_models.cli import models_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="The local single-node stack on loopback.")
 job_app = typer.Typer(no_args_is_help=True, help="The PyFlink job on the session cluster.")
-models_app = typer.Typer(no_args_is_help=True, help="The Triton model repository.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(job_app, name="job")
 app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
 
 
 def _layout() -> StackLayout:
@@ -72,13 +73,6 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="Machine-rea
                 endpoints = {k: v for k, v in section.items() if k not in ("healthy", "pid", "pids", "secret_key")}
                 typer.echo(f"{mark} {name:7s} {endpoints}")
     raise typer.Exit(0 if report["healthy"] else 1)
-
-
-@models_app.command("build")
-def models_build(instances: int = 1, max_batch: int = 32) -> None:
-    """Export the model to ONNX and write the Triton model repository."""
-    from triton_models.build import build_repository
-    typer.echo(build_repository(_layout().model_repository, instances=instances, max_batch_size=max_batch))
 
 
 @job_app.command("submit")
