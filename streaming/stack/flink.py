@@ -18,7 +18,6 @@ from streaming.stack.layout import StackLayout
 from streaming.stack.process import ServiceSpec
 
 FLINK_HOME = Path(pyflink.__file__).parent
-JOBMANAGER_RPC_PORT = 6123
 # Sized for a 2-core, 24 GB machine shared with Kafka, Triton and S3Proxy. Under ~1.7 GB the
 # TaskManager hit Java OOM on 150 KB records and then hung RUNNING with no output.
 JOBMANAGER_MEMORY = "1024m"
@@ -31,7 +30,7 @@ def flink_settings(layout: StackLayout) -> dict[str, str]:
     python = sys.executable
     return {
         "jobmanager.rpc.address": layout.host,
-        "jobmanager.rpc.port": str(JOBMANAGER_RPC_PORT),
+        "jobmanager.rpc.port": str(layout.flink_rpc_port),
         "jobmanager.bind-host": layout.host,
         "jobmanager.memory.process.size": JOBMANAGER_MEMORY,
         "taskmanager.bind-host": layout.host,

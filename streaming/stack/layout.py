@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +21,7 @@ class StackLayout:
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     flink_rest_port: int = 8081
+    flink_rpc_port: int = 6123
     requests_topic: str = "image-requests"
     results_topic: str = "image-results"
     topic_partitions: int = 2
@@ -30,10 +31,17 @@ class StackLayout:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "StackLayout":
-        """Only `IMGSTREAM_STACK_DIR` is read: the folder that holds logs, data and downloads."""
+        """Reads `IMGSTREAM_STACK_DIR` (logs, data, downloads) and `IMGSTREAM_STACK_PORT_OFFSET`
+        (added to every port, so a second stack can run beside the first)."""
         env = os.environ if environ is None else environ
-        root = env.get("IMGSTREAM_STACK_DIR")
-        return cls(root=Path(root).resolve()) if root else cls()
+        changes: dict = {}
+        if env.get("IMGSTREAM_STACK_DIR"):
+            changes["root"] = Path(env["IMGSTREAM_STACK_DIR"]).resolve()
+        offset = int(env.get("IMGSTREAM_STACK_PORT_OFFSET") or 0)
+        if offset:
+            changes.update({f.name: getattr(cls, f.name) + offset for f in fields(cls)
+                            if f.name.endswith("_port")})
+        return cls(**changes)
 
     @property
     def run_dir(self) -> Path:

@@ -11,12 +11,12 @@ CLI = [sys.executable, "-m", "streaming", "stack"]
 
 
 def stack_processes(layout):
-    """Processes whose command line points into the stack folder or the Flink/Triton installs."""
-    marks = (str(layout.root), "tritonserver", "org.apache.flink", "kafka.Kafka", "s3proxy")
+    """Processes of this stack: their command line or working folder points into its folder."""
+    root = str(layout.root)
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(mark in cmdline for mark in marks) and proc.pid != psutil.Process().pid:
+        if (root in cmdline or (proc.info["cwd"] or "").startswith(root)) and proc.pid != psutil.Process().pid:
             found.append((proc.pid, cmdline[:120]))
     return found
 
