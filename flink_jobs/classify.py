@@ -1,18 +1,21 @@
-"""PyFlink job: Kafka image requests → fetch, decode, infer (one Python operator) → Kafka results.
+"""PyFlink job: Kafka image requests → fetch, decode, infer (one async Python operator) → Kafka results.
 
 Images never cross the Python/JVM bridge: the operator takes the small JSON event and emits
-the small JSON result. Configuration comes from `IMGSTREAM_*` variables (see
-streaming/config.py), read once here in the client and shipped to the workers with the function.
+the small JSON result. Inside it, up to `max_in_flight` requests overlap (async I/O, process
+mode); their tensors go to Triton in micro-batches. A full operator stops taking input, so a
+slow Triton backpressures the Kafka source instead of filling memory.
 
-Submit with `imgstream job submit` (it adds the Kafka connector jar and the venv's Python).
+Configuration comes from `IMGSTREAM_*` variables (streaming/config.py), read once here in the
+client and shipped to the workers with the function. Submit with `imgstream job submit`.
 """
 from __future__ import annotations
 
 import sys
 
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import Configuration, Time, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
-from pyflink.datastream import CheckpointingMode, MapFunction, RuntimeContext, StreamExecutionEnvironment
+from pyflink.datastream import AsyncDataStream, AsyncFunction, CheckpointingMode, RuntimeContext
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import (
     DeliveryGuarantee, KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
     KafkaSink, KafkaSource,
@@ -20,71 +23,102 @@ from pyflink.datastream.connectors.kafka import (
 
 from streaming.config import PipelineConfig
 from streaming.events import result_to_json
-from streaming.pipeline import ImagePipeline
+from streaming.metrics import PipelineStats
+from streaming.pipeline import AsyncImagePipeline
 
 JOB_NAME = "imgstream-classify"
 
 
-class ClassifyImage(MapFunction):
-    """JSON request in, JSON result out; never raises for bad input."""
+class ClassifyImages(AsyncFunction):
+    """JSON request in, exactly one JSON result out; never raises for bad input."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self.pipeline: ImagePipeline | None = None
-        self.requests = self.errors = None
+        self.engine: AsyncImagePipeline | None = None
+        self.stats: PipelineStats | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.pipeline = ImagePipeline(self.config)
-        self.pipeline.open()
+        self.engine = AsyncImagePipeline(self.config)
+        self.engine.open()
+        self.stats = PipelineStats()
         group = runtime_context.get_metrics_group().add_group("imgstream")
-        self.requests = group.counter("requests")
-        self.errors = group.counter("errors")
+        self.stats.register(group, in_flight=lambda: self.engine.in_flight)
 
     def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
+        if self.engine is not None:
+            self.engine.close()
 
-    def map(self, value: str) -> str:
-        self.requests.inc()
-        result = self.pipeline.process(value)
-        if hasattr(result, "code"):
-            self.errors.inc()
-        return result_to_json(result)
+    async def async_invoke(self, value: str):
+        result = await self.engine.process(value)
+        self.stats.record(result)
+        return [result_to_json(result)]
 
 
-def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
-    env.enable_checkpointing(config.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    env.set_parallelism(config.parallelism)
+def kafka_source(config: PipelineConfig) -> KafkaSource:
     if config.start_from == "committed":
         starting = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
     elif config.start_from == "earliest":
         starting = KafkaOffsetsInitializer.earliest()
     else:
         starting = KafkaOffsetsInitializer.latest()
-    source = (KafkaSource.builder()
-              .set_bootstrap_servers(config.kafka_bootstrap)
-              .set_topics(config.requests_topic)
-              .set_group_id(config.consumer_group)
-              .set_starting_offsets(starting)
-              .set_value_only_deserializer(SimpleStringSchema())
-              .set_property("commit.offsets.on.checkpoint", "true")
-              .build())
-    sink = (KafkaSink.builder()
-            .set_bootstrap_servers(config.kafka_bootstrap)
-            .set_record_serializer(KafkaRecordSerializationSchema.builder()
-                                   .set_topic(config.results_topic)
-                                   .set_value_serialization_schema(SimpleStringSchema())
-                                   .build())
-            .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
-            .build())
-    (env.from_source(source, WatermarkStrategy.no_watermarks(), "requests")
-        .map(ClassifyImage(config), output_type=Types.STRING()).name("fetch-decode-infer")
-        .sink_to(sink).name("results"))
+    builder = (KafkaSource.builder()
+               .set_bootstrap_servers(config.kafka_bootstrap)
+               .set_topics(config.requests_topic)
+               .set_group_id(config.consumer_group)
+               .set_starting_offsets(starting)
+               .set_value_only_deserializer(SimpleStringSchema())
+               .set_property("commit.offsets.on.checkpoint", "true")
+               .set_property("isolation.level", "read_committed"))
+    for key, value in config.kafka_client_properties().items():
+        builder = builder.set_property(key, value)
+    return builder.build()
+
+
+def kafka_sink(config: PipelineConfig) -> KafkaSink:
+    builder = (KafkaSink.builder()
+               .set_bootstrap_servers(config.kafka_bootstrap)
+               .set_record_serializer(KafkaRecordSerializationSchema.builder()
+                                      .set_topic(config.results_topic)
+                                      .set_value_serialization_schema(SimpleStringSchema())
+                                      .build()))
+    if config.delivery_guarantee == "exactly_once":
+        builder = (builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+                   .set_transactional_id_prefix(config.transactional_id_prefix)
+                   .set_property("transaction.timeout.ms", str(config.transaction_timeout_ms)))
+    else:
+        builder = builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+    for key, value in config.kafka_client_properties().items():
+        builder = builder.set_property(key, value)
+    return builder.build()
+
+
+def environment(config: PipelineConfig) -> StreamExecutionEnvironment:
+    settings = Configuration()
+    settings.set_string("restart-strategy.type", "exponential-delay")
+    settings.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    settings.set_string("restart-strategy.exponential-delay.max-backoff", "30 s")
+    settings.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    settings.set_string("execution.checkpointing.timeout", "5 min")
+    settings.set_string("execution.checkpointing.min-pause", f"{config.checkpoint_interval_ms // 2} ms")
+    env = StreamExecutionEnvironment.get_execution_environment(settings)
+    env.set_parallelism(config.parallelism)
+    env.enable_checkpointing(config.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    return env
+
+
+def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
+    requests = env.from_source(kafka_source(config), WatermarkStrategy.no_watermarks(), "requests")
+    # Timeout 0: no per-record timer thread; the pipeline enforces request_timeout_s itself
+    # and answers with a request_timeout error, so the operator never fails on a slow request.
+    results = AsyncDataStream.unordered_wait(requests, ClassifyImages(config), Time.milliseconds(0),
+                                             capacity=config.max_in_flight, output_type=Types.STRING())
+    results.name("fetch-decode-infer").uid("fetch-decode-infer")
+    results.sink_to(kafka_sink(config)).name("results").uid("results")
 
 
 def main(argv: list[str]) -> None:
     config = PipelineConfig.from_env()
-    env = StreamExecutionEnvironment.get_execution_environment()
+    env = environment(config)
     build(env, config)
     env.execute_async(argv[1] if len(argv) > 1 else JOB_NAME)
 

@@ -35,6 +35,14 @@ class PipelineConfig:
     results_topic: str = "image-results"
     consumer_group: str = "imgstream"
     start_from: str = "committed"  # committed offsets, else earliest
+    kafka_security_protocol: str = "PLAINTEXT"  # or SASL_PLAINTEXT, SASL_SSL, SSL
+    kafka_sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: Secret | None = None
+    # Results: exactly_once (visible at checkpoints) or at_least_once (low latency, dedupe by id)
+    delivery_guarantee: str = "exactly_once"
+    transactional_id_prefix: str = "imgstream"
+    transaction_timeout_ms: int = 15 * 60 * 1000  # above checkpoint interval + restart time
     # S3 (credentials: standard AWS chain unless given here)
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
@@ -62,6 +70,9 @@ class PipelineConfig:
     infer_retries: int = 3  # after the first attempt
     max_batch_size: int = 16
     max_batch_wait_ms: int = 10
+    infer_concurrency: int = 2  # batches in flight to Triton at once
+    request_timeout_s: float = 120.0  # a request still unfinished then gets a request_timeout error
+    max_in_flight: int = 64  # requests in flight per operator; more backpressures Kafka
     # Flink
     parallelism: int = 1
     checkpoint_interval_ms: int = 10_000
@@ -69,7 +80,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
                     "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
-                    "checkpoint_interval_ms")
+                    "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -77,11 +88,30 @@ class PipelineConfig:
             raise ValueError("retry counts must be >= 0")
         if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.delivery_guarantee not in ("exactly_once", "at_least_once"):
+            raise ValueError(f"delivery_guarantee must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
+        if self.transaction_timeout_ms <= self.checkpoint_interval_ms:
+            raise ValueError("transaction_timeout_ms must exceed checkpoint_interval_ms")
+        if self.kafka_sasl_username and not self.kafka_sasl_mechanism:
+            raise ValueError("kafka_sasl_username needs kafka_sasl_mechanism")
         if self.start_from not in ("committed", "earliest", "latest"):
             raise ValueError(f"start_from must be committed|earliest|latest, got {self.start_from!r}")
         unknown = set(self.allowed_schemes) - {"s3", "file", "http", "https"}
         if unknown:
             raise ValueError(f"unknown URI schemes: {sorted(unknown)}")
+
+    def kafka_client_properties(self) -> dict[str, str]:
+        """Security settings for Kafka clients (Flink connector and kafka-python alike)."""
+        props = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            props["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username and self.kafka_sasl_password:
+            module = ("org.apache.kafka.common.security.scram.ScramLoginModule"
+                      if self.kafka_sasl_mechanism.startswith("SCRAM") else
+                      "org.apache.kafka.common.security.plain.PlainLoginModule")
+            props["sasl.jaas.config"] = (f'{module} required username="{self.kafka_sasl_username}" '
+                                         f'password="{self.kafka_sasl_password.value}";')
+        return props
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> "PipelineConfig":

@@ -87,6 +87,11 @@ class InferenceUnavailable(Retryable):
     code, stage = "inference_unavailable", "infer"
 
 
+class RequestTimeout(Retryable):
+    """The request as a whole took longer than request_timeout_s."""
+    code, stage = "request_timeout", "pipeline"
+
+
 class InferenceFailed(Permanent):
     """Triton rejected the request (bad shape, model error)."""
     code, stage = "inference_failed", "infer"

@@ -33,6 +33,7 @@ class Prediction:
     model: str
     top_k: tuple[Label, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    batch_size: int = 1  # how many images shared its Triton call
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def result_to_json(result: Result) -> str:
         body: dict[str, Any] = {
             "id": result.id, "uri": result.uri, "model": result.model,
             "top_k": [{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k],
+            "batch_size": result.batch_size,
         }
     else:
         body = {"id": result.id, "uri": result.uri,

@@ -37,7 +37,8 @@ def test_salvage_id_recovers_what_it_can():
 def test_result_json_shapes():
     ok = json.loads(result_to_json(Prediction("a", "s3://b/k", "m", (Label("ladybug", 301, 0.97),), {"total": 1.5})))
     assert ok == {"id": "a", "uri": "s3://b/k", "model": "m",
-                  "top_k": [{"label": "ladybug", "index": 301, "score": 0.97}], "timings_ms": {"total": 1.5}}
+                  "top_k": [{"label": "ladybug", "index": 301, "score": 0.97}], "batch_size": 1,
+                  "timings_ms": {"total": 1.5}}
     err = json.loads(result_to_json(ErrorResult.from_error("a", "s3://b/k", ObjectNotFound("no such key"))))
     assert err["error"] == {"code": "object_not_found", "stage": "fetch", "message": "no such key",
                             "retryable": False}

@@ -1,0 +1,84 @@
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from streaming.batcher import MicroBatcher
+from streaming.errors import InferenceFailed, InferenceUnavailable
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class Recorder:
+    """A batch function that records the batches it saw."""
+
+    def __init__(self, fail_on=None, error=InferenceFailed):
+        self.batches = []
+        self.fail_on = fail_on
+        self.error = error
+        self.lock = threading.Lock()
+
+    def __call__(self, items):
+        with self.lock:
+            self.batches.append(list(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise self.error(f"bad item {self.fail_on}")
+        return [item * 10 for item in items]
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def test_full_batches_go_out_at_max_size(pool):
+    calls = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=4, max_wait_ms=10_000, executor=pool)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+
+    results = run(main())
+    assert [r.value for r in results] == [i * 10 for i in range(8)]
+    assert sorted(len(b) for b in calls.batches) == [4, 4]
+    assert {r.batch_size for r in results} == {4}
+
+
+def test_a_partial_batch_leaves_after_the_wait_bound(pool):
+    calls = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=32, max_wait_ms=20, executor=pool)
+        return await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(3))), 5)
+
+    results = run(main())
+    assert calls.batches == [[0, 1, 2]]
+    assert all(r.wait_ms >= 15 for r in results)
+
+
+def test_one_bad_item_fails_only_itself(pool):
+    calls = Recorder(fail_on=2)
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=4, max_wait_ms=10, executor=pool)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
+
+    results = run(main())
+    assert isinstance(results[2], InferenceFailed)
+    assert [r.value for i, r in enumerate(results) if i != 2] == [0, 10, 30]
+
+
+def test_retryable_failure_reaches_every_item_without_splitting(pool):
+    calls = Recorder(fail_on=0, error=InferenceUnavailable)
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=3, max_wait_ms=10, executor=pool)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+
+    results = run(main())
+    assert all(isinstance(r, InferenceUnavailable) for r in results)
+    assert len(calls.batches) == 1
