@@ -70,20 +70,23 @@ class MicroBatcher(Generic[Item, Out]):
             sent = perf_counter()
             try:
                 outputs = await self._run([item for item, _, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiter below
-                if len(batch) > 1 and not isinstance(exc, Retryable):
-                    for entry in batch:  # find the culprit: each alone
-                        await self._send([entry])
-                    return
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            call_ms = (perf_counter() - sent) * 1000
-            self.batches_sent += 1
-            for (_, future, queued), value in zip(batch, outputs):
+            except Exception as exc:  # noqa: BLE001 - handed to the waiters below
+                error = exc
+            else:
+                error = None
+                call_ms = (perf_counter() - sent) * 1000
+                self.batches_sent += 1
+        if error is None:
+            for (_, future, queued), value in zip(batch, outputs, strict=True):
                 if not future.done():
                     future.set_result(Batched(value, len(batch), (sent - queued) * 1000, call_ms))
+        elif len(batch) > 1 and not isinstance(error, Retryable):
+            # find the culprit: each item alone (after giving the slot back)
+            await asyncio.gather(*(self._send([entry]) for entry in batch))
+        else:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(error)
 
     async def _run(self, items: list[Item]) -> Sequence[Out]:
         loop = asyncio.get_running_loop()

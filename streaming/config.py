@@ -67,7 +67,7 @@ class PipelineConfig:
     input_size: int = 224
     top_k: int = 5
     infer_timeout_s: float = 30.0
-    infer_retries: int = 3  # after the first attempt
+    infer_retry_window_s: float = 90.0  # while Triton is unreachable, keep retrying this long
     max_batch_size: int = 16
     max_batch_wait_ms: int = 10
     infer_concurrency: int = 2  # batches in flight to Triton at once
@@ -84,8 +84,8 @@ class PipelineConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.fetch_retries < 0 or self.infer_retries < 0:
-            raise ValueError("retry counts must be >= 0")
+        if self.fetch_retries < 0 or self.infer_retry_window_s < 0:
+            raise ValueError("fetch_retries and infer_retry_window_s must be >= 0")
         if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         if self.delivery_guarantee not in ("exactly_once", "at_least_once"):

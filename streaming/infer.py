@@ -3,8 +3,9 @@
 Uses Triton's classification extension (a requested output with `class_count`), so the
 server returns only k "score:index:label" strings per image instead of 1000 floats.
 gRPC errors are translated here, at the one boundary: UNAVAILABLE, RESOURCE_EXHAUSTED and
-DEADLINE_EXCEEDED are retried with jittered backoff, then reported as InferenceUnavailable;
-anything else is InferenceFailed.
+DEADLINE_EXCEEDED are retried with jittered backoff for up to `infer_retry_window_s` (a Triton
+restart should delay requests, not fail them; the waiting backpressures Kafka), then reported
+as InferenceUnavailable; anything else is InferenceFailed at once.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
 from tritonclient.utils import InferenceServerException
 
 from streaming.config import PipelineConfig
@@ -21,8 +22,9 @@ from streaming.events import Label
 
 INPUT_NAME = "IMAGE"
 OUTPUT_NAME = "PROBABILITIES"
+# NOT_FOUND: while Triton starts or stops, the model "has no available versions".
 RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
-                    "StatusCode.DEADLINE_EXCEEDED")
+                    "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND")
 
 
 def _translate(exc: InferenceServerException) -> Exception:
@@ -84,9 +86,8 @@ class TritonClassifier:
         return [parse_classification(row) for row in raw]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        attempts = self.config.infer_retries + 1
-
-        @retry(retry=retry_if_exception_type(InferenceUnavailable), stop=stop_after_attempt(attempts),
+        @retry(retry=retry_if_exception_type(InferenceUnavailable),
+               stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> np.ndarray:
             inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")

@@ -160,8 +160,9 @@ class AsyncImagePipeline:
         submitted = perf_counter()
         prepared = await loop.run_in_executor(self._prepare_pool, self._timed_prepare, request, submitted)
         timings.update(prepared.timings_ms)
+        timings["queue"] = timings.pop("prepare_wait")
         batched = await self._batcher_for_loop().submit(prepared.tensor)
-        timings["queue"] = timings.pop("prepare_wait") + batched.wait_ms
+        timings["queue"] += batched.wait_ms
         timings["infer"] = batched.call_ms
         return self.pipeline.prediction(prepared, batched.value, timings, started, batched.batch_size)
 

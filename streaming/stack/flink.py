@@ -45,6 +45,9 @@ def flink_settings(layout: StackLayout) -> dict[str, str]:
         "web.cancel.enable": "true",
         "execution.checkpointing.dir": (data / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (data / "savepoints").as_uri(),
+        # notice a lost TaskManager in seconds, not the default 50 s
+        "heartbeat.interval": "2000",
+        "heartbeat.timeout": "10000",
         "python.execution-mode": "process",
         "python.executable": python,
         "python.client.executable": python,

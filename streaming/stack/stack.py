@@ -50,6 +50,11 @@ def specs(layout: StackLayout, prepared: Prepared) -> list[process.ServiceSpec]:
     ]
 
 
+def service(layout: StackLayout, prepared: Prepared, name: str) -> process.ServiceSpec:
+    """One service's spec by name (to restart it alone)."""
+    return next(spec for spec in specs(layout, prepared) if spec.name == name)
+
+
 def up(layout: StackLayout, log=print) -> Prepared:
     prepared = prepare(layout)
     kafka.prepare_kafka(layout, list(prepared.kafka_jars))

@@ -82,3 +82,18 @@ def test_retryable_failure_reaches_every_item_without_splitting(pool):
     results = run(main())
     assert all(isinstance(r, InferenceUnavailable) for r in results)
     assert len(calls.batches) == 1
+
+
+def test_splitting_failed_batches_cannot_deadlock_on_the_slots(pool):
+    """Both slots busy with failing batches: the one-by-one retries must still run."""
+    calls = Recorder(fail_on=0)
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=2, max_wait_ms=1, executor=pool, max_concurrent_batches=1)
+        items = [0, 1, 0, 3]
+        return await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in items),
+                                                     return_exceptions=True), 5)
+
+    results = run(main())
+    assert isinstance(results[0], InferenceFailed) and isinstance(results[2], InferenceFailed)
+    assert results[1].value == 10 and results[3].value == 30
