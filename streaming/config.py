@@ -76,11 +76,16 @@ class PipelineConfig:
     # Flink
     parallelism: int = 1
     checkpoint_interval_ms: int = 10_000
+    # Python results reach the JVM at the end of a bundle; a bundle ends after this many
+    # records or milliseconds (and waits for its in-flight requests): small = low latency.
+    bundle_size: int = 256
+    bundle_time_ms: int = 200
 
     def __post_init__(self) -> None:
         positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
                     "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
-                    "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight")
+                    "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight",
+                    "bundle_size", "bundle_time_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
