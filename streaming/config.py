@@ -60,6 +60,7 @@ class PipelineConfig:
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16
+    cache_bytes: int = 0  # decoded-image LRU cache in bytes (for workloads where images return); 0: off
     # Model / Triton
     triton_grpc: str = "127.0.0.1:8001"
     model_name: str = "efficientnet_lite0"
@@ -89,6 +90,8 @@ class PipelineConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.cache_bytes < 0:
+            raise ValueError("cache_bytes must be >= 0")
         if self.fetch_retries < 0 or self.infer_retry_window_s < 0:
             raise ValueError("fetch_retries and infer_retry_window_s must be >= 0")
         if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:

@@ -17,8 +17,8 @@ from typing import Mapping
 import numpy as np
 
 from streaming.batcher import MicroBatcher
+from streaming.cache import DecodedImageCache, fetch_decode
 from streaming.config import PipelineConfig
-from streaming.decode import decode_to_tensor
 from streaming.errors import PipelineError, RequestTimeout
 from streaming.events import ErrorResult, ImageRequest, Label, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
@@ -57,10 +57,12 @@ class ImagePipeline:
     def __init__(self, config: PipelineConfig):
         self.config = config
         self._fetcher: Fetcher | None = None
+        self.cache: DecodedImageCache | None = None
         self.classifier: TritonClassifier | None = None
 
     def open(self) -> None:
         self._fetcher = Fetcher(self.config)
+        self.cache = DecodedImageCache(self.config.cache_bytes)
         self.classifier = TritonClassifier(self.config)
         self.classifier.open()
         if not self.classifier.wait_ready(TRITON_STARTUP_WAIT_S):
@@ -76,10 +78,9 @@ class ImagePipeline:
     def prepare(self, request: ImageRequest) -> Prepared:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
-        fetched = self._fetcher.fetch(ref)
-        image = decode_to_tensor(fetched.data, size=self.config.input_size, max_pixels=self.config.max_pixels)
-        return Prepared(request, image.tensor,
-                        {"fetch": fetched.fetch_ms, "decode": image.decode_ms, "resize": image.resize_ms})
+        pre = fetch_decode(self._fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
+                           cache=self.cache)
+        return Prepared(request, pre.image.tensor, pre.timings.as_dict())
 
     def classify(self, tensors: list[np.ndarray]) -> list[tuple[Label, ...]]:
         return self.classifier.classify(np.stack(tensors))

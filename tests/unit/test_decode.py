@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import numpy as np
@@ -11,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from streaming.decode import (CROP_FRACTION, DecodedImage, _jpeg_orientation, _scaling_factor,
-                              decode_to_tensor)
+from streaming.decode import (CROP_FRACTION, JPEG_BACKEND, DecodedImage, _jpeg_orientation,
+                              _scaling_factor, decode_to_tensor)
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 
 pytestmark = pytest.mark.filterwarnings("error")  # no decoder warning may leak out
@@ -60,8 +61,9 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    return decode_to_tensor(data, size, max_pixels=max_pixels)
+def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS,
+           backend: str = "auto") -> DecodedImage:
+    return decode_to_tensor(data, size, max_pixels=max_pixels, jpeg_backend=backend)
 
 
 def assert_tensor(decoded: DecodedImage, size: int = 224) -> None:
@@ -93,6 +95,53 @@ def test_jpeg_takes_turbojpeg_path_and_matches_pillow_reference(picture, options
     assert (decoded.width, decoded.height) == picture.size
     # Measured 1.6-3.1 grey levels here (1/f noise is harsh), 0.3-3.4 on real 1-18 MP photos.
     assert mean_abs_diff(decoded.tensor, reference(data)) < FAST_PATH_TOLERANCE
+
+
+@pytest.mark.parametrize("options", [{"quality": 90}, {"quality": 90, "progressive": True},
+                                     {"quality": 90, "subsampling": 0}])
+def test_pillow_jpeg_backend_matches_the_turbojpeg_one(picture, options):
+    data = encode(picture, **options)
+    pillow, turbo = decode(data, backend="pillow"), decode(data, backend="turbojpeg")
+    assert_tensor(pillow)
+    assert (pillow.path, turbo.path) == ("pillow", "turbojpeg")
+    assert mean_abs_diff(pillow.tensor, reference(data)) < FAST_PATH_TOLERANCE
+    assert mean_abs_diff(pillow.tensor, turbo.tensor) < FAST_PATH_TOLERANCE
+
+
+def test_auto_backend_is_the_module_default(picture):
+    assert decode(encode(picture, quality=90)).path == JPEG_BACKEND
+
+
+def test_unknown_backend_is_a_programming_error(picture):
+    with pytest.raises(ValueError, match="jpeg_backend"):
+        decode(encode(picture), backend="opencv")
+
+
+@pytest.mark.parametrize("backend, width, height, scale", [
+    ("turbojpeg", 1024, 768, (3, 8)),  # crop 672 -> 252: the M/8 factors libjpeg-turbo offers
+    ("pillow", 1024, 768, (1, 2)),  # Pillow's draft() only has 1/2, 1/4, 1/8
+    ("turbojpeg", 4000, 3000, (1, 8)),
+    ("pillow", 4000, 3000, (1, 8)),
+    ("turbojpeg", 320, 240, (1, 1)),
+])
+def test_decodes_at_the_smallest_scale_that_covers_the_crop(backend, width, height, scale):
+    data = encode(Image.new("RGB", (width, height), (10, 120, 200)), quality=80)
+    decoded = decode(data, backend=backend)
+    assert decoded.scale == scale
+    crop = int(min(width, height) * CROP_FRACTION)
+    assert crop * scale[0] / scale[1] >= 224 or scale == (1, 1)  # small images are upscaled
+
+
+def test_reused_decode_buffers_never_leak_between_images_or_threads():
+    datas = [encode(photo(w, h, seed=s), quality=85)
+             for s, (w, h) in enumerate([(640, 480), (1024, 768), (500, 700), (640, 480)])]
+    expected = [decode(d).tensor for d in datas]
+    again = [decode(d).tensor for d in reversed(datas)][::-1]  # other order, other buffer sizes
+    assert all(np.array_equal(a, b) for a, b in zip(expected, again))
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda d: decode(d).tensor, datas * 4))
+            assert all(np.array_equal(r, expected[i % 4]) for i, r in enumerate(results))
 
 
 @pytest.mark.parametrize("size", [224, 96, 300])
@@ -223,17 +272,52 @@ def png_header(width: int, height: int) -> bytes:
         + chunk(b"IEND", b"")
 
 
-def jpeg_with_declared_size(width: int, height: int) -> bytes:
-    data = bytearray(encode(Image.new("RGB", (16, 16)), quality=90))
-    sof = data.index(b"\xff\xc0")
+def scan_bomb(scans: int) -> bytes:
+    """A progressive JPEG whose first (DC) scan is followed by `scans` tiny refinement scans:
+    each is a pass over the whole image, so thousands are a CPU bomb in a small file."""
+    data = encode(photo(640, 480), quality=90, progressive=True)
+    sos = data.index(b"\xff\xda")
+    end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+        end += 1
+    components = data[sos + 4]
+    header = data[sos + 4:sos + 5 + 2 * components]
+    refine = b"\xff\xda" + struct.pack(">H", 6 + 2 * components) + header + b"\x00\x00\x10" + bytes(16)
+    return data[:end] + refine * scans + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_progressive_scan_bomb_is_refused_before_decoding(backend):
+    with pytest.raises(UnsupportedImage, match="501 scans"):
+        decode(scan_bomb(500), backend=backend)  # 500 refinement scans + the DC scan
+    with pytest.raises(UnsupportedImage, match="20001 scans"):  # decoding it would take seconds
+        decode(scan_bomb(20_000), backend=backend)
+
+
+def jpeg_with_declared_size(width: int, height: int, progressive: bool = False) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (16, 16)), quality=90, progressive=progressive))
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
-def test_error_cases_give_their_codes(picture):
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_error_cases_give_their_codes(picture, backend):
     jpeg = encode(picture, quality=90)
+    progressive = encode(picture, quality=90, progressive=True)
     png = encode(picture.resize((200, 150)), "PNG")
+    webp = encode(picture.resize((200, 150)), "WEBP")
+    gif = encode(picture.resize((200, 150)).quantize(32), "GIF")
     cases = [
+        (progressive[: len(progressive) // 2], CorruptImage),  # truncated progressive JPEG
+        (progressive[:300], CorruptImage),
+        (webp[: len(webp) // 2], CorruptImage),
+        (gif[:40], CorruptImage),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(30), CorruptImage),
+        (b"GIF89a" + bytes(20), CorruptImage),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n", UnsupportedImage),  # JPEG 2000
+        (b"\x00\x00\x00\x1cftypavif", UnsupportedImage),  # AVIF
+        (jpeg_with_declared_size(20_000, 20_000, progressive=True), ImageTooLarge),
         (b"", CorruptImage),  # zero bytes: an empty (truncated) upload
         (np.random.default_rng(1).bytes(5000), UnsupportedImage),
         (b"%PDF-1.4 not an image", UnsupportedImage),
@@ -248,7 +332,7 @@ def test_error_cases_give_their_codes(picture):
     ]
     for data, error in cases:
         with pytest.raises(error) as caught:
-            decode(data)
+            decode(data, backend=backend)
         assert caught.value.code == error.code and caught.value.stage == "decode"
 
 
