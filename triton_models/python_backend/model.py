@@ -1,8 +1,9 @@
-"""Triton python-backend model: EfficientNet-Lite0 on onnxruntime (CPU).
+"""Triton python-backend model: an EfficientNet-Lite variant on onnxruntime (CPU).
 
-Template copied by ``triton_models/build.py`` into
-``<repo>/efficientnet_lite0/1/model.py``.  Reads from ``config.pbtxt``:
+Template copied by ``triton_models/build.py`` into ``<repo>/<model>/1/model.py`` for every
+locally served variant.  Reads from ``config.pbtxt``:
 
+* ``input[0].dims``               -- the image shape, e.g. [224, 224, 3] (Lite1: 240, Lite2: 260)
 * ``parameters.onnx_file``        -- ONNX file next to this model.py (default model.onnx)
 * ``parameters.intra_op_threads`` -- onnxruntime intra-op threads (0 = onnxruntime default)
 
@@ -20,7 +21,6 @@ import triton_python_backend_utils as pb_utils
 
 INPUT_NAME = "IMAGE"
 OUTPUT_NAME = "PROBABILITIES"
-IMAGE_SHAPE = (224, 224, 3)
 
 
 def _error(message, code_name="INVALID_ARG"):
@@ -38,6 +38,8 @@ class TritonPythonModel:
         onnx_file = params.get("onnx_file") or "model.onnx"
         threads = int(params.get("intra_op_threads") or 0)
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
+        self.image_shape = tuple(int(d) for d in config["input"][0]["dims"])
+        self.name = config.get("name", "model")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -46,18 +48,19 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"efficientnet_lite0: loaded {path} (intra_op_threads={threads})")
+        self.logger.log_info(f"{self.name}: loaded {path} (intra_op_threads={threads})")
 
     def _validate(self, request):
-        """The request's IMAGE as uint8 [n, 224, 224, 3]; raises ValueError otherwise."""
+        """The request's IMAGE as uint8 [n, *image_shape]; raises ValueError otherwise."""
         tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
         if tensor is None:
             raise ValueError(f"missing input {INPUT_NAME}")
         arr = tensor.as_numpy()
         if arr.dtype != np.uint8:
             raise ValueError(f"{INPUT_NAME} must be UINT8, got {arr.dtype}")
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != IMAGE_SHAPE:
-            raise ValueError(f"{INPUT_NAME} must have shape [n, 224, 224, 3], got {list(arr.shape)}")
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != self.image_shape:
+            raise ValueError(f"{INPUT_NAME} must have shape [n, {', '.join(map(str, self.image_shape))}], "
+                             f"got {list(arr.shape)}")
         if arr.shape[0] < 1 or (self.max_batch_size and arr.shape[0] > self.max_batch_size):
             raise ValueError(f"{INPUT_NAME} batch size {arr.shape[0]} outside [1, {self.max_batch_size}]")
         return arr
