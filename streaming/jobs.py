@@ -1,6 +1,7 @@
 """Submit, list, cancel and savepoint the job on the Flink session cluster (CLI + REST API)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,36 @@ def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, nam
     if proc.returncode != 0 or not found:
         raise JobError(f"flink run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return found.group(1)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    id: str
+    config: PipelineConfig
+
+    @property
+    def requests_topic(self) -> str:
+        return self.config.requests_topic
+
+    @property
+    def results_topic(self) -> str:
+        return self.config.results_topic
+
+
+def submit_on_fresh_topics(layout: StackLayout, config: PipelineConfig, connector_jar: Path,
+                           name: str) -> RunningJob:
+    """Run the job on request/result topics, consumer group and transactional ids of its own
+    (`<name>-<random>-...`), reading from the start; waits until it runs."""
+    from streaming.stack import kafka
+
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    config = dataclasses.replace(config, requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
+                                 consumer_group=prefix, transactional_id_prefix=prefix, start_from="earliest")
+    kafka.ensure_topics(layout, [config.requests_topic, config.results_topic],
+                        max(layout.topic_partitions, config.parallelism))
+    job_id = submit(layout, config, connector_jar, prefix)
+    wait_running(layout, job_id)
+    return RunningJob(job_id, config)
 
 
 def list_jobs(layout: StackLayout) -> list[JobInfo]:

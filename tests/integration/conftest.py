@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from pathlib import Path
 
 import pytest
 
 from streaming import jobs
 from streaming.cli import stack_config
-from streaming.stack import kafka, s3
+from streaming.stack import s3
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
 
@@ -54,26 +53,13 @@ def pipeline_config(layout, prepared, test_bucket):
     return dataclasses.replace(config, allowed_buckets=(layout.bucket, test_bucket))
 
 
-@dataclasses.dataclass(frozen=True)
-class RunningJob:
-    id: str
-    requests_topic: str
-    results_topic: str
-
-
 @pytest.fixture(scope="session")
-def running_job(layout, prepared, pipeline_config) -> RunningJob:
+def running_job(layout, prepared, pipeline_config) -> jobs.RunningJob:
     """The classify job on the session cluster, on topics of its own; cancelled at the end."""
-    suffix = uuid.uuid4().hex[:10]
-    requests_topic, results_topic = f"it-{suffix}-requests", f"it-{suffix}-results"
-    kafka.ensure_topics(layout, [requests_topic, results_topic], layout.topic_partitions)
-    config = dataclasses.replace(pipeline_config, requests_topic=requests_topic,
-                                 results_topic=results_topic, consumer_group=f"it-{suffix}",
-                                 start_from="earliest", checkpoint_interval_ms=2000)
-    job_id = jobs.submit(layout, config, prepared.connector_jar, f"it-classify-{suffix}")
-    jobs.wait_running(layout, job_id)
-    yield RunningJob(job_id, requests_topic, results_topic)
+    config = dataclasses.replace(pipeline_config, checkpoint_interval_ms=2000)
+    job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "it-classify")
+    yield job
     try:
-        jobs.cancel(layout, job_id)
+        jobs.cancel(layout, job.id)
     except OSError:
         pass  # the lifecycle test may have restarted the cluster already

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from streaming import jobs, kafka_io
-from streaming.stack import kafka, process, s3
+from streaming.stack import process, s3
 from streaming.stack import stack as local_stack
 
 
@@ -40,27 +40,15 @@ def small_photos(layout, prepared, test_bucket):
     return uris
 
 
-@dataclasses.dataclass(frozen=True)
-class Job:
-    id: str
-    requests_topic: str
-    results_topic: str
-
-
 @pytest.fixture
 def job(layout, prepared, pipeline_config):
-    suffix = uuid.uuid4().hex[:10]
-    requests_topic, results_topic = f"fault-{suffix}-requests", f"fault-{suffix}-results"
-    kafka.ensure_topics(layout, [requests_topic, results_topic], layout.topic_partitions)
-    config = dataclasses.replace(pipeline_config, requests_topic=requests_topic, results_topic=results_topic,
-                                 consumer_group=f"fault-{suffix}", start_from="earliest",
-                                 checkpoint_interval_ms=2000, delivery_guarantee="exactly_once",
-                                 transactional_id_prefix=f"fault-{suffix}", max_batch_size=16)
-    job_id = jobs.submit(layout, config, prepared.connector_jar, f"fault-{suffix}")
-    jobs.wait_running(layout, job_id)
-    yield Job(job_id, requests_topic, results_topic)
+    """A job of its own: exactly-once sink, 2 s checkpoints."""
+    config = dataclasses.replace(pipeline_config, checkpoint_interval_ms=2000, delivery_guarantee="exactly_once",
+                                 max_batch_size=16)
+    job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "fault")
+    yield job
     try:
-        jobs.cancel(layout, job_id)
+        jobs.cancel(layout, job.id)
     except OSError:
         pass
 
