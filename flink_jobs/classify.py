@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from pyflink.common import Configuration, Time, Types, WatermarkStrategy
-from pyflink.common.serialization import SimpleStringSchema
+from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream import AsyncDataStream, AsyncFunction, CheckpointingMode, RuntimeContext
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import (
@@ -48,7 +48,7 @@ class ClassifyImages(AsyncFunction):
         if self.engine is not None:
             self.engine.close()
 
-    async def async_invoke(self, value: str):
+    async def async_invoke(self, value: bytes):
         result = await self.engine.process(value)
         self.stats.record(result)
         return [result_to_json(result)]
@@ -66,7 +66,10 @@ def kafka_source(config: PipelineConfig) -> KafkaSource:
                .set_topics(config.requests_topic)
                .set_group_id(config.consumer_group)
                .set_starting_offsets(starting)
-               .set_value_only_deserializer(SimpleStringSchema())
+               # raw bytes: the Python side decides what is valid (bad UTF-8 becomes an invalid_event
+               # result, not silently replaced characters); tombstones (null values) carry no
+               # request and are skipped by the connector instead of failing the job
+               .set_value_only_deserializer(ByteArraySchema())
                .set_property("commit.offsets.on.checkpoint", "true")
                .set_property("isolation.level", "read_committed"))
     for key, value in config.kafka_client_properties().items():
@@ -109,7 +112,8 @@ def environment(config: PipelineConfig) -> StreamExecutionEnvironment:
 
 
 def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
-    requests = env.from_source(kafka_source(config), WatermarkStrategy.no_watermarks(), "requests")
+    requests = env.from_source(kafka_source(config), WatermarkStrategy.no_watermarks(), "requests",
+                               type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))
     # Timeout 0: no per-record timer thread; the pipeline enforces request_timeout_s itself
     # and answers with a request_timeout error, so the operator never fails on a slow request.
     results = AsyncDataStream.unordered_wait(requests, ClassifyImages(config), Time.milliseconds(0),

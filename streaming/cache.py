@@ -13,11 +13,13 @@ keeps a changed object from being served stale.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from streaming.decode import CROP_FRACTION, DecodedImage, decode_to_tensor
+from streaming.errors import DecodeTimeout
 from streaming.fetch import FetchedObject, Fetcher
 from streaming.timing import StageTimings
 from streaming.uris import ObjectRef
@@ -157,14 +159,17 @@ class Preprocessed:
 
 def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int,
                  cache: DecodedImageCache | None = None,
-                 crop_fraction: float = CROP_FRACTION) -> Preprocessed:
+                 crop_fraction: float = CROP_FRACTION, max_decode_ms: float | None = None) -> Preprocessed:
     """Fetch and decode one object, through the cache when one is given and enabled.
 
-    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`.
+    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`
+    when decoding took more than `max_decode_ms` of CPU time (checked after the decode: it is
+    not interrupted; max_pixels and the scan limit are what bound its cost).
     """
+    decode_args = (size, max_pixels, crop_fraction, max_decode_ms)
     if cache is None or not cache.enabled:
         fetched = fetcher.fetch(ref)
-        return _decode(fetched, fetched.fetch_ms, size, max_pixels, crop_fraction, None)
+        return _decode(fetched, fetched.fetch_ms, *decode_args, None)
     known = cache.etag_for(ref.uri, size, crop_fraction)
     fetched = fetcher.fetch(ref, if_none_match=known)
     fetch_ms = fetched.fetch_ms
@@ -174,17 +179,21 @@ def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int
             return Preprocessed(image, known, StageTimings(fetch_ms, cache_hit=True))
         fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
         fetch_ms += fetched.fetch_ms
-        return _decode(fetched, fetch_ms, size, max_pixels, crop_fraction, cache)
+        return _decode(fetched, fetch_ms, *decode_args, cache)
     key = CacheKey.of(fetched, size, crop_fraction)
     image = cache.get(key)  # a store without ETags: same URI and length
     if image is not None:
         return Preprocessed(image, fetched.etag, StageTimings(fetch_ms, cache_hit=True))
-    return _decode(fetched, fetch_ms, size, max_pixels, crop_fraction, cache)
+    return _decode(fetched, fetch_ms, *decode_args, cache)
 
 
 def _decode(fetched: FetchedObject, fetch_ms: float, size: int, max_pixels: int,
-            crop_fraction: float, cache: DecodedImageCache | None) -> Preprocessed:
+            crop_fraction: float, max_decode_ms: float | None, cache: DecodedImageCache | None) -> Preprocessed:
+    cpu_start = time.thread_time()
     image = decode_to_tensor(fetched.data, size, max_pixels=max_pixels, crop_fraction=crop_fraction)
+    cpu_ms = (time.thread_time() - cpu_start) * 1000
+    if max_decode_ms is not None and cpu_ms > max_decode_ms:
+        raise DecodeTimeout(f"decoding took {cpu_ms:.0f} ms of CPU time, limit max_decode_ms={max_decode_ms}")
     if cache is not None:
         cache.put(CacheKey.of(fetched, size, crop_fraction), image)
     return Preprocessed(image, fetched.etag,

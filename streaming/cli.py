@@ -1,6 +1,7 @@
 """`imgstream`: run the local stack, submit the job, publish requests, read results."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 from streaming import jobs, kafka_io
 from streaming.bench.cli import bench_app
 from streaming.config import PipelineConfig, Secret
+from streaming.stack import kafka as stack_kafka
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
 from triton_models.cli import models_app
@@ -34,11 +36,14 @@ def _echo(message: str) -> None:
 
 def stack_config(layout: StackLayout, settings: list[str] | None = None) -> PipelineConfig:
     """The job's configuration for the local stack; `key=value` settings override."""
+    sasl = dict(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism=layout.kafka_sasl_mechanism,
+                kafka_sasl_username=layout.kafka_sasl_username,
+                kafka_sasl_password=Secret(layout.kafka_sasl_password)) if layout.kafka_sasl else {}
     base = PipelineConfig.from_env(
         kafka_bootstrap=layout.kafka_bootstrap, requests_topic=layout.requests_topic,
         results_topic=layout.results_topic, s3_endpoint=layout.s3_endpoint,
         s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
-        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc,
+        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc, **sasl,
     )
     overrides = dict(item.split("=", 1) for item in settings or [])
     if not overrides:
@@ -47,10 +52,13 @@ def stack_config(layout: StackLayout, settings: list[str] | None = None) -> Pipe
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(sasl: bool = typer.Option(False, "--sasl", help="Kafka accepts only SASL/SCRAM logins "
+                                       "(same as IMGSTREAM_STACK_KAFKA_SASL=1; export that for the other commands).")) -> None:
     """Start Kafka, S3Proxy, Triton and Flink (downloads and builds what is missing)."""
-    layout = _layout()
+    layout = dataclasses.replace(_layout(), kafka_sasl=True) if sasl else _layout()
     local_stack.up(layout, log=_echo)
+    if sasl and not _layout().kafka_sasl:
+        _echo("Kafka runs with SASL: export IMGSTREAM_STACK_KAFKA_SASL=1 so that other imgstream commands log in")
     typer.echo(json.dumps(local_stack.status(layout), indent=2))
 
 
@@ -133,7 +141,8 @@ def publish(uris: Optional[List[str]] = typer.Argument(None, help="URIs; s3://bu
     if from_file:
         items += [line.strip() for line in from_file.read_text().splitlines() if line.strip()]
     events = kafka_io.make_requests(_expand(layout, items))
-    kafka_io.publish(layout.kafka_bootstrap, topic or layout.requests_topic, events)
+    kafka_io.publish(layout.kafka_bootstrap, topic or layout.requests_topic, events,
+                     security=stack_kafka.client_security(layout))
     for event in events:
         typer.echo(json.dumps(event))
     _echo(f"published {len(events)} events to {topic or layout.requests_topic}")
@@ -153,7 +162,8 @@ def results(count: Optional[int] = None, timeout: float = 60.0, as_json: bool = 
     """Follow the results topic: one line per result (`--json`: the raw JSON)."""
     layout = _layout()
     for result in kafka_io.read_results(layout.kafka_bootstrap, topic or layout.results_topic, count=count,
-                                        timeout_s=timeout, from_beginning=from_beginning):
+                                        timeout_s=timeout, from_beginning=from_beginning,
+                                        security=stack_kafka.client_security(layout)):
         typer.echo(json.dumps(result) if as_json else _describe(result))
 
 
@@ -173,12 +183,12 @@ def demo(timeout: float = 300.0) -> None:
     uris = _expand(layout, [f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}"])
     uris.append(f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}does-not-exist.jpg")
     events = kafka_io.make_requests(uris)
-    kafka_io.publish(layout.kafka_bootstrap, layout.requests_topic, events)
+    kafka_io.publish(layout.kafka_bootstrap, layout.requests_topic, events, security=stack_kafka.client_security(layout))
     _echo(f"published {len(events)} requests; waiting for results ...")
     ids = {e["id"] for e in events}
     got = 0
     for result in kafka_io.read_results(layout.kafka_bootstrap, layout.results_topic, count=len(ids),
-                                        timeout_s=timeout, ids=ids):
+                                        timeout_s=timeout, ids=ids, security=stack_kafka.client_security(layout)):
         typer.echo(_describe(result))
         got += 1
     _echo(f"{got}/{len(ids)} results. Flink web UI: {layout.flink_rest}  ·  stop with: imgstream stack down")

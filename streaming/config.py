@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "IMGSTREAM_"
+KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."  # of flink-sql-connector-kafka's Kafka client
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class PipelineConfig:
     kafka_sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
     kafka_sasl_username: str | None = None
     kafka_sasl_password: Secret | None = None
+    # Kafka TLS (security protocol SSL or SASL_SSL): PEM files, read by the Java and Python clients
+    kafka_ssl_ca_file: str | None = None  # CA certificates that sign the brokers' certificates
+    kafka_ssl_keystore_file: str | None = None  # client key + certificate chain (mutual TLS only)
+    kafka_ssl_key_password: Secret | None = None  # when that private key is encrypted
     # Results: exactly_once (visible at checkpoints) or at_least_once (low latency, dedupe by id)
     delivery_guarantee: str = "exactly_once"
     transactional_id_prefix: str = "imgstream"
@@ -52,11 +57,16 @@ class PipelineConfig:
     allowed_schemes: tuple[str, ...] = ("s3",)
     allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
     file_root: str | None = None  # file:// URIs are allowed only under this folder
+    allowed_s3_prefixes: tuple[str, ...] = ()  # "bucket/key-prefix" entries; empty: any key
+    allowed_hosts: tuple[str, ...] = ()  # http(s) hosts: "name", "*.suffix", "*", each [":port"|":*"]; empty: none
+    http_trusted_networks: tuple[str, ...] = ()  # CIDRs http(s) may reach although private/loopback
+    max_redirects: int = 3  # http(s) redirects followed, each hop checked again
     # Limits
     max_event_bytes: int = 64 * 1024
     max_uri_chars: int = 2048
     max_object_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_decode_ms: int = 10_000  # CPU time of one image's decode + resize
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16
@@ -86,7 +96,7 @@ class PipelineConfig:
         positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
                     "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
                     "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight",
-                    "bundle_size", "bundle_time_ms")
+                    "bundle_size", "bundle_time_ms", "max_decode_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -107,18 +117,46 @@ class PipelineConfig:
         unknown = set(self.allowed_schemes) - {"s3", "file", "http", "https"}
         if unknown:
             raise ValueError(f"unknown URI schemes: {sorted(unknown)}")
+        if self.max_redirects < 0:
+            raise ValueError("max_redirects must be >= 0")
+        from streaming.netpolicy import check_config  # host patterns, networks, S3 prefixes
+        check_config(self.allowed_hosts, self.http_trusted_networks, self.allowed_s3_prefixes)
+        if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError("kafka_security_protocol must be PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL, "
+                             f"got {self.kafka_security_protocol!r}")
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+                and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError("SASL needs kafka_sasl_mechanism (PLAIN|SCRAM-SHA-256|SCRAM-SHA-512), "
+                             "kafka_sasl_username and kafka_sasl_password")
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):  # quoted into a JAAS config
+            value = getattr(self, name)
+            text = value.value if isinstance(value, Secret) else value
+            if text and any(c in '"\\' or ord(c) < 32 or ord(c) == 127 for c in text):
+                raise ValueError(f"{name} must not contain quotes, backslashes or control characters")
+        if (self.kafka_ssl_ca_file or self.kafka_ssl_keystore_file) and "SSL" not in self.kafka_security_protocol:
+            raise ValueError("kafka_ssl_* files need kafka_security_protocol SSL or SASL_SSL")
 
     def kafka_client_properties(self) -> dict[str, str]:
-        """Security settings for Kafka clients (Flink connector and kafka-python alike)."""
+        """Security settings for the Java Kafka clients (Flink's connector); kafka-python's
+        keywords come from `streaming.kafka_io.client_security`."""
         props = {"security.protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             props["sasl.mechanism"] = self.kafka_sasl_mechanism
         if self.kafka_sasl_username and self.kafka_sasl_password:
-            module = ("org.apache.kafka.common.security.scram.ScramLoginModule"
-                      if self.kafka_sasl_mechanism.startswith("SCRAM") else
-                      "org.apache.kafka.common.security.plain.PlainLoginModule")
+            # flink-sql-connector-kafka shades the Kafka client: its login modules live under
+            # org.apache.flink.kafka.shaded (the plain class names are not on the job's classpath)
+            module = KAFKA_SHADED_PREFIX + ("org.apache.kafka.common.security.scram.ScramLoginModule"
+                                            if self.kafka_sasl_mechanism.startswith("SCRAM") else
+                                            "org.apache.kafka.common.security.plain.PlainLoginModule")
             props["sasl.jaas.config"] = (f'{module} required username="{self.kafka_sasl_username}" '
                                          f'password="{self.kafka_sasl_password.value}";')
+        if self.kafka_ssl_ca_file:
+            props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": self.kafka_ssl_ca_file})
+        if self.kafka_ssl_keystore_file:
+            props.update({"ssl.keystore.type": "PEM", "ssl.keystore.location": self.kafka_ssl_keystore_file})
+        if self.kafka_ssl_key_password:
+            props["ssl.key.password"] = self.kafka_ssl_key_password.value
         return props
 
     @classmethod

@@ -44,6 +44,17 @@ class UriNotAllowed(Permanent):
     code, stage = "uri_not_allowed", "parse"
 
 
+class UriTooLong(UriNotAllowed):
+    """The URI is longer than max_uri_chars."""
+    code, stage = "uri_too_long", "parse"
+
+
+class AddressNotAllowed(UriNotAllowed):
+    """An http(s) host is, or resolves to, a loopback/private/link-local/reserved/multicast
+    address outside http_trusted_networks (SSRF guard; checked before connecting, every hop)."""
+    code, stage = "address_not_allowed", "fetch"
+
+
 # -- fetching (stage: fetch) -----------------------------------------------------------
 class ObjectNotFound(Permanent):
     """No object at the URI (S3 NoSuchKey/NoSuchBucket, HTTP 404, missing file)."""
@@ -58,6 +69,11 @@ class AccessDenied(Permanent):
 class ObjectTooLarge(Permanent):
     """The object is bigger than max_object_bytes (checked on headers and while streaming)."""
     code, stage = "object_too_large", "fetch"
+
+
+class TooManyRedirects(Permanent):
+    """An http(s) fetch was redirected more than max_redirects times."""
+    code, stage = "too_many_redirects", "fetch"
 
 
 class FetchFailed(Retryable):
@@ -79,6 +95,11 @@ class CorruptImage(Permanent):
 class ImageTooLarge(Permanent):
     """The image header declares more pixels than max_pixels (decompression bomb guard)."""
     code, stage = "image_too_large", "decode"
+
+
+class DecodeTimeout(Permanent):
+    """Decoding and resizing the image took longer than max_decode_ms."""
+    code, stage = "decode_timeout", "decode"
 
 
 # -- inference (stage: infer) ----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Fetch an object's bytes from S3 or from a file under `file_root`, within the config's limits.
+"""Fetch an object's bytes from S3, from a file under `file_root`, or over http(s), within the
+config's limits.
 
 * Connection reuse: one boto3 client per `Fetcher` (its urllib3 pool holds up to
   `fetch_concurrency` keep-alive connections), one bounded thread pool for `fetch_many`.
@@ -16,8 +17,12 @@
   still has that ETag nothing is transferred and `FetchedObject.not_modified` is True (the
   decoded-image cache uses this to skip both the transfer and the decode).
 
+* http(s): `streaming.http_fetch` does one attempt (the SSRF guard on every hop, redirects,
+  the same size and time limits); this module retries its transient failures like S3's.
+
 botocore/OS errors are translated into the project's error tree in one place each
-(`_s3_errors`, `_file_errors`). Error messages never contain a credential.
+(`_s3_errors`, `_file_errors`; urllib3's in `http_fetch`). Error messages never contain a
+credential.
 
 `Fetcher` builds its boto3 client and its thread pool lazily (or in `open()`), so a fresh one,
 or one sent through pickle, holds only its settings: Flink operators create it in `__init__`
@@ -40,6 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from streaming.config import PipelineConfig
 from streaming.errors import (AccessDenied, FetchFailed, ObjectNotFound, ObjectTooLarge,
                               PipelineError, UriNotAllowed)
+from streaming.http_fetch import HttpGetter, HttpTransient
 from streaming.uris import ObjectRef, resolve_under
 
 log = logging.getLogger(__name__)
@@ -81,19 +87,22 @@ class Fetcher:
     """Reads objects named by `ObjectRef`s; safe to share between threads once built."""
 
     def __init__(self, config: PipelineConfig, *, retry_base_s: float = RETRY_BASE_S,
-                 retry_cap_s: float = RETRY_CAP_S, sleep: Callable[[float], None] = time.sleep):
+                 retry_cap_s: float = RETRY_CAP_S, sleep: Callable[[float], None] = time.sleep,
+                 resolver: Callable[..., list] | None = None):
         if (config.s3_access_key is None) != (config.s3_secret_key is None):
             raise ValueError("set both s3_access_key and s3_secret_key, or neither")
         if retry_base_s < 0 or retry_cap_s < 0:
             raise ValueError("retry backoff must be >= 0")
         self._config = config
         self._retry_base_s, self._retry_cap_s, self._sleep = retry_base_s, retry_cap_s, sleep
+        self._resolver = resolver  # socket.getaddrinfo when None; tests pass their own
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        self._http = HttpGetter(self._config, self._resolver)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> "Fetcher":
@@ -108,6 +117,7 @@ class Fetcher:
             pool, self._pool, self._client = self._pool, None, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self._http.close()
 
     def __enter__(self) -> "Fetcher":
         return self.open()
@@ -123,6 +133,7 @@ class Fetcher:
         self._config = state["_config"]
         self._retry_base_s, self._retry_cap_s = state.get("_retry", (RETRY_BASE_S, RETRY_CAP_S))
         self._sleep = time.sleep
+        self._resolver = None
         self._init_runtime()
 
     def __repr__(self) -> str:
@@ -143,6 +154,8 @@ class Fetcher:
                 data, etag, attempts = self._fetch_s3(client, ref, if_none_match)
             elif ref.scheme == "file":
                 data, etag = self._fetch_file(ref, if_none_match)
+            elif ref.scheme in ("http", "https") and ref.scheme in self._config.allowed_schemes:
+                data, etag, attempts = self._fetch_http(ref, if_none_match)
             else:
                 raise UriNotAllowed(f"scheme {ref.scheme!r} cannot be fetched", stage="fetch")
         except _NotModified as exc:
@@ -189,6 +202,24 @@ class Fetcher:
                     raise FetchFailed(exc.message + suffix) from None
                 log.debug("retrying %s after attempt %d: %s", ref.uri, attempt, exc.message)
                 self._sleep(self.backoff_s(attempt))
+        raise AssertionError("unreachable")
+
+    def _fetch_http(self, ref: ObjectRef, if_none_match: str | None) -> tuple[bytes, str | None, int]:
+        """GET (following checked redirects) with retries for transient failures only."""
+        attempts = self._config.fetch_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                result = self._http.get(ref, if_none_match)
+            except HttpTransient as exc:
+                if attempt == attempts:
+                    suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+                    raise FetchFailed(exc.message + suffix) from None
+                log.debug("retrying %s://%s after attempt %d: %s", ref.scheme, ref.bucket, attempt, exc.message)
+                self._sleep(self.backoff_s(attempt))
+                continue
+            if result.not_modified:
+                raise _NotModified(attempt)
+            return result.data, result.etag, attempt
         raise AssertionError("unreachable")
 
     def backoff_s(self, attempt: int) -> float:

@@ -1,12 +1,50 @@
-"""Publishing requests and reading results with kafka-python (tools and tests; the job uses Flink's connector)."""
+"""Publishing requests and reading results with kafka-python (tools and tests; the job uses Flink's connector).
+
+Security. The job's Kafka clients (Flink's KafkaSource/KafkaSink, Java) get their settings from
+`PipelineConfig.kafka_client_properties()`; kafka-python clients here from `client_security`.
+Both read the same config fields:
+
+| field | SASL/SCRAM | TLS | mutual TLS |
+|---|---|---|---|
+| `kafka_security_protocol` | `SASL_PLAINTEXT` (or `SASL_SSL`) | `SSL` | `SSL` (or `SASL_SSL`) |
+| `kafka_sasl_mechanism` | `SCRAM-SHA-512` or `SCRAM-SHA-256` (`PLAIN` too) | - | - |
+| `kafka_sasl_username`, `kafka_sasl_password` | the user (the password is a `Secret`) | - | - |
+| `kafka_ssl_ca_file` | - | PEM CA bundle; omit to use the system CAs (Python) / JVM's trust store (Java) | same |
+| `kafka_ssl_keystore_file` | - | - | PEM holding the client's private key and certificate chain |
+| `kafka_ssl_key_password` | - | - | that key's password, if it is encrypted (`Secret`) |
+
+For the Java clients the PEM files become `ssl.truststore.type=PEM` / `ssl.keystore.type=PEM`
+(Kafka 2.7+); the broker's host name is verified (Java's default `https` endpoint
+identification; `ssl_check_hostname=True` here). Set them as `IMGSTREAM_KAFKA_...` variables
+or `--set` on `job submit`; the password then travels to the job inside its (pickled) config and
+in the Kafka clients' JAAS setting, never in a log line or result. The local stack runs
+SASL/SCRAM with `imgstream stack up --sasl` (see `streaming/stack/kafka.py`); TLS is not set
+up locally.
+"""
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer
+
+from streaming.config import PipelineConfig
+
+
+def client_security(config: PipelineConfig) -> dict[str, Any]:
+    """kafka-python keyword arguments for the config's Kafka security settings."""
+    protocol = config.kafka_security_protocol
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        kwargs.update(sasl_mechanism=config.kafka_sasl_mechanism, sasl_plain_username=config.kafka_sasl_username,
+                      sasl_plain_password=config.kafka_sasl_password.value if config.kafka_sasl_password else None)
+    if "SSL" in protocol:
+        kwargs.update(ssl_check_hostname=True, ssl_cafile=config.kafka_ssl_ca_file,
+                      ssl_certfile=config.kafka_ssl_keystore_file,
+                      ssl_password=config.kafka_ssl_key_password.value if config.kafka_ssl_key_password else None)
+    return kwargs
 
 
 def make_requests(uris: Iterable[str]) -> list[dict]:
@@ -14,10 +52,13 @@ def make_requests(uris: Iterable[str]) -> list[dict]:
     return [{"id": uuid.uuid4().hex, "uri": uri} for uri in uris]
 
 
-def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes]) -> int:
-    """Send events (dicts as JSON, bytes as they are) and wait until the broker has them all."""
+def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes], *,
+            security: Mapping[str, Any] | None = None) -> int:
+    """Send events (dicts as JSON, bytes as they are) and wait until the broker has them all.
+
+    `security`: kafka-python settings (`client_security(config)`, or the local stack's)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                             request_timeout_ms=15_000, max_block_ms=30_000)
+                             request_timeout_ms=15_000, max_block_ms=30_000, **(security or {}))
     count = 0
     try:
         for event in events:
@@ -32,7 +73,8 @@ def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes]) -> int:
 
 
 def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeout_s: float = 60.0,
-                 ids: set[str] | None = None, from_beginning: bool = True) -> Iterator[dict]:
+                 ids: set[str] | None = None, from_beginning: bool = True,
+                 security: Mapping[str, Any] | None = None) -> Iterator[dict]:
     """Yield results (parsed JSON) until `count` arrived or `timeout_s` passed.
 
     Reads committed data only (`read_committed`), so results of an exactly-once job show up
@@ -41,7 +83,7 @@ def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeou
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        isolation_level="read_committed", consumer_timeout_ms=1000,
+        isolation_level="read_committed", consumer_timeout_ms=1000, **(security or {}),
     )
     seen = 0
     deadline = time.monotonic() + timeout_s

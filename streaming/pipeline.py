@@ -79,7 +79,7 @@ class ImagePipeline:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
         pre = fetch_decode(self._fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
-                           cache=self.cache)
+                           cache=self.cache, max_decode_ms=self.config.max_decode_ms)
         return Prepared(request, pre.image.tensor, pre.timings.as_dict())
 
     def classify(self, tensors: list[np.ndarray]) -> list[tuple[Label, ...]]:

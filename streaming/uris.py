@@ -3,37 +3,51 @@
 Accepted forms:
 
 * ``s3://bucket/key`` - the key is taken literally (no percent-decoding, ``?`` and ``#`` are
-  part of the key), as the AWS CLI does.
+  part of the key), as the AWS CLI does. The bucket must be in `allowed_buckets` (when set);
+  with `allowed_s3_prefixes` ("bucket/prefix" entries) the key must also start with the prefix
+  given for its bucket and may not hold ``.``/``..`` segments or backslashes (an S3-compatible
+  server that normalises paths could otherwise be walked out of the prefix).
 * ``file:///abs/path`` (or ``file://localhost/abs/path``) - percent-decoded; allowed only when
   "file" is in `allowed_schemes` AND `file_root` is set, and the real path (symlinks and
   ``..`` resolved) must lie inside the real `file_root`.
-* ``http(s)://`` - not implemented yet: always refused.
+* ``http(s)://host[:port]/path?query`` - deny by default: the host (and port) must match
+  `allowed_hosts` (see `streaming.netpolicy`); user info, backslashes, zone ids and numeric
+  hosts in non-canonical forms are refused; an IP-literal host is checked against the address
+  guard here, a host name when it is resolved (`streaming.http_fetch`, every redirect hop
+  again, via `redirect_target`). The fragment is dropped; the ref's bucket is ``host[:port]``
+  and its key the request target without its leading ``/``.
 
-Every refusal is a `UriNotAllowed` whose message names the reason. Messages never repeat
-unvalidated parts of the URI (they might hold user info such as ``user:password@``).
+Every refusal is a `UriNotAllowed` (`UriTooLong`, `AddressNotAllowed` are kinds of it) whose
+message names the reason. Messages never repeat unvalidated parts of the URI (they might hold
+user info such as ``user:password@``).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from streaming import netpolicy
 from streaming.config import PipelineConfig
-from streaming.errors import UriNotAllowed
+from streaming.errors import UriNotAllowed, UriTooLong
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # Stricter than S3's legacy rules would need, as loose as botocore's client-side check allows:
 # letters, digits, '.', '-', '_'; 3-255 characters; starts and ends with a letter or digit.
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_AUTHORITY_END = re.compile(r"[/?#]")
+_TARGET_SAFE = "/%:@!$&'()*+,;=-._~?"  # kept as they are in an http request target
 MAX_KEY_BYTES = 1024  # S3's own limit on key length (UTF-8 bytes)
 
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """Where an image lives. For ``file`` the bucket is empty and the key is the real path."""
+    """Where an image lives. For ``file`` the bucket is empty and the key is the real path;
+    for ``http(s)`` the bucket is ``host[:port]`` and the key the request target minus its ``/``."""
 
     scheme: str
     bucket: str
@@ -55,7 +69,7 @@ def parse_uri(uri: str, config: PipelineConfig) -> ObjectRef:
     if not isinstance(uri, str):
         raise UriNotAllowed(f"URI must be a string, got {type(uri).__name__}")
     if len(uri) > config.max_uri_chars:
-        raise UriNotAllowed(f"URI is {len(uri)} characters, limit {config.max_uri_chars}")
+        raise UriTooLong(f"URI is {len(uri)} characters, limit {config.max_uri_chars}")
     if _CONTROL.search(uri):
         raise UriNotAllowed("URI contains control characters")
     scheme, sep, rest = uri.partition("://")
@@ -70,8 +84,60 @@ def parse_uri(uri: str, config: PipelineConfig) -> ObjectRef:
     if scheme == "file":
         return _parse_file(uri, config)
     if scheme in ("http", "https"):
-        raise UriNotAllowed("http(s) fetching not implemented yet")
+        return _parse_http(scheme, rest, config)
     raise UriNotAllowed(f"scheme {scheme!r} is not supported")
+
+
+def redirect_target(location: str, current: ObjectRef, config: PipelineConfig) -> ObjectRef:
+    """The ref a redirect's Location leads to, checked like a request's URI (stage fetch).
+
+    Only http(s) targets are followed, and never from https down to http.
+    """
+    try:
+        if _CONTROL.search(location):
+            raise UriNotAllowed("Location contains control characters")
+        target = urljoin(current.uri, location.strip())
+        if target.partition("://")[0].lower() not in ("http", "https"):
+            raise UriNotAllowed("redirect to a scheme other than http(s)")
+        ref = parse_uri(target, config)
+        if current.scheme == "https" and ref.scheme == "http":
+            raise UriNotAllowed("redirect from https to http")
+        return ref
+    except UriNotAllowed as exc:
+        exc.stage = "fetch"
+        exc.message = f"redirect refused: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+def _parse_http(scheme: str, rest: str, config: PipelineConfig) -> ObjectRef:
+    if not config.allowed_hosts:
+        raise UriNotAllowed("no http(s) host is allowed (allowed_hosts is empty)")
+    match = _AUTHORITY_END.search(rest)
+    netloc, tail = (rest[:match.start()], rest[match.start():]) if match else (rest, "")
+    authority = netpolicy.parse_authority(netloc, scheme)
+    if not netpolicy.host_allowed(authority, scheme, config.allowed_hosts):
+        raise UriNotAllowed(f"host {authority.host!r} port {authority.port} is not in allowed_hosts")
+    if authority.ip is not None:  # names are checked when resolved, just before connecting
+        netpolicy.check_address(authority.ip, _networks(config.http_trusted_networks), stage="parse")
+    path = tail.partition("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    try:
+        target = quote(path, safe=_TARGET_SAFE)
+    except UnicodeEncodeError:
+        raise UriNotAllowed("http(s) path is not valid Unicode") from None
+    return ObjectRef(scheme, authority.netloc(scheme), target[1:])
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(texts: tuple[str, ...]) -> tuple:
+    return netpolicy.parse_networks(texts)
+
+
+def trusted_networks(config: PipelineConfig) -> tuple:
+    """`http_trusted_networks` parsed (cached)."""
+    return _networks(config.http_trusted_networks)
 
 
 def _parse_s3(rest: str, config: PipelineConfig) -> ObjectRef:
@@ -82,6 +148,12 @@ def _parse_s3(rest: str, config: PipelineConfig) -> ObjectRef:
         raise UriNotAllowed(f"bucket {bucket!r} is not in allowed_buckets")
     if not key:
         raise UriNotAllowed("S3 URI has no object key")
+    if config.allowed_s3_prefixes:
+        if "\\" in key or any(part in (".", "..") for part in key.split("/")):
+            raise UriNotAllowed("S3 key has '.' or '..' segments or a backslash")
+        prefixes = [p.partition("/")[2] for p in config.allowed_s3_prefixes if p.partition("/")[0] == bucket]
+        if not any(key.startswith(prefix) for prefix in prefixes):
+            raise UriNotAllowed(f"key is outside the allowed_s3_prefixes of bucket {bucket!r}")
     try:
         key_bytes = len(key.encode("utf-8"))
     except UnicodeEncodeError:

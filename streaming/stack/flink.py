@@ -21,8 +21,8 @@ FLINK_HOME = Path(pyflink.__file__).parent
 # Sized for a 2-core, 24 GB machine shared with Kafka, Triton and S3Proxy. Under ~1.7 GB the
 # TaskManager hit Java OOM on 150 KB records and then hung RUNNING with no output.
 JOBMANAGER_MEMORY = "1024m"
-TASKMANAGER_MEMORY = "2560m"
-TASK_SLOTS = 2
+TASKMANAGER_MEMORY = "3072m"
+TASK_SLOTS = 4  # tests run a session job beside per-test jobs; benchmarks use parallelism 2
 
 
 def flink_settings(layout: StackLayout) -> dict[str, str]:

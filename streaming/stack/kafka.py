@@ -1,4 +1,12 @@
-"""A single-node Apache Kafka 4 (KRaft, broker+controller in one JVM) on loopback, from the locked jars."""
+"""A single-node Apache Kafka 4 (KRaft, broker+controller in one JVM) on loopback, from the locked jars.
+
+With `layout.kafka_sasl` the client listener is SASL_PLAINTEXT with SCRAM-SHA-512 only (the
+broker talks to itself over it too); the user is created in the KRaft metadata when the storage
+is formatted, which happens once per data dir, so every data dir is formatted with it and SASL
+can be switched on later. No authorizer is configured: any authenticated user may do anything
+(the local stack tests authentication, not ACLs). TLS is not set up locally; see
+`streaming/kafka_io.py` for the client settings of a TLS cluster.
+"""
 from __future__ import annotations
 
 import base64
@@ -59,10 +67,13 @@ def log_dirs(layout: StackLayout) -> Path:
     return layout.data_dir("kafka") / "log-dirs"
 
 
+SCRAM_MARKER = "scram-credentials"  # in the data dir: formatted with the SASL user
+
+
 def server_properties(layout: StackLayout) -> dict[str, str]:
     """The broker+controller configuration."""
     host = layout.host
-    return {
+    props = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.voters": f"{NODE_ID}@{host}:{layout.kafka_controller_port}",
@@ -94,6 +105,36 @@ def server_properties(layout: StackLayout) -> dict[str, str]:
         "log.retention.hours": "24",
         "log.segment.bytes": str(256 * 1024 * 1024),
     }
+    if layout.kafka_sasl:
+        props.update(_sasl_properties(layout))
+    return props
+
+
+def _sasl_properties(layout: StackLayout) -> dict[str, str]:
+    host, mechanism = layout.host, layout.kafka_sasl_mechanism
+    return {
+        "listeners": f"SASL_PLAINTEXT://{host}:{layout.kafka_port},CONTROLLER://{host}:{layout.kafka_controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://{host}:{layout.kafka_port}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": mechanism,
+        "sasl.mechanism.inter.broker.protocol": mechanism,
+        f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": _jaas(layout),
+    }
+
+
+def _jaas(layout: StackLayout) -> str:
+    return ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+            f'username="{layout.kafka_sasl_username}" password="{layout.kafka_sasl_password}";')
+
+
+def client_security(layout: StackLayout) -> dict[str, str]:
+    """kafka-python keyword arguments for this stack's Kafka (empty without SASL)."""
+    if not layout.kafka_sasl:
+        return {}
+    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": layout.kafka_sasl_mechanism,
+            "sasl_plain_username": layout.kafka_sasl_username,
+            "sasl_plain_password": layout.kafka_sasl_password}
 
 
 def _render(props: dict[str, str]) -> str:
@@ -138,14 +179,19 @@ def prepare_kafka(layout: StackLayout, jars: Sequence[Path]) -> Path:
     _write_if_changed(log4j_path(layout), LOG4J2_PROPERTIES)
     _write_if_changed(config_path(layout), _render(server_properties(layout)))
     if (log_dirs(layout) / "meta.properties").exists():
+        if layout.kafka_sasl and not (data / SCRAM_MARKER).exists():
+            raise KafkaSetupError(f"the Kafka data in {data} was formatted without the SASL user; "
+                                  "remove that folder (its topics are lost) or use another IMGSTREAM_STACK_DIR")
         return config_path(layout)
+    scram = f"{layout.kafka_sasl_mechanism}=[name={layout.kafka_sasl_username},password={layout.kafka_sasl_password}]"
     argv = _java(
         layout, jars, TOOL_HEAP_OPTS, STORAGE_TOOL, "format", "--config", str(config_path(layout)),
-        "--cluster-id", cluster_id(layout), "--ignore-formatted",
+        "--cluster-id", cluster_id(layout), "--ignore-formatted", "--add-scram", scram,
     )
     done = subprocess.run(argv, cwd=data, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise KafkaSetupError(f"kafka storage format failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    (data / SCRAM_MARKER).write_text(f"{layout.kafka_sasl_mechanism} user {layout.kafka_sasl_username}\n")
     return config_path(layout)
 
 
@@ -161,7 +207,7 @@ def kafka_healthy(layout: StackLayout) -> bool:
         admin = KafkaAdminClient(
             bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-health",
             bootstrap_timeout_ms=3000, request_timeout_ms=3000,
-            reconnect_backoff_ms=100, reconnect_backoff_max_ms=500,
+            reconnect_backoff_ms=100, reconnect_backoff_max_ms=500, **client_security(layout),
         )
     except Exception:  # noqa: BLE001 - any failure means "not (yet) healthy"
         return False
@@ -192,7 +238,7 @@ def ensure_topics(layout: StackLayout, names: Sequence[str], partitions: int) ->
 
     admin = KafkaAdminClient(
         bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-setup",
-        bootstrap_timeout_ms=10000, request_timeout_ms=15000,
+        bootstrap_timeout_ms=10000, request_timeout_ms=15000, **client_security(layout),
     )
     try:
         missing = [n for n in dict.fromkeys(names) if n not in set(admin.list_topics())]

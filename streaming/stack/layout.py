@@ -28,11 +28,18 @@ class StackLayout:
     bucket: str = "samples"
     s3_access_key: str = "local-access-key"
     s3_secret_key: str = "local-secret-key"
+    # Kafka with SASL/SCRAM (`stack up --sasl` or IMGSTREAM_STACK_KAFKA_SASL=1): the client
+    # listener then accepts only SASL_PLAINTEXT logins of this user (local credentials, like S3's).
+    kafka_sasl: bool = False
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = "imgstream"
+    kafka_sasl_password: str = "imgstream-local-secret"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "StackLayout":
-        """Reads `IMGSTREAM_STACK_DIR` (logs, data, downloads) and `IMGSTREAM_STACK_PORT_OFFSET`
-        (added to every port, so a second stack can run beside the first)."""
+        """Reads `IMGSTREAM_STACK_DIR` (logs, data, downloads), `IMGSTREAM_STACK_PORT_OFFSET`
+        (added to every port, so a second stack can run beside the first) and
+        `IMGSTREAM_STACK_KAFKA_SASL` (1: Kafka with SASL/SCRAM)."""
         env = os.environ if environ is None else environ
         changes: dict = {}
         if env.get("IMGSTREAM_STACK_DIR"):
@@ -41,6 +48,8 @@ class StackLayout:
         if offset:
             changes.update({f.name: getattr(cls, f.name) + offset for f in fields(cls)
                             if f.name.endswith("_port")})
+        if (env.get("IMGSTREAM_STACK_KAFKA_SASL") or "").strip().lower() in ("1", "true", "yes", "on"):
+            changes["kafka_sasl"] = True
         return cls(**changes)
 
     @property
@@ -66,6 +75,10 @@ class StackLayout:
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_security_protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.kafka_sasl else "PLAINTEXT"
 
     @property
     def s3_endpoint(self) -> str:

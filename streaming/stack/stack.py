@@ -83,7 +83,8 @@ def status(layout: StackLayout) -> dict:
     running = {name: process.running_pid(layout.run_dir, name) for name in SERVICE_ORDER}
     overview = flink.overview(layout) if running["flink-jobmanager"] else None
     report = {
-        "kafka": {"bootstrap": layout.kafka_bootstrap, "requests_topic": layout.requests_topic,
+        "kafka": {"bootstrap": layout.kafka_bootstrap, "security_protocol": layout.kafka_security_protocol,
+                  "requests_topic": layout.requests_topic,
                   "results_topic": layout.results_topic, "pid": running["kafka"],
                   "healthy": bool(running["kafka"]) and kafka.kafka_healthy(layout)},
         "s3": {"endpoint": layout.s3_endpoint, "bucket": layout.bucket,

@@ -1,6 +1,7 @@
 """parse_uri: the allowlists, file_root containment, and that it only ever raises UriNotAllowed."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.config import PipelineConfig
-from streaming.errors import UriNotAllowed
-from streaming.uris import ObjectRef, parse_uri
+from streaming import netpolicy
+from streaming.errors import AddressNotAllowed, UriNotAllowed, UriTooLong
+from streaming.uris import ObjectRef, parse_uri, redirect_target
 
 S3_ONLY = PipelineConfig()
 
@@ -82,12 +84,14 @@ def test_bucket_allowlist():
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_http_is_refused_even_when_allowed(scheme):
+def test_http_is_denied_by_default_even_when_the_scheme_is_allowed(scheme):
     uri = f"{scheme}://example.com/a.jpg"
     with pytest.raises(UriNotAllowed, match="not allowed"):
         parse_uri(uri, S3_ONLY)
-    with pytest.raises(UriNotAllowed, match="not implemented yet"):
+    with pytest.raises(UriNotAllowed, match="allowed_hosts is empty"):
         parse_uri(uri, PipelineConfig(allowed_schemes=("s3", scheme)))
+    allowed = PipelineConfig(allowed_schemes=("s3", scheme), allowed_hosts=("example.com",))
+    assert parse_uri(uri, allowed) == ObjectRef(scheme, "example.com", "a.jpg")
 
 
 # -- file:// -----------------------------------------------------------------------------
@@ -186,3 +190,145 @@ def test_parse_uri_returns_a_ref_or_raises_uri_not_allowed(uri):
         assert ref.bucket in ("bucket", "images") and ref.key
     else:
         assert Path(ref.key).is_relative_to(_PROPERTY_ROOT) and Path(ref.key) != _PROPERTY_ROOT
+
+
+# -- http(s) -------------------------------------------------------------------------------
+HTTP = PipelineConfig(allowed_schemes=("s3", "http", "https"),
+                      allowed_hosts=("images.example.com", "*.cdn.example.net", "static.example.org:8080"))
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("https://images.example.com/a/b.jpg", ObjectRef("https", "images.example.com", "a/b.jpg")),
+    ("HTTPS://Images.Example.COM./a.jpg?w=1&h=2#frag", ObjectRef("https", "images.example.com", "a.jpg?w=1&h=2")),
+    ("http://images.example.com:80/x.jpg", ObjectRef("http", "images.example.com", "x.jpg")),
+    ("https://a.b.cdn.example.net/x y/é.jpg", ObjectRef("https", "a.b.cdn.example.net", "x%20y/%C3%A9.jpg")),
+    ("http://static.example.org:8080/p%2Fq", ObjectRef("http", "static.example.org:8080", "p%2Fq")),
+    ("https://images.example.com", ObjectRef("https", "images.example.com", "")),
+    ("https://images.example.com?x=1", ObjectRef("https", "images.example.com", "?x=1")),
+])
+def test_http_uris_parse(uri, expected):
+    ref = parse_uri(uri, HTTP)
+    assert ref == expected
+    assert parse_uri(ref.uri, HTTP) == ref  # the canonical form parses to itself
+
+
+@pytest.mark.parametrize("uri, error, reason", [
+    ("https://evil.example.com/a.jpg", "uri_not_allowed", "not in allowed_hosts"),
+    ("https://images.example.com:8443/a.jpg", "uri_not_allowed", "port 8443 is not in allowed_hosts"),
+    ("http://static.example.org/a.jpg", "uri_not_allowed", "not in allowed_hosts"),
+    ("https://cdn.example.net/a.jpg", "uri_not_allowed", "not in allowed_hosts"),
+    ("https://user:pa55word@images.example.com/a.jpg", "uri_not_allowed", "user info"),
+    ("https://images.example.com@evil.example.com/", "uri_not_allowed", "user info"),
+    ("https://images.example.com\\@evil.example.com/", "uri_not_allowed", "user info"),
+    ("https://images.example.com\\.evil.example.com/", "uri_not_allowed", "backslash"),
+    ("https://images.example.com/a\x00.jpg", "uri_not_allowed", "control characters"),
+    ("https:/images.example.com/a.jpg", "uri_not_allowed", "not an absolute URI"),
+])
+def test_bad_http_uris(uri, error, reason):
+    with pytest.raises(UriNotAllowed, match=reason) as caught:
+        parse_uri(uri, HTTP)
+    assert caught.value.code == error and caught.value.stage == "parse"
+    assert "pa55word" not in caught.value.message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "169.254.169.254", "10.1.2.3", "[::1]", "[::ffff:169.254.169.254]",
+                                  "[fe80::1]", "0.0.0.0", "[64:ff9b::a9fe:a9fe]"])
+def test_http_ip_literals_meet_the_address_guard_at_parse(host):
+    config = PipelineConfig(allowed_schemes=("http",), allowed_hosts=("*",))
+    with pytest.raises(AddressNotAllowed) as caught:
+        parse_uri(f"http://{host}/latest/meta-data/", config)
+    assert caught.value.code == "address_not_allowed" and caught.value.stage == "parse"
+
+
+def test_trusted_networks_let_an_internal_literal_through():
+    config = PipelineConfig(allowed_schemes=("http",), allowed_hosts=("10.1.2.3:8080",),
+                            http_trusted_networks=("10.1.0.0/16",))
+    assert parse_uri("http://10.1.2.3:8080/a.jpg", config) == ObjectRef("http", "10.1.2.3:8080", "a.jpg")
+
+
+def test_uri_length_has_its_own_code():
+    with pytest.raises(UriTooLong) as caught:
+        parse_uri("s3://bucket/" + "k" * 3000, S3_ONLY)
+    assert caught.value.code == "uri_too_long" and isinstance(caught.value, UriNotAllowed)
+
+
+# -- S3 key prefixes -----------------------------------------------------------------------
+PREFIXED = PipelineConfig(allowed_buckets=("images", "thumbs"), allowed_s3_prefixes=("images/public/", "thumbs/"))
+
+
+@pytest.mark.parametrize("uri, ok", [
+    ("s3://images/public/a.jpg", True), ("s3://images/public/sub/a.jpg", True), ("s3://thumbs/x.jpg", True),
+    ("s3://images/private/a.jpg", False), ("s3://images/publicity.jpg", False),
+    ("s3://images/public/../private/a.jpg", False), ("s3://images/public/./a.jpg", False),
+    ("s3://images/public\\..\\private.jpg", False), ("s3://images/public/..", False),
+])
+def test_s3_key_prefixes(uri, ok):
+    if ok:
+        assert parse_uri(uri, PREFIXED).key.startswith(("public/", "x"))
+    else:
+        with pytest.raises(UriNotAllowed):
+            parse_uri(uri, PREFIXED)
+
+
+# -- redirects -----------------------------------------------------------------------------
+@pytest.mark.parametrize("location, expected", [
+    ("/b.jpg", ObjectRef("https", "images.example.com", "b.jpg")),
+    ("c.jpg", ObjectRef("https", "images.example.com", "dir/c.jpg")),
+    ("https://x.cdn.example.net/d.jpg", ObjectRef("https", "x.cdn.example.net", "d.jpg")),
+    ("//x.cdn.example.net/e.jpg", ObjectRef("https", "x.cdn.example.net", "e.jpg")),
+])
+def test_redirect_targets_are_joined_and_checked(location, expected):
+    current = parse_uri("https://images.example.com/dir/a.jpg", HTTP)
+    assert redirect_target(location, current, HTTP) == expected
+
+
+@pytest.mark.parametrize("location, reason", [
+    ("http://images.example.com/a.jpg", "https to http"),
+    ("https://evil.example.com/", "not in allowed_hosts"),
+    ("file:///etc/passwd", "other than http"),
+    ("s3://images/a.jpg", "other than http"),
+    ("gopher://images.example.com/", "other than http"),
+    ("https://169.254.169.254/", "not in allowed_hosts"),
+    ("https://user:pw@images.example.com/", "user info"),
+    ("/a\r\nSet-Cookie: x=1", "control characters"),
+])
+def test_redirect_targets_are_refused(location, reason):
+    current = parse_uri("https://images.example.com/dir/a.jpg", HTTP)
+    config = dataclasses.replace(HTTP, allowed_schemes=("s3", "file", "http", "https"), file_root="/")
+    with pytest.raises(UriNotAllowed, match=reason) as caught:
+        redirect_target(location, current, config)
+    assert caught.value.stage == "fetch" and caught.value.message.startswith("redirect refused")
+
+
+@pytest.mark.parametrize("location", ["http://169.254.169.254/latest/meta-data/", "http://[::1]:8080/",
+                                      "http://2130706433/", "http://10.0.0.1/"])
+def test_redirects_to_forbidden_addresses_are_refused_even_when_any_host_is_allowed(location):
+    config = PipelineConfig(allowed_schemes=("http",), allowed_hosts=("*:*",))
+    current = parse_uri("http://images.example.com/a.jpg", config)
+    with pytest.raises(UriNotAllowed) as caught:
+        redirect_target(location, current, config)
+    assert caught.value.code in ("address_not_allowed", "uri_not_allowed") and caught.value.stage == "fetch"
+
+
+_HTTP_PROPERTY = PipelineConfig(allowed_schemes=("s3", "http", "https"), allowed_hosts=("*:*",), max_uri_chars=300)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.builds(lambda scheme, rest: f"{scheme}://{rest}", st.sampled_from(["http", "https", "HTTP"]), st.text(max_size=80)),
+    st.builds(lambda host, rest: f"http://{host}/{rest}",
+              st.one_of(st.ip_addresses().map(lambda a: f"[{a}]" if a.version == 6 else str(a)),
+                        st.text(alphabet="0123456789abcdefx.:[]@%", max_size=20)),
+              st.text(max_size=20)),
+))
+def test_http_uris_are_refused_or_canonical_and_not_forbidden(uri):
+    try:
+        ref = parse_uri(uri, _HTTP_PROPERTY)
+    except UriNotAllowed as exc:
+        assert exc.message and exc.code in ("uri_not_allowed", "uri_too_long", "address_not_allowed")
+        return
+    assert ref.scheme in ("http", "https") and "@" not in ref.bucket and "\\" not in ref.bucket
+    assert parse_uri(ref.uri, _HTTP_PROPERTY) == ref
+    host = netpolicy.parse_authority(ref.bucket, ref.scheme)
+    if host.ip is not None:
+        assert netpolicy.forbidden_reason(host.ip) is None

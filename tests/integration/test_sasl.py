@@ -1,0 +1,109 @@
+"""Kafka with SASL/SCRAM-SHA-512: a second, SASL-only broker beside the stack's own.
+
+It runs from the stack's own code (`StackLayout(kafka_sasl=True)`, other ports, its own folder)
+with a canary password. Checked: a client without credentials or with a wrong password gets
+nothing through; `kafka_io` with the config's settings does; the classify job (on the stack's
+Flink, S3 and Triton) reads requests from and writes results to the SASL broker with the
+config the CLI builds for a SASL stack (`stack_config`), without a restart; and the password
+is in no result, no Flink or Kafka log, no worker log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from streaming import kafka_io
+from streaming.cli import stack_config
+from streaming.stack import kafka, process
+from streaming.stack.layout import StackLayout
+from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
+
+PASSWORD = "sasl-Canary-7c1e9b2a4f"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def sasl_layout(layout, prepared, tmp_path_factory):
+    kafka_port, controller_port = free_ports(2)
+    sasl = StackLayout(root=tmp_path_factory.mktemp("sasl-stack"), kafka_port=kafka_port,
+                       kafka_controller_port=controller_port, kafka_sasl=True, kafka_sasl_password=PASSWORD)
+    jars = list(prepared.kafka_jars)
+    kafka.prepare_kafka(sasl, jars)
+    try:
+        process.start(kafka.kafka_service(sasl, jars), sasl.run_dir)
+        yield sasl
+    finally:
+        process.stop(sasl.run_dir, "kafka")
+
+
+def publish_error(bootstrap: str, **security) -> Exception | None:
+    """None if a record gets through with these settings, else the Kafka error that stopped it."""
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=3000, max_block_ms=4000,
+                                 request_timeout_ms=6000, **security)
+    except KafkaError as exc:  # the login failed while bootstrapping
+        return exc
+    try:
+        producer.send("sasl-probe", b"x").get(timeout=10)
+        return None
+    except KafkaError as exc:
+        return exc
+    finally:
+        producer.close(timeout=2)
+
+
+def test_sasl_broker_takes_only_the_right_login(sasl_layout):
+    kafka.ensure_topics(sasl_layout, ["sasl-probe"], 1)
+    right = kafka.client_security(sasl_layout)
+    assert right["security_protocol"] == "SASL_PLAINTEXT" and right["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert publish_error(sasl_layout.kafka_bootstrap, **right) is None
+    for wrong in ({}, {**right, "sasl_plain_password": "wrong"}):  # no login, a wrong password
+        assert publish_error(sasl_layout.kafka_bootstrap, **wrong) is not None
+
+
+def test_job_reads_and_writes_through_sasl(layout, prepared, pipeline_config, sasl_layout, test_bucket):
+    started = time.time()
+    config = stack_config(sasl_layout)  # what `imgstream job submit` builds for a SASL stack
+    assert config.kafka_security_protocol == "SASL_PLAINTEXT" and config.kafka_bootstrap == sasl_layout.kafka_bootstrap
+    config = dataclasses.replace(config, allowed_buckets=pipeline_config.allowed_buckets)
+    job = start_job(layout, prepared, config, "sasl", kafka_layout=sasl_layout)
+    try:
+        security = kafka_io.client_security(job.config)
+        events = [{"id": f"sasl-{i}", "uri": f"s3://{test_bucket}/photos/LadyBird.jpg"} for i in range(5)]
+        events.append({"id": "sasl-missing", "uri": f"s3://{test_bucket}/photos/none.jpg"})
+        kafka_io.publish(sasl_layout.kafka_bootstrap, job.requests_topic, events, security=security)
+        results = results_when_complete(sasl_layout.kafka_bootstrap, job.results_topic, len(events),
+                                        security=security)
+        assert outcomes(results) == {**{(f"sasl-{i}", "prediction"): 1 for i in range(5)},
+                                     ("sasl-missing", "object_not_found"): 1}
+        assert num_restarts(layout, job.id) == 0
+    finally:
+        stop_job(layout, job)
+    assert PASSWORD not in repr(config) and PASSWORD not in " ".join(map(str, results))
+    leaks = [str(path) for path in logs_since(started, layout, sasl_layout) if PASSWORD.encode() in path.read_bytes()]
+    assert not leaks, f"the SASL password is in {leaks}"
+
+
+def logs_since(started: float, *layouts: StackLayout) -> list[Path]:
+    """Log files of the stacks (services, Flink's own, the Python workers') written since `started`."""
+    found = []
+    for stack in layouts:
+        for pattern in ("run/*.log", "data/flink/log/*", "data/flink/tmp/**/*.log", "data/kafka/*.log"):
+            found += [p for p in stack.root.glob(pattern) if p.is_file() and p.stat().st_mtime >= started - 1]
+    assert any("kafka" in p.name for p in found) and any("taskmanager" in p.name for p in found), found
+    return found

@@ -1,0 +1,130 @@
+"""Loopback servers for the SSRF and http(s) fetch tests: a listener that only counts the
+connections it accepts, and a small scripted HTTP server. Both bind to a loopback address
+given by the test (127.0.0.x), on a free port."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+TLS_DIR = Path(__file__).resolve().parent / "tls"  # a test CA and a certificate for images.test (not secrets)
+
+
+class CountingListener:
+    """Accepts TCP connections on `host`, counts them and closes each at once."""
+
+    def __init__(self, host: str = "127.0.0.2", port: int = 0):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.05)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.count += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def __enter__(self) -> "CountingListener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    chunked: bool = False  # no Content-Length: the body streams in chunks
+
+
+Route = Callable[[BaseHTTPRequestHandler], Reply]
+
+
+class ScriptedHttpServer:
+    """Answers GET paths from `routes` (path -> Reply or function of the handler); 404 else.
+    Records every request's path and headers. With `tls_cert`, speaks https."""
+
+    def __init__(self, routes: dict[str, Reply | Route], host: str = "127.0.0.1", tls_cert: Path | None = None):
+        self.routes = routes
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                server.requests.append((self.path, dict(self.headers.items())))
+                route = server.routes.get(self.path.split("?")[0])
+                reply = Reply(404, b"no") if route is None else route(self) if callable(route) else route
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                if reply.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for start in range(0, len(reply.body), 4096):
+                        piece = reply.body[start:start + 4096]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    if "Content-Length" not in reply.headers:
+                        self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(reply.body)
+                    except OSError:
+                        pass  # the client stopped reading (a size limit)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        if tls_cert is not None:  # key and certificate in one PEM file
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_cert)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.host, self.port = host, self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "ScriptedHttpServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def redirect(location: str, status: int = 302) -> Reply:
+    return Reply(status, b"", {"Location": location})
