@@ -40,8 +40,9 @@ def free_ports(count: int) -> list[int]:
 @pytest.fixture(scope="module")
 def sasl_layout(layout, prepared, tmp_path_factory):
     kafka_port, controller_port = free_ports(2)
-    sasl = StackLayout(root=tmp_path_factory.mktemp("sasl-stack"), kafka_port=kafka_port,
-                       kafka_controller_port=controller_port, kafka_sasl=True, kafka_sasl_password=PASSWORD)
+    # the stack under test with a second, SASL-only Kafka (S3, Triton and Flink stay the stack's own)
+    sasl = dataclasses.replace(layout, root=tmp_path_factory.mktemp("sasl-stack"), kafka_port=kafka_port,
+                               kafka_controller_port=controller_port, kafka_sasl=True, kafka_sasl_password=PASSWORD)
     jars = list(prepared.kafka_jars)
     kafka.prepare_kafka(sasl, jars)
     try:
