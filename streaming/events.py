@@ -81,7 +81,13 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _loads(raw: bytes | str) -> object:
-    """json.loads that refuses duplicate keys; RecursionError (deep nesting) becomes ValueError."""
+    """json.loads that refuses duplicate keys; RecursionError (deep nesting) becomes ValueError.
+
+    Bytes must be strict UTF-8 without a BOM (json.loads alone would also take UTF-16/32 and a
+    BOM): invalid bytes raise UnicodeDecodeError, a BOM is refused by json.loads.
+    """
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw).decode("utf-8")
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicates)
     except RecursionError:

@@ -74,7 +74,6 @@ def test_hostile_events_are_invalid_events(raw, fragment):
 def test_unicode_keys_and_values_are_fine():
     request = parse_request('{"id": "ид-😀", "uri": "s3://b/ключ.jpg", "ключ": "значение", "ｉｄ": 1}')
     assert request.id == "ид-😀" and request.attributes == {"ключ": "значение", "ｉｄ": 1}
-    assert parse_request('{"id": "a", "uri": "s3://b/k"}'.encode("utf-16")).id == "a"  # json's own detection
 
 
 def test_event_size_counts_bytes_even_for_unencodable_text():
@@ -132,3 +131,11 @@ def test_parser_is_total(raw):
     request.id.encode("utf-8")
     request.uri.encode("utf-8")
     assert salvage_id(raw) == (request.id, request.uri)
+
+
+def test_bytes_must_be_strict_utf8_without_bom():
+    with pytest.raises(InvalidEvent):
+        parse_request(b"\xef\xbb\xbf" + b'{"id": "a", "uri": "s3://b/k"}')
+    with pytest.raises(InvalidEvent):
+        parse_request('{"id": "a", "uri": "s3://b/k"}'.encode("utf-16"))
+    assert parse_request('{"id": "é", "uri": "s3://b/k"}'.encode("utf-8")).id == "é"
