@@ -78,9 +78,17 @@ def stop_job(layout: StackLayout, job: OwnJob) -> None:
         pass
 
 
-def num_restarts(layout: StackLayout, job_id: str) -> int:
-    (metric,) = rest(layout, f"/jobs/{job_id}/metrics?get=numRestarts")
-    return int(metric["value"])
+def num_restarts(layout: StackLayout, job_id: str, timeout_s: float = 45.0) -> int:
+    """Flink's restart count of the job. The REST API fills job metrics lazily (every ~10 s),
+    so an empty answer means "not fetched yet": ask again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = rest(layout, f"/jobs/{job_id}/metrics?get=numRestarts")
+        if metrics:
+            return int(metrics[0]["value"])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Flink reported no numRestarts metric for job {job_id} in {timeout_s:.0f}s")
+        time.sleep(1)
 
 
 def exceptions(layout: StackLayout, job_id: str) -> list:
