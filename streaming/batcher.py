@@ -1,13 +1,20 @@
 """Micro-batching on an asyncio loop: many awaiting requests, one call per batch.
 
-`submit(item)` waits until its batch is sent, which happens when `max_size` items are
-pending or the oldest has waited `max_wait_ms`. The batch call runs in a worker thread so the
-loop stays free. If a whole batch fails permanently, each item is retried alone, so one bad
-item never sinks the others; retryable failures are reported to every item of the batch.
+A batch is formed when a call slot is free (`max_concurrent_batches` calls run at once), the
+rule of Triton's own dynamic batcher: with a free slot, `max_size` pending items go at once and
+fewer go when the oldest has waited `max_wait_ms`; while every slot is busy, items gather, and
+the slot that frees next takes up to `max_size` of them. So batches grow with the load instead
+of with the timer: under load the model runs full batches (its cheapest per image), when idle
+an item waits at most `max_wait_ms`.
+
+The batch call runs in a worker thread so the loop stays free. If a whole batch fails
+permanently, each item is retried alone, so one bad item never sinks the others; retryable
+failures are reported to every item of the batch.
 """
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter
@@ -29,65 +36,88 @@ class Batched(Generic[Out]):
     call_ms: float  # the batch call itself
 
 
+@dataclass(frozen=True)
+class _Entry:
+    item: object
+    future: asyncio.Future
+    queued: float  # perf_counter() at submit
+
+
 class MicroBatcher(Generic[Item, Out]):
     def __init__(self, call: Callable[[Sequence[Item]], Sequence[Out]], *, max_size: int,
                  max_wait_ms: float, executor: Executor, max_concurrent_batches: int = 2):
-        if max_size < 1 or max_wait_ms < 0:
-            raise ValueError("max_size must be >= 1 and max_wait_ms >= 0")
+        if max_size < 1 or max_wait_ms < 0 or max_concurrent_batches < 1:
+            raise ValueError("max_size and max_concurrent_batches must be >= 1 and max_wait_ms >= 0")
         self._call = call
         self._max_size = max_size
         self._max_wait_s = max_wait_ms / 1000
         self._executor = executor
-        self._slots = asyncio.Semaphore(max_concurrent_batches)
-        self._pending: list[tuple[Item, asyncio.Future, float]] = []
+        self._free = max_concurrent_batches  # call slots not in use
+        self._pending: deque[_Entry] = deque()
+        self._alone: deque[_Entry] = deque()  # items of a failed batch, each retried alone
         self._timer: asyncio.TimerHandle | None = None
         self.batches_sent = 0
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._alone)
 
     async def submit(self, item: Item) -> Batched[Out]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-        self._pending.append((item, future, perf_counter()))
-        if len(self._pending) >= self._max_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._max_wait_s, self._flush)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Entry(item, future, perf_counter()))
+        self._dispatch()
         return await future
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._pending:
-            batch, self._pending = self._pending[:self._max_size], self._pending[self._max_size:]
-            asyncio.get_running_loop().create_task(self._send(batch))
-
-    async def _send(self, batch: list[tuple[Item, asyncio.Future, float]]) -> None:
-        async with self._slots:
-            sent = perf_counter()
-            try:
-                outputs = await self._run([item for item, _, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to the waiters below
-                error = exc
+    def _dispatch(self) -> None:
+        """Start a call on every free slot that has a batch ready."""
+        loop = asyncio.get_running_loop()
+        while self._free and (self._alone or self._pending):
+            if self._alone:
+                batch = [self._alone.popleft()]
             else:
-                error = None
-                call_ms = (perf_counter() - sent) * 1000
-                self.batches_sent += 1
-        if error is None:
-            for (_, future, queued), value in zip(batch, outputs, strict=True):
-                if not future.done():
-                    future.set_result(Batched(value, len(batch), (sent - queued) * 1000, call_ms))
-        elif len(batch) > 1 and not isinstance(error, Retryable):
-            # find the culprit: each item alone (after giving the slot back)
-            await asyncio.gather(*(self._send([entry]) for entry in batch))
-        else:
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(error)
+                waited = perf_counter() - self._pending[0].queued
+                if len(self._pending) < self._max_size and waited < self._max_wait_s:
+                    self._wake_in(self._max_wait_s - waited)
+                    return
+                batch = [self._pending.popleft() for _ in range(min(self._max_size, len(self._pending)))]
+            batch = [entry for entry in batch if not entry.future.done()]  # not for requests given up on
+            if not batch:
+                continue
+            self._free -= 1
+            loop.create_task(self._send(batch))
 
-    async def _run(self, items: list[Item]) -> Sequence[Out]:
+    def _wake_in(self, delay_s: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    async def _send(self, batch: list[_Entry]) -> None:
+        sent = perf_counter()
+        try:
+            outputs = await self._run([entry.item for entry in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to the waiters below
+            error, outputs = exc, None
+        else:
+            error = None
+            self.batches_sent += 1
+        finally:
+            call_ms = (perf_counter() - sent) * 1000
+            self._free += 1
+        if error is None:
+            for entry, value in zip(batch, outputs, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(Batched(value, len(batch), (sent - entry.queued) * 1000, call_ms))
+        elif len(batch) > 1 and not isinstance(error, Retryable):
+            self._alone.extend(batch)  # find the culprit: each item alone, before new batches
+        else:
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+        self._dispatch()
+
+    async def _run(self, items: list) -> Sequence[Out]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, items)

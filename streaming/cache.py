@@ -12,6 +12,7 @@ keeps a changed object from being served stale.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -159,14 +160,18 @@ class Preprocessed:
 
 def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int,
                  cache: DecodedImageCache | None = None,
-                 crop_fraction: float = CROP_FRACTION, max_decode_ms: float | None = None) -> Preprocessed:
+                 crop_fraction: float = CROP_FRACTION, max_decode_ms: float | None = None,
+                 decode_slots: threading.Semaphore | None = None) -> Preprocessed:
     """Fetch and decode one object, through the cache when one is given and enabled.
+
+    With `decode_slots`, a decode holds one slot: many requests fetch at once (I/O), only as
+    many decode at once as there are slots (CPU, one per core).
 
     Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`
     when decoding took more than `max_decode_ms` of CPU time (checked after the decode: it is
     not interrupted; max_pixels and the scan limit are what bound its cost).
     """
-    decode_args = (size, max_pixels, crop_fraction, max_decode_ms)
+    decode_args = (size, max_pixels, crop_fraction, max_decode_ms, decode_slots)
     if cache is None or not cache.enabled:
         fetched = fetcher.fetch(ref)
         return _decode(fetched, fetched.fetch_ms, *decode_args, None)
@@ -188,10 +193,12 @@ def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int
 
 
 def _decode(fetched: FetchedObject, fetch_ms: float, size: int, max_pixels: int,
-            crop_fraction: float, max_decode_ms: float | None, cache: DecodedImageCache | None) -> Preprocessed:
-    cpu_start = time.thread_time()
-    image = decode_to_tensor(fetched.data, size, max_pixels=max_pixels, crop_fraction=crop_fraction)
-    cpu_ms = (time.thread_time() - cpu_start) * 1000
+            crop_fraction: float, max_decode_ms: float | None, decode_slots: threading.Semaphore | None,
+            cache: DecodedImageCache | None) -> Preprocessed:
+    with decode_slots or contextlib.nullcontext():
+        cpu_start = time.thread_time()
+        image = decode_to_tensor(fetched.data, size, max_pixels=max_pixels, crop_fraction=crop_fraction)
+        cpu_ms = (time.thread_time() - cpu_start) * 1000
     if max_decode_ms is not None and cpu_ms > max_decode_ms:
         raise DecodeTimeout(f"decoding took {cpu_ms:.0f} ms of CPU time, limit max_decode_ms={max_decode_ms}")
     if cache is not None:

@@ -69,7 +69,8 @@ class PipelineConfig:
     max_decode_ms: int = 10_000  # CPU time of one image's decode + resize
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
-    fetch_concurrency: int = 16
+    fetch_concurrency: int = 16  # requests fetched at once per operator (I/O: may exceed the cores)
+    decode_concurrency: int = 0  # of those, decoded at once (CPU); 0: the machine's cores
     cache_bytes: int = 0  # decoded-image LRU cache in bytes (for workloads where images return); 0: off
     # Model / Triton
     triton_grpc: str = "127.0.0.1:8001"
@@ -90,7 +91,7 @@ class PipelineConfig:
     # Python results reach the JVM at the end of a bundle; a bundle ends after this many
     # records or milliseconds (and waits for its in-flight requests): small = low latency.
     bundle_size: int = 256
-    bundle_time_ms: int = 200
+    bundle_time_ms: int = 50  # 200 measured p50 0.97 s at half of peak, 50: 0.29 s, same peak (bench e2e)
 
     def __post_init__(self) -> None:
         positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
@@ -100,8 +101,8 @@ class PipelineConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.cache_bytes < 0:
-            raise ValueError("cache_bytes must be >= 0")
+        if self.cache_bytes < 0 or self.decode_concurrency < 0:
+            raise ValueError("cache_bytes and decode_concurrency must be >= 0")
         if self.fetch_retries < 0 or self.infer_retry_window_s < 0:
             raise ValueError("fetch_retries and infer_retry_window_s must be >= 0")
         if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:

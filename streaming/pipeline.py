@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -59,8 +61,10 @@ class ImagePipeline:
         self._fetcher: Fetcher | None = None
         self.cache: DecodedImageCache | None = None
         self.classifier: TritonClassifier | None = None
+        self._decode_slots: threading.Semaphore | None = None
 
     def open(self) -> None:
+        self._decode_slots = threading.BoundedSemaphore(self.config.decode_concurrency or os.cpu_count() or 1)
         self._fetcher = Fetcher(self.config)
         self.cache = DecodedImageCache(self.config.cache_bytes)
         self.classifier = TritonClassifier(self.config)
@@ -79,7 +83,8 @@ class ImagePipeline:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
         pre = fetch_decode(self._fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
-                           cache=self.cache, max_decode_ms=self.config.max_decode_ms)
+                           cache=self.cache, max_decode_ms=self.config.max_decode_ms,
+                           decode_slots=self._decode_slots)
         return Prepared(request, pre.image.tensor, pre.timings.as_dict())
 
     def classify(self, tensors: list[np.ndarray]) -> list[tuple[Label, ...]]:
@@ -168,6 +173,10 @@ class AsyncImagePipeline:
         return self.pipeline.prediction(prepared, batched.value, timings, started, batched.batch_size)
 
     def _timed_prepare(self, request: ImageRequest, submitted: float) -> Prepared:
-        wait_ms = (perf_counter() - submitted) * 1000
+        """`prepare_wait`: waiting for a thread, then for a decode slot (what prepare spent
+        outside its stages)."""
+        started = perf_counter()
         prepared = self.pipeline.prepare(request)
-        return Prepared(prepared.request, prepared.tensor, {**prepared.timings_ms, "prepare_wait": wait_ms})
+        stages = sum(v for k, v in prepared.timings_ms.items() if k in ("fetch", "decode", "resize"))
+        waited = (started - submitted) * 1000 + max(0.0, (perf_counter() - started) * 1000 - stages)
+        return Prepared(prepared.request, prepared.tensor, {**prepared.timings_ms, "prepare_wait": waited})

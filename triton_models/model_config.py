@@ -2,8 +2,9 @@
 
 :func:`model_config` builds a ``ModelConfig`` protobuf (tritonclient's ``model_config_pb2``),
 so what it writes always parses. The parts every runtime shares come from the same code:
-inputs/outputs (uint8 NHWC in, FP32 probabilities with the labels file out), max batch
-size, dynamic batching (preferred sizes + queue delay bound), warm-up. What differs:
+inputs/outputs (uint8 NHWC in, float32 NCHW for the naive baseline's variant only; FP32
+probabilities with the labels file out), max batch size, dynamic batching (preferred sizes +
+queue delay bound), warm-up. What differs:
 
 | runtime | where | backend / platform | instances | model file |
 |---|---|---|---|---|
@@ -42,6 +43,9 @@ class CpuTarget:
 
     instances: int = 1
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    # onnxruntime's idle threads spin for work by default: on a machine whose cores the job's
+    # preprocessing also needs, that burns their CPU between batches. Off here.
+    allow_spinning: bool = False
     max_batch_size: int = 32
     response_cache: bool = True
 
@@ -85,10 +89,13 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
         raise ValueError(f"runtime {runtime!r} does not run on {type(target).__name__}")
     if runtime == "tensorrt_plan" and variant.precision == "fp32":
         raise ValueError("no FP32 TensorRT plan: use the onnxruntime runtime for FP32")
+    if variant.float_input and runtime != "python":
+        raise ValueError("float-input variants are a CPU baseline (python runtime) only")
     size, max_batch = variant.image_size, target.max_batch_size
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch] or [max_batch]
     cfg = pb.ModelConfig(name=model_name(variant, runtime), max_batch_size=max_batch)
-    cfg.input.add(name=export_onnx.INPUT_NAME, data_type=pb.TYPE_UINT8, dims=[size, size, 3])
+    input_type = pb.TYPE_FP32 if variant.float_input else pb.TYPE_UINT8
+    cfg.input.add(name=export_onnx.INPUT_NAME, data_type=input_type, dims=variant.input_dims)
     cfg.output.add(name=export_onnx.OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[export_onnx.NUM_CLASSES],
                    label_filename=LABELS_FILE)
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
@@ -96,7 +103,7 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
     for batch in sorted({1, max_batch} if isinstance(target, GpuTarget) else {1}):
         warm = cfg.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
         warm.inputs[export_onnx.INPUT_NAME].CopyFrom(
-            pb.ModelWarmup.Input(data_type=pb.TYPE_UINT8, dims=[size, size, 3], random_data=True))
+            pb.ModelWarmup.Input(data_type=input_type, dims=variant.input_dims, random_data=True))
 
     cfg.response_cache.enable = target.response_cache
     if isinstance(target, CpuTarget):
@@ -104,6 +111,7 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
         cfg.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=target.instances)
         cfg.parameters["onnx_file"].string_value = ONNX_FILE
         cfg.parameters["intra_op_threads"].string_value = str(target.intra_op_threads)
+        cfg.parameters["allow_spinning"].string_value = "1" if target.allow_spinning else "0"
         return cfg
 
     for gpu in range(target.gpus):

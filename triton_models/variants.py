@@ -5,10 +5,16 @@ each is its own Triton model. FP32 keeps the historical name ``efficientnet_lite
 job's default); the others are ``efficientnet_<arch>[_<precision>]``.
 
 ONNX artifacts (``fp32``, ``fp16``, ``int8`` = u8s8 for CPUs, ``int8_trt`` = s8s8 for
-TensorRT) are written to ``<cache>/<arch>-<kind>-<fingerprint>.onnx``. The fingerprint covers
+TensorRT, ``fp32_float``: FP32 with float input) are written to
+``<cache>/<arch>-<kind>-<fingerprint>.onnx``. The fingerprint covers
 everything the bytes depend on (weights sha256, exporter revision, and for INT8 the
 quantization recipe, the calibration photo set and the onnxruntime version), so building
 a repository again, or into another folder, only copies files; calibration runs once.
+
+``NAIVE_VARIANT`` (``efficientnet_lite0_float``) is the one model that takes float32 NCHW
+input, already normalised by the client: the naive baseline of ``imgstream bench e2e``
+sends what users' first consumers send. It is not in ``LOCAL_VARIANTS``; the benchmark
+serves it from a Triton of its own.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ import onnx
 from triton_models import export_onnx, photos, quantize
 
 PRECISIONS = ("fp32", "fp16", "int8")
-ARTIFACT_KINDS = ("fp32", "fp16", "int8", "int8_trt")
+ARTIFACT_KINDS = ("fp32", "fp16", "int8", "int8_trt", "fp32_float")
+FLOAT_INPUT_REVISION = "1"  # bump when float_input_model changes
 FINGERPRINT_KEY = "imgstream_fingerprint"
 
 
@@ -30,21 +37,34 @@ FINGERPRINT_KEY = "imgstream_fingerprint"
 class Variant:
     arch: str  # "lite0", "lite1", "lite2"
     precision: str  # "fp32", "fp16", "int8"
+    float_input: bool = False  # float32 NCHW, normalised by the client (FP32 only)
 
     def __post_init__(self):
         if self.arch not in export_onnx.ARCHS or self.precision not in PRECISIONS:
             raise ValueError(f"unknown variant {self.arch}/{self.precision}")
+        if self.float_input and self.precision != "fp32":
+            raise ValueError("float input is built for FP32 only")
 
     @property
     def name(self) -> str:
         base = f"efficientnet_{self.arch}"
+        if self.float_input:
+            return f"{base}_float"
         return base if self.precision == "fp32" else f"{base}_{self.precision}"
+
+    @property
+    def input_dims(self) -> list[int]:
+        """One image's input shape: [S, S, 3] uint8, or [3, S, S] float32 for float input."""
+        size = self.image_size
+        return [3, size, size] if self.float_input else [size, size, 3]
 
     @property
     def image_size(self) -> int:
         return export_onnx.ARCHS[self.arch].image_size
 
     def artifact_kind(self, *, gpu: bool) -> str:
+        if self.float_input:
+            return "fp32_float"
         return "int8_trt" if gpu and self.precision == "int8" else self.precision
 
 
@@ -53,6 +73,7 @@ ALL_VARIANTS = tuple(Variant(a, p) for a in export_onnx.ARCHS for p in PRECISION
 # provider (no fp16 conv kernels; it casts around them), so it is built for GPUs only.
 LOCAL_VARIANTS = tuple(v for v in ALL_VARIANTS if v.precision != "fp16")
 DEFAULT_VARIANT = Variant("lite0", "fp32")
+NAIVE_VARIANT = Variant("lite0", "fp32", float_input=True)  # the naive baseline's float32 model
 
 
 def by_name(name: str) -> Variant:
@@ -81,6 +102,8 @@ class ArtifactStore:
             raise ValueError(f"artifact kind must be one of {ARTIFACT_KINDS}")
         dtype = "fp16" if kind == "fp16" else "fp32"
         parts: list = [list(export_onnx.fingerprint(_sha256_cached(self.weights_for(arch)), arch, dtype))]
+        if kind == "fp32_float":
+            parts.append(["float_input", FLOAT_INPUT_REVISION])
         if kind.startswith("int8"):
             import onnxruntime
 
@@ -104,6 +127,11 @@ class ArtifactStore:
             existing = {p.key: p.value for p in model.metadata_props}
             onnx.helper.set_model_props(model, {**existing, **props})
             export_onnx.save_atomic(model, path)
+        elif kind == "fp32_float":
+            model = float_input_model(onnx.load(str(self.ensure(arch, "fp32"))))
+            existing = {p.key: p.value for p in model.metadata_props}
+            onnx.helper.set_model_props(model, {**existing, **props})
+            export_onnx.save_atomic(model, path)
         else:
             fp32 = self.ensure(arch, "fp32")
             images = self.calibration_images(arch)
@@ -119,6 +147,32 @@ class ArtifactStore:
         photos.ensure_photos(self.photos_dir, self.samples_dir)
         size = export_onnx.ARCHS[arch].image_size
         return np.stack([load_image(p.path, size) for p in photos.calibration_photos(self.photos_dir)])
+
+
+def float_input_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same network taking float32 NCHW input that the client already normalised:
+    the graph's uint8 front (Cast, Sub mean, Div std, Transpose NHWC->NCHW) is cut off."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    front = list(graph.node[:4])
+    if [n.op_type for n in front] != ["Cast", "Sub", "Div", "Transpose"]:
+        raise ValueError(f"unexpected graph front: {[n.op_type for n in front]}")
+    nchw = front[-1].output[0]
+    for node in front:
+        graph.node.remove(node)
+    for node in graph.node:
+        node.input[:] = [export_onnx.INPUT_NAME if name == nchw else name for name in node.input]
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    (inp,) = graph.input
+    size = inp.type.tensor_type.shape.dim[1].dim_value
+    graph.input.remove(inp)
+    graph.input.insert(0, onnx.helper.make_tensor_value_info(
+        export_onnx.INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, size, size],
+        doc_string="RGB float32, NCHW, (x - 127) / 128, centre-cropped and resized"))
+    onnx.checker.check_model(model)
+    return model
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

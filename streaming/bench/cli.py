@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -68,4 +68,73 @@ def preprocess(
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         log(f"wrote {json_path}")
     if check and not all(t["met"] for t in result["targets"]):
+        raise typer.Exit(1)
+
+
+@bench_app.command("e2e")
+def e2e(
+    check: bool = typer.Option(False, "--check", help="Exit 1 when a target is missed (release gating)."),
+    quick: bool = typer.Option(False, "--quick", help="Shorter runs (~9 min instead of ~25; a 2-min memory run)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here (default: in --out)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the JSON and the PNG [.stack/results]."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
+    smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long runs: a test of the shape only."),
+) -> None:
+    """The pipeline end to end on the local stack vs the work alone (ideal) and the naive design, one run."""
+    import signal
+    import time
+
+    from streaming.bench import e2e as bench
+    from streaming.bench import e2e_report, plot
+    from streaming.cli import stack_config
+    from streaming.stack import stack as local_stack
+    from streaming.stack.layout import StackLayout
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    layout = StackLayout.from_env()
+    if not local_stack.status(layout)["healthy"]:
+        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
+        raise typer.Exit(2)
+    prepared = local_stack.prepare(layout)
+    mode = "smoke" if smoke else "quick" if quick else "full"
+    try:
+        base = stack_config(layout, setting)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    def interrupted(signum, _frame):  # a killed run still cancels its job and stops its processes
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    report = bench.run(layout, base, prepared.connector_jar, bench.MODES[mode], log=log)
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("e2e"):]) \
+        if "e2e" in sys.argv else f"imgstream bench e2e{' --quick' if quick else ''}"
+    report["overrides"] = list(setting or [])
+    report["ratios"] = e2e_report.ratios(report)
+    report["targets"] = e2e_report.targets(report)
+    report["estimate"] = e2e_report.estimate(report)
+    folder = out or layout.root / "results"
+    stem = f"e2e-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if plot.have_matplotlib():
+        report["plot"] = str(plot.plot(report, folder / f"{stem}.png"))
+    else:
+        report["plot"] = None
+        log("no PNG: matplotlib is not installed (pip install 'imgstream[bench]')")
+    path = json_path or folder / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    machine = report["machine"]
+    typer.echo(f"{report['command']}  ({machine['cpus']} cores, load average {machine['load_average_before']} "
+               f"before, {machine['load_average_after']} after, {machine['duration_s'] / 60:.1f} min)\n")
+    typer.echo(e2e_report.table(report))
+    typer.echo("")
+    typer.echo(e2e_report.LEGEND)
+    typer.echo("")
+    typer.echo(e2e_report.estimate_text(report))
+    typer.echo("")
+    for target in report["targets"]:
+        typer.echo(f"{'met   ' if target['met'] else 'MISSED'} {target['target']}: {target['value']}")
+    log(f"wrote {path}" + (f" and {report['plot']}" if report["plot"] else ""))
+    if check and not all(t["met"] for t in report["targets"]):
         raise typer.Exit(1)

@@ -97,3 +97,59 @@ def test_splitting_failed_batches_cannot_deadlock_on_the_slots(pool):
     results = run(main())
     assert isinstance(results[0], InferenceFailed) and isinstance(results[2], InferenceFailed)
     assert results[1].value == 10 and results[3].value == 30
+
+
+class Gate(Recorder):
+    """A batch function that blocks until released, so a test can hold every slot busy."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def __call__(self, items):
+        self.release.wait(5)
+        return super().__call__(items)
+
+
+def test_batches_grow_while_every_slot_is_busy(pool):
+    """Triton's rule: items gather while the slots are busy; the freed slot takes them at once."""
+    calls = Gate()
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=16, max_wait_ms=1, executor=pool, max_concurrent_batches=1)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # item 0 went out alone after 1 ms and holds the only slot
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 21)]
+        await asyncio.sleep(0.05)  # 50x the wait bound: still no slot, so nothing more is sent
+        assert batcher.pending == 20
+        calls.release.set()
+        return await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+
+    results = run(main())
+    assert [len(b) for b in calls.batches] == [1, 16, 4]
+    assert [r.value for r in results] == [i * 10 for i in range(21)]
+
+
+def test_requests_given_up_on_are_not_sent(pool):
+    calls = Gate()
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=8, max_wait_ms=1, executor=pool, max_concurrent_batches=1)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        dropped = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        kept = asyncio.ensure_future(batcher.submit(3))
+        await asyncio.sleep(0.01)
+        for task in dropped:
+            task.cancel()
+        calls.release.set()
+        return await asyncio.wait_for(asyncio.gather(first, kept), 5)
+
+    results = run(main())
+    assert calls.batches == [[0], [3]]
+    assert [r.value for r in results] == [0, 30]
+
+
+def test_parameters_are_checked(pool):
+    with pytest.raises(ValueError):
+        MicroBatcher(Recorder(), max_size=4, max_wait_ms=1, executor=pool, max_concurrent_batches=0)

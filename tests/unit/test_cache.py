@@ -173,3 +173,39 @@ def test_fetch_decode_without_cache_always_decodes_and_errors_are_not_cached(fil
         with pytest.raises(CorruptImage):
             fetch_decode(fetcher, bad, size=224, max_pixels=10**6, cache=cache)
     assert cache.stats().entries == 0
+
+
+class CountingSlots:
+    """A semaphore that records how many holders it had at once."""
+
+    def __init__(self, slots: int):
+        self._semaphore = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self.holders = self.most = self.entered = 0
+
+    def __enter__(self):
+        self._semaphore.acquire()
+        with self._lock:
+            self.holders += 1
+            self.entered += 1
+            self.most = max(self.most, self.holders)
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self.holders -= 1
+        self._semaphore.release()
+
+
+def test_decode_slots_bound_the_decodes_running_at_once(files):
+    """Many fetches at once, only as many decodes at once as there are slots (one per core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder, config, fetcher = files
+    (folder / "big.jpg").write_bytes(jpeg((0, 255, 0), width=1600))
+    ref = parse_uri(f"file://{folder}/big.jpg", config)
+    slots = CountingSlots(2)
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda _: fetch_decode(fetcher, ref, size=224, max_pixels=10**7, decode_slots=slots),
+                             range(24)))
+    assert all(result.image.tensor.shape == (224, 224, 3) for result in done)
+    assert slots.entered == 24 and 1 <= slots.most <= 2

@@ -76,6 +76,7 @@ def test_cpu_and_gpu_configs_share_the_contract(variant):
         assert cfg.model_warmup[0].inputs["IMAGE"].random_data and cfg.response_cache.enable
     assert (cpu.input, cpu.output, cpu.dynamic_batching) == (gpu.input, gpu.output, gpu.dynamic_batching)
     assert cpu.backend == "python" and [(g.kind, g.count) for g in cpu.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 3)]
+    assert cpu.parameters["allow_spinning"].string_value == "0"  # idle onnxruntime threads leave the cores
     assert gpu.backend == "onnxruntime" and gpu.default_model_filename == "model.onnx"
     (accel,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == variant.precision.upper()

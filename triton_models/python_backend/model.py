@@ -4,8 +4,10 @@ Template copied by ``triton_models/build.py`` into ``<repo>/<model>/1/model.py``
 locally served variant.  Reads from ``config.pbtxt``:
 
 * ``input[0].dims``               -- the image shape, e.g. [224, 224, 3] (Lite1: 240, Lite2: 260)
+* ``input[0].data_type``          -- TYPE_UINT8 (float32 only for the naive benchmark baseline)
 * ``parameters.onnx_file``        -- ONNX file next to this model.py (default model.onnx)
 * ``parameters.intra_op_threads`` -- onnxruntime intra-op threads (0 = onnxruntime default)
+* ``parameters.allow_spinning``   -- "0": idle intra-op threads sleep instead of spinning
 
 ``execute`` validates every request on its own, runs all valid requests'
 ``IMAGE`` tensors as ONE onnxruntime batch, and splits ``PROBABILITIES`` back
@@ -37,27 +39,30 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         onnx_file = params.get("onnx_file") or "model.onnx"
         threads = int(params.get("intra_op_threads") or 0)
+        spinning = params.get("allow_spinning", "1") or "1"
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
         self.image_shape = tuple(int(d) for d in config["input"][0]["dims"])
+        self.input_dtype = np.dtype(pb_utils.triton_string_to_numpy(config["input"][0]["data_type"]))
         self.name = config.get("name", "model")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"{self.name}: loaded {path} (intra_op_threads={threads})")
+        self.logger.log_info(f"{self.name}: loaded {path} (intra_op_threads={threads}, allow_spinning={spinning})")
 
     def _validate(self, request):
-        """The request's IMAGE as uint8 [n, *image_shape]; raises ValueError otherwise."""
+        """The request's IMAGE as [n, *image_shape] of the configured type; raises ValueError otherwise."""
         tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
         if tensor is None:
             raise ValueError(f"missing input {INPUT_NAME}")
         arr = tensor.as_numpy()
-        if arr.dtype != np.uint8:
-            raise ValueError(f"{INPUT_NAME} must be UINT8, got {arr.dtype}")
+        if arr.dtype != self.input_dtype:
+            raise ValueError(f"{INPUT_NAME} must be {self.input_dtype.name.upper()}, got {arr.dtype}")
         if arr.ndim != 4 or tuple(arr.shape[1:]) != self.image_shape:
             raise ValueError(f"{INPUT_NAME} must have shape [n, {', '.join(map(str, self.image_shape))}], "
                              f"got {list(arr.shape)}")
