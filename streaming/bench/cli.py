@@ -79,19 +79,28 @@ def e2e(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the JSON and the PNG [.stack/results]."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
     smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long runs: a test of the shape only."),
+    report_path: Optional[Path] = typer.Option(None, "--report", exists=True, dir_okay=False,
+                                               help="Print the tables of a saved JSON report; run nothing."),
 ) -> None:
     """The pipeline end to end on the local stack vs the work alone (ideal) and the naive design, one run."""
     import signal
     import time
 
     from streaming.bench import e2e as bench
-    from streaming.bench import e2e_report, plot
+    from streaming.bench import plot
     from streaming.cli import stack_config
     from streaming.stack import stack as local_stack
     from streaming.stack.layout import StackLayout
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
+
+    if report_path is not None:
+        report = json.loads(report_path.read_text())
+        _print_e2e(report)
+        if check and not all(t["met"] for t in report["targets"]):
+            raise typer.Exit(1)
+        return
 
     layout = StackLayout.from_env()
     if not local_stack.status(layout)["healthy"]:
@@ -111,9 +120,7 @@ def e2e(
     report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("e2e"):]) \
         if "e2e" in sys.argv else f"imgstream bench e2e{' --quick' if quick else ''}"
     report["overrides"] = list(setting or [])
-    report["ratios"] = e2e_report.ratios(report)
-    report["targets"] = e2e_report.targets(report)
-    report["estimate"] = e2e_report.estimate(report)
+    _complete(report)
     folder = out or layout.root / "results"
     stem = f"e2e-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     if plot.have_matplotlib():
@@ -124,6 +131,27 @@ def e2e(
     path = json_path or folder / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
+    _print_e2e(report)
+    log(f"wrote {path}" + (f" and {report['plot']}" if report["plot"] else ""))
+    if check and not all(t["met"] for t in report["targets"]):
+        raise typer.Exit(1)
+
+
+def _complete(report: dict) -> dict:
+    """Ratios, targets and the paper estimate, from the measurements."""
+    from streaming.bench import e2e_report
+
+    report["ratios"] = e2e_report.ratios(report)
+    report["targets"] = e2e_report.targets(report)
+    report["estimate"] = e2e_report.estimate(report)
+    return report
+
+
+def _print_e2e(report: dict) -> None:
+    """The tables, the estimate and the targets of an e2e report (recomputed from its measurements)."""
+    from streaming.bench import e2e_report
+
+    _complete(report)
     machine = report["machine"]
     typer.echo(f"{report['command']}  ({machine['cpus']} cores, load average {machine['load_average_before']} "
                f"before, {machine['load_average_after']} after, {machine['duration_s'] / 60:.1f} min)\n")
@@ -135,6 +163,3 @@ def e2e(
     typer.echo("")
     for target in report["targets"]:
         typer.echo(f"{'met   ' if target['met'] else 'MISSED'} {target['target']}: {target['value']}")
-    log(f"wrote {path}" + (f" and {report['plot']}" if report["plot"] else ""))
-    if check and not all(t["met"] for t in report["targets"]):
-        raise typer.Exit(1)

@@ -78,6 +78,9 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     half = _at(main.get("curve", []), 0.5)
     if half:
         out["p99_over_p50_at_50pct"] = _div(half["p99_ms"], half["p50_ms"])
+    long_run = main.get("memory")  # also at 50% of peak, ~15x the requests of the curve's point
+    if long_run and long_run.get("p50_ms"):
+        out["p99_over_p50_at_50pct_long"] = _div(long_run["p99_ms"], long_run["p50_ms"])
     eo = runs.get("exactly_once", {}).get("at_50pct")
     if eo and half:
         out["exactly_once_adds_p50_ms"] = round(eo["p50_ms"] - half["p50_ms"], 1)
@@ -100,8 +103,9 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                    TARGET_VS_IDEAL, ">="),
            _target(f"pipeline >= {TARGET_VS_NAIVE:.0f} x naive (1 consumer)", r["pipeline_vs_naive"],
                    TARGET_VS_NAIVE, ">="),
-           _target(f"p99 < {TARGET_P99_OVER_P50:.0f} x p50 at 50% of peak (at-least-once)",
-                   r.get("p99_over_p50_at_50pct"), TARGET_P99_OVER_P50, "<"),
+           _target(f"p99 < {TARGET_P99_OVER_P50:.0f} x p50 at 50% of peak (at-least-once; the long run, "
+                   "whose p99 rests on the most requests)",
+                   r.get("p99_over_p50_at_50pct_long", r.get("p99_over_p50_at_50pct")), TARGET_P99_OVER_P50, "<"),
            _target(f"parallelism 2 >= {TARGET_SCALING} x parallelism 1", r["parallelism_2_vs_1"],
                    TARGET_SCALING, ">=")]
     growth = report.get("runs", {}).get("main", {}).get("memory", {}).get("rss_growth", {})
@@ -216,7 +220,8 @@ def table(report: dict[str, Any]) -> str:
               f"| **parallelism 2 ÷ 1** | **{_f(r['parallelism_2_vs_1'], '.2f')}x** |",
               f"| INT8 ÷ FP32 (pipeline) | {_f(r['int8_vs_fp32'], '.2f')}x |",
               f"| INT8 pipeline ÷ INT8 ideal | {_f(r['int8_vs_ideal'], '.2f')} |",
-              f"| **p99 ÷ p50 at 50% of peak** | **{_f(r.get('p99_over_p50_at_50pct'), '.2f')}** |",
+              f"| **p99 ÷ p50 at 50% of peak, long run** | **{_f(r.get('p99_over_p50_at_50pct_long'), '.2f')}** |",
+              f"| p99 ÷ p50 at 50% of peak, the curve's point | {_f(r.get('p99_over_p50_at_50pct'), '.2f')} |",
               f"| exactly-once adds (p50 / p99 at 50%) | {_f(r.get('exactly_once_adds_p50_ms'), '.0f')} ms / "
               f"{_f(r.get('exactly_once_adds_p99_ms'), '.0f')} ms |",
               f"| exactly-once peak ÷ at-least-once peak | {_f(r.get('exactly_once_peak_vs_at_least_once'), '.2f')} |"]
