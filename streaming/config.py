@@ -70,7 +70,7 @@ class PipelineConfig:
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16  # requests fetched at once per operator (I/O: may exceed the cores)
-    decode_concurrency: int = 0  # of those, decoded at once (CPU); 0: the machine's cores
+    decode_concurrency: int = 0  # of those, decoded at once (CPU); 0: the cores this process may use
     cache_bytes: int = 0  # decoded-image LRU cache in bytes (for workloads where images return); 0: off
     # Model / Triton
     triton_grpc: str = "127.0.0.1:8001"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from streaming.batcher import MicroBatcher
 from streaming.cache import DecodedImageCache, fetch_decode
 from streaming.config import PipelineConfig
+from streaming.cores import available_cores
 from streaming.errors import PipelineError, RequestTimeout
 from streaming.events import ErrorResult, ImageRequest, Label, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
@@ -64,7 +64,7 @@ class ImagePipeline:
         self._decode_slots: threading.Semaphore | None = None
 
     def open(self) -> None:
-        self._decode_slots = threading.BoundedSemaphore(self.config.decode_concurrency or os.cpu_count() or 1)
+        self._decode_slots = threading.BoundedSemaphore(self.config.decode_concurrency or available_cores())
         self._fetcher = Fetcher(self.config)
         self.cache = DecodedImageCache(self.config.cache_bytes)
         self.classifier = TritonClassifier(self.config)
