@@ -187,7 +187,8 @@ def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, settings
 
 
 CONFIG_KEYS = ("model_name", "max_batch_size", "max_batch_wait_ms", "infer_concurrency", "max_in_flight",
-               "fetch_concurrency", "bundle_size", "bundle_time_ms", "checkpoint_interval_ms", "cache_bytes")
+               "fetch_concurrency", "decode_concurrency", "bundle_size", "bundle_time_ms", "checkpoint_interval_ms",
+               "cache_bytes")
 
 
 def int8_name(model: str) -> str:
