@@ -79,9 +79,11 @@ def exif_rotated(orientation: int) -> bytes:
     return save(picture(), "JPEG", quality=85, exif=exif.tobytes())
 
 
-def scan_bomb(scans: int) -> bytes:
-    """A progressive JPEG whose DC scan is followed by `scans` tiny refinement scans."""
-    data = save(Image.new("RGB", (64, 64), (120, 30, 200)), "JPEG", progressive=True, quality=90)
+def scan_bomb(scans: int, image: Image.Image | None = None) -> bytes:
+    """A progressive JPEG whose first (DC) scan is followed by `scans` tiny refinement scans:
+    each is a pass over the whole image, so thousands are a CPU bomb in a small file."""
+    image = image if image is not None else Image.new("RGB", (64, 64), (120, 30, 200))
+    data = save(image, "JPEG", progressive=True, quality=90)
     sos = data.index(b"\xff\xda")
     end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
     while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from streaming.decode import (CROP_FRACTION, JPEG_BACKEND, DecodedImage, _jpeg_orientation,
                               _scaling_factor, decode_to_tensor)
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
+from tests.corpus import make_images
 
 pytestmark = pytest.mark.filterwarnings("error")  # no decoder warning may leak out
 MAX_PIXELS = 64_000_000
@@ -273,17 +274,7 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def scan_bomb(scans: int) -> bytes:
-    """A progressive JPEG whose first (DC) scan is followed by `scans` tiny refinement scans:
-    each is a pass over the whole image, so thousands are a CPU bomb in a small file."""
-    data = encode(photo(640, 480), quality=90, progressive=True)
-    sos = data.index(b"\xff\xda")
-    end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-    while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
-        end += 1
-    components = data[sos + 4]
-    header = data[sos + 4:sos + 5 + 2 * components]
-    refine = b"\xff\xda" + struct.pack(">H", 6 + 2 * components) + header + b"\x00\x00\x10" + bytes(16)
-    return data[:end] + refine * scans + b"\xff\xd9"
+    return make_images.scan_bomb(scans, photo(640, 480))
 
 
 @pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
