@@ -177,6 +177,6 @@ class AsyncImagePipeline:
         outside its stages)."""
         started = perf_counter()
         prepared = self.pipeline.prepare(request)
-        stages = sum(v for k, v in prepared.timings_ms.items() if k in ("fetch", "decode", "resize"))
+        stages = sum(prepared.timings_ms.values())  # fetch, decode, resize
         waited = (started - submitted) * 1000 + max(0.0, (perf_counter() - started) * 1000 - stages)
         return Prepared(prepared.request, prepared.tensor, {**prepared.timings_ms, "prepare_wait": waited})

@@ -87,7 +87,7 @@ def e2e(
     import time
 
     from streaming.bench import e2e as bench
-    from streaming.bench import plot
+    from streaming.bench import e2e_report, plot
     from streaming.cli import stack_config
     from streaming.stack import stack as local_stack
     from streaming.stack.layout import StackLayout
@@ -96,7 +96,7 @@ def e2e(
         typer.echo(message, err=True)
 
     if report_path is not None:
-        report = json.loads(report_path.read_text())
+        report = e2e_report.complete(json.loads(report_path.read_text()))
         _print_e2e(report)
         if check and not all(t["met"] for t in report["targets"]):
             raise typer.Exit(1)
@@ -120,7 +120,7 @@ def e2e(
     report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("e2e"):]) \
         if "e2e" in sys.argv else f"imgstream bench e2e{' --quick' if quick else ''}"
     report["overrides"] = list(setting or [])
-    _complete(report)
+    e2e_report.complete(report)
     folder = out or layout.root / "results"
     stem = f"e2e-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     if plot.have_matplotlib():
@@ -137,21 +137,10 @@ def e2e(
         raise typer.Exit(1)
 
 
-def _complete(report: dict) -> dict:
-    """Ratios, targets and the paper estimate, from the measurements."""
-    from streaming.bench import e2e_report
-
-    report["ratios"] = e2e_report.ratios(report)
-    report["targets"] = e2e_report.targets(report)
-    report["estimate"] = e2e_report.estimate(report)
-    return report
-
-
 def _print_e2e(report: dict) -> None:
-    """The tables, the estimate and the targets of an e2e report (recomputed from its measurements)."""
+    """The tables, the estimate and the targets of a completed e2e report."""
     from streaming.bench import e2e_report
 
-    _complete(report)
     machine = report["machine"]
     typer.echo(f"{report['command']}  ({machine['cpus']} cores, load average {machine['load_average_before']} "
                f"before, {machine['load_average_after']} after, {machine['duration_s'] / 60:.1f} min)\n")

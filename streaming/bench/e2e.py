@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from streaming import jobs
 from streaming.bench import load, memory
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.photos import BenchPhoto, sample_photos
@@ -233,7 +234,8 @@ def job_runs(bench: Bench, name: str, config: PipelineConfig, plan: str, expecte
         out["skipped"] = f"{slots} free task slot(s), {config.parallelism} needed (another job holds them)"
         bench.log(f"  skipped: {out['skipped']}")
         return out
-    job_id, config = load.start_job(bench.layout, config, bench.connector_jar, f"bench-e2e-{name}")
+    job = jobs.submit_on_fresh_topics(bench.layout, config, bench.connector_jar, f"bench-e2e-{name}")
+    job_id, config = job.id, job.config
     try:
         warm = bench.load(config, f"{name}: warm-up", max(len(bench.uris) * 2, bench.settings.min_requests // 2))
         out["warmup"] = {"results": warm["results"], "images_per_s": warm["images_per_s"]}

@@ -14,9 +14,10 @@ import statistics
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from streaming.bench import load, memory, naive
+from streaming.bench import memory, naive
 from streaming.bench.measure import measure
 from streaming.bench.photos import BenchPhoto
+from streaming.stack import kafka
 
 if TYPE_CHECKING:
     from streaming.bench.e2e import Bench
@@ -101,15 +102,13 @@ def naive_runs(bench: "Bench") -> dict[str, Any]:
                 bench.load(config, f"naive x{processes}: warm-up", len(bench.uris) * processes)
                 out[str(processes)] = bench.load(config, f"naive x{processes}", count * processes)
             bench.groups.extra.pop("naive_consumers", None)
-            load.delete_topics(config.kafka_bootstrap, [config.requests_topic, config.results_topic])
+            kafka.delete_topics(bench.layout, [config.requests_topic, config.results_topic])
         bench.groups.extra.pop("naive_triton", None)
     return out
 
 
 def _topics(bench: "Bench", prefix: str, partitions: int):
     import dataclasses
-
-    from streaming.stack import kafka
 
     config = dataclasses.replace(bench.base, requests_topic=f"bench-{prefix}-requests",
                                  results_topic=f"bench-{prefix}-results")

@@ -51,6 +51,14 @@ def _div(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def complete(report: dict[str, Any]) -> dict[str, Any]:
+    """Ratios, targets and the paper estimate, (re)computed from the measurements."""
+    report["ratios"] = ratios(report)
+    report["targets"] = targets(report)
+    report["estimate"] = estimate(report)
+    return report
+
+
 def ratios(report: dict[str, Any]) -> dict[str, Any]:
     runs, alone = report.get("runs", {}), report.get("alone", {})
     main = runs.get("main", {})

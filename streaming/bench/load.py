@@ -51,18 +51,6 @@ class LoadResult:
         return dataclasses.asdict(self)
 
 
-def start_job(layout: StackLayout, config: PipelineConfig, connector_jar, name: str) -> tuple[str, PipelineConfig]:
-    """A job on fresh topics of its own; returns its id and config."""
-    suffix = uuid.uuid4().hex[:8]
-    config = dataclasses.replace(config, requests_topic=f"bench-{suffix}-requests",
-                                 results_topic=f"bench-{suffix}-results", consumer_group=f"bench-{suffix}",
-                                 transactional_id_prefix=f"bench-{suffix}", start_from="earliest")
-    kafka.ensure_topics(layout, [config.requests_topic, config.results_topic], max(2, config.parallelism))
-    job_id = jobs.submit(layout, config, connector_jar, f"{name}-{suffix}")
-    jobs.wait_running(layout, job_id)
-    return job_id, config
-
-
 def stop_job(layout: StackLayout, job_id: str, config: PipelineConfig | None = None,
              timeout_s: float = 60.0) -> None:
     """Cancel the job, wait until its slots are free again, and drop its topics."""
@@ -79,24 +67,7 @@ def stop_job(layout: StackLayout, job_id: str, config: PipelineConfig | None = N
             break
         time.sleep(0.5)
     if config is not None:
-        delete_topics(config.kafka_bootstrap, [config.requests_topic, config.results_topic])
-
-
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    """Best effort: a benchmark's topics are of no use after it."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="imgstream-bench")
-    except KafkaError:
-        return
-    try:
-        admin.delete_topics(names, timeout_ms=15000)
-    except KafkaError:
-        pass
-    finally:
-        admin.close()
+        kafka.delete_topics(layout, [config.requests_topic, config.results_topic])
 
 
 def run_load(config: PipelineConfig, uris: list[str], count: int, *, rate_per_s: float | None = None,

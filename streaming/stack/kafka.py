@@ -260,3 +260,21 @@ def ensure_topics(layout: StackLayout, names: Sequence[str], partitions: int) ->
         return created
     finally:
         admin.close()
+
+
+def delete_topics(layout: StackLayout, names: Sequence[str]) -> None:
+    """Best effort: topics of a finished benchmark or test run are of no use after it."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-setup",
+                                 **client_security(layout))
+    except KafkaError:
+        return
+    try:
+        admin.delete_topics(list(names), timeout_ms=15000)
+    except KafkaError:
+        pass
+    finally:
+        admin.close()

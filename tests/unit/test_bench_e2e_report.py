@@ -103,15 +103,8 @@ def made_up_report() -> dict:
     }
 
 
-def _complete(report: dict) -> dict:
-    report["ratios"] = e2e_report.ratios(report)
-    report["targets"] = e2e_report.targets(report)
-    report["estimate"] = e2e_report.estimate(report)
-    return report
-
-
 def test_ratios_and_targets():
-    report = _complete(made_up_report())
+    report = e2e_report.complete(made_up_report())
     r = report["ratios"]
     assert r["pipeline_vs_ideal"] == pytest.approx(50 / 74, abs=1e-3)
     assert r["pipeline_vs_naive"] == pytest.approx(50 / 12, abs=1e-3)
@@ -130,7 +123,7 @@ def test_missing_runs_are_missed_targets_not_crashes():
     report = made_up_report()
     report["runs"]["parallelism_2"] = {"parallelism": 2, "skipped": "1 free task slot(s), 2 needed"}
     del report["runs"]["main"]["memory"]
-    report = _complete(report)
+    report = e2e_report.complete(report)
     assert report["ratios"]["parallelism_2_vs_1"] is None
     missed = [t["target"] for t in report["targets"] if not t["met"]]
     assert any("parallelism 2" in t for t in missed) and sum("RSS" in t for t in missed) == 3
@@ -138,7 +131,7 @@ def test_missing_runs_are_missed_targets_not_crashes():
 
 
 def test_table_has_every_run_and_ratio():
-    report = _complete(made_up_report())
+    report = e2e_report.complete(made_up_report())
     text = e2e_report.table(report)
     for needle in ("burst (peak)", "offered 25% of peak", "offered 100% of peak", "long run", "exactly-once",
                    "parallelism 2, efficientnet_lite0: burst", "INT8", "the same in CPU time", "naive, 1 consumer", "naive, 2 consumer", "ideal, efficientnet_lite0",
@@ -150,7 +143,7 @@ def test_table_has_every_run_and_ratio():
 
 
 def test_estimate_scales_per_image_costs():
-    report = _complete(made_up_report())
+    report = e2e_report.complete(made_up_report())
     e = report["estimate"]
     assert e["job_cpu_s_per_image"] == pytest.approx(0.018) and e["inference_model"] == "efficientnet_lite0_int8"
     thousand = next(s for s in e["scenarios"] if s["images_per_s"] == 1000)
@@ -161,7 +154,7 @@ def test_estimate_scales_per_image_costs():
 
 
 def test_plot_writes_a_png(tmp_path):
-    report = _complete(made_up_report())
+    report = e2e_report.complete(made_up_report())
     path = plot.plot(report, tmp_path / "out" / "e2e.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     partial = copy.deepcopy(report)
