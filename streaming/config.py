@@ -66,7 +66,8 @@ class PipelineConfig:
     max_uri_chars: int = 2048
     max_object_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 64_000_000
-    max_decode_ms: int = 10_000  # CPU time of one image's decode + resize
+    max_decode_ms: int = 10_000  # wall-clock time of one image's decode + resize (enforced)
+    max_decode_bytes: int = 256 * 1024 * 1024  # memory one decode may use (budget checked before decoding)
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16  # requests fetched at once per operator (I/O: may exceed the cores)
@@ -97,7 +98,7 @@ class PipelineConfig:
         positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
                     "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
                     "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight",
-                    "bundle_size", "bundle_time_ms", "max_decode_ms")
+                    "bundle_size", "bundle_time_ms", "max_decode_ms", "max_decode_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
