@@ -6,12 +6,37 @@ Secrets are wrapped in `Secret` so they never show in a repr, a log line or a re
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "IMGSTREAM_"
+# IMGSTREAM_* variables that are not job settings (the local stack's are declared in
+# streaming/stack/layout.py): read by the test suite.
+TOOL_ENV_VARIABLES = ("IMGSTREAM_SAMPLES_DIR",  # tests/unit/test_model_export.py: the sample photos
+                      "IMGSTREAM_CRDS_DIR",  # tests/unit/k8s_support.py: Kubernetes CRDs
+                      "IMGSTREAM_FUZZ_SELFTEST")  # tests/fuzz/fuzz_decode.py: the fuzzer's self-test
+# Numbers that must be > 0; every other int/float field must be >= 0. Durations are at most a day
+# (`_s` fields 86,400, `_ms` fields 86,400,000): beyond that, timers overflow or never fire.
+POSITIVE_FIELDS = frozenset({
+    "max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels", "max_decode_ms", "max_decode_bytes",
+    "fetch_timeout_s", "fetch_concurrency", "input_size", "top_k", "infer_timeout_s", "max_batch_size",
+    "infer_concurrency", "request_timeout_s", "max_in_flight", "parallelism", "checkpoint_interval_ms",
+    "bundle_size", "bundle_time_ms", "transaction_timeout_ms"})
+MAX_SECONDS = 86_400
 KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."  # of flink-sql-connector-kafka's Kafka client
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; `field` names it, the message says why."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"{field_name}: {reason}")
+        self.field = field_name
 
 
 @dataclass(frozen=True)
@@ -95,49 +120,42 @@ class PipelineConfig:
     bundle_time_ms: int = 50  # 200 measured p50 0.97 s at half of peak, 50: 0.29 s, same peak (bench e2e)
 
     def __post_init__(self) -> None:
-        positive = ("max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels",
-                    "fetch_concurrency", "input_size", "top_k", "max_batch_size", "parallelism",
-                    "checkpoint_interval_ms", "infer_concurrency", "request_timeout_s", "max_in_flight",
-                    "bundle_size", "bundle_time_ms", "max_decode_ms", "max_decode_bytes")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.cache_bytes < 0 or self.decode_concurrency < 0:
-            raise ValueError("cache_bytes and decode_concurrency must be >= 0")
-        if self.fetch_retries < 0 or self.infer_retry_window_s < 0:
-            raise ValueError("fetch_retries and infer_retry_window_s must be >= 0")
-        if self.fetch_timeout_s <= 0 or self.infer_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
+        _check_numbers(self)
+        for name, kind in field_types().items():  # a secret given as plain text would print
+            if Secret in typing.get_args(kind) and not isinstance(getattr(self, name), (Secret, type(None))):
+                raise ConfigError(name, "must be a Secret")
         if self.delivery_guarantee not in ("exactly_once", "at_least_once"):
-            raise ValueError(f"delivery_guarantee must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
+            raise ConfigError("delivery_guarantee", f"must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
         if self.transaction_timeout_ms <= self.checkpoint_interval_ms:
-            raise ValueError("transaction_timeout_ms must exceed checkpoint_interval_ms")
+            raise ConfigError("transaction_timeout_ms", "must exceed checkpoint_interval_ms")
         if self.kafka_sasl_username and not self.kafka_sasl_mechanism:
-            raise ValueError("kafka_sasl_username needs kafka_sasl_mechanism")
+            raise ConfigError("kafka_sasl_username", "needs kafka_sasl_mechanism")
         if self.start_from not in ("committed", "earliest", "latest"):
-            raise ValueError(f"start_from must be committed|earliest|latest, got {self.start_from!r}")
+            raise ConfigError("start_from", f"must be committed|earliest|latest, got {self.start_from!r}")
         unknown = set(self.allowed_schemes) - {"s3", "file", "http", "https"}
         if unknown:
-            raise ValueError(f"unknown URI schemes: {sorted(unknown)}")
-        if self.max_redirects < 0:
-            raise ValueError("max_redirects must be >= 0")
+            raise ConfigError("allowed_schemes", f"unknown URI schemes: {sorted(unknown)}")
         from streaming.netpolicy import check_config  # host patterns, networks, S3 prefixes
         check_config(self.allowed_hosts, self.http_trusted_networks, self.allowed_s3_prefixes)
         if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ValueError("kafka_security_protocol must be PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL, "
-                             f"got {self.kafka_security_protocol!r}")
-        if self.kafka_security_protocol.startswith("SASL_") and not (
-                self.kafka_sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-                and self.kafka_sasl_username and self.kafka_sasl_password):
-            raise ValueError("SASL needs kafka_sasl_mechanism (PLAIN|SCRAM-SHA-256|SCRAM-SHA-512), "
-                             "kafka_sasl_username and kafka_sasl_password")
+            raise ConfigError("kafka_security_protocol", "must be PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL, "
+                                                         f"got {self.kafka_security_protocol!r}")
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [n for n in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                       if not getattr(self, n)]
+            if missing or self.kafka_sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                raise ConfigError((missing or ["kafka_sasl_mechanism"])[0],
+                                  "SASL needs kafka_sasl_mechanism (PLAIN|SCRAM-SHA-256|SCRAM-SHA-512), "
+                                  "kafka_sasl_username and kafka_sasl_password")
         for name in ("kafka_sasl_username", "kafka_sasl_password"):  # quoted into a JAAS config
             value = getattr(self, name)
             text = value.value if isinstance(value, Secret) else value
             if text and any(c in '"\\' or ord(c) < 32 or ord(c) == 127 for c in text):
-                raise ValueError(f"{name} must not contain quotes, backslashes or control characters")
+                raise ConfigError(name, "must not contain quotes, backslashes or control characters")
         if (self.kafka_ssl_ca_file or self.kafka_ssl_keystore_file) and "SSL" not in self.kafka_security_protocol:
-            raise ValueError("kafka_ssl_* files need kafka_security_protocol SSL or SASL_SSL")
+            raise ConfigError("kafka_ssl_ca_file" if self.kafka_ssl_ca_file else "kafka_ssl_keystore_file",
+                              "kafka_ssl_* files need kafka_security_protocol SSL or SASL_SSL")
+        _check_half_set(self)
 
     def kafka_client_properties(self) -> dict[str, str]:
         """Security settings for the Java Kafka clients (Flink's connector); kafka-python's
@@ -164,19 +182,35 @@ class PipelineConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> "PipelineConfig":
         """Build from strings keyed by field name (lower case); unknown keys are an error."""
-        kinds = {f.name: f for f in fields(cls)}
-        unknown = set(values) - set(kinds)
+        types = field_types()
+        unknown = sorted(set(values) - set(types))
         if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}")
-        return cls(**{k: _parse(kinds[k], v) for k, v in values.items()})
+            raise ConfigError(unknown[0], "unknown settings: " + ", ".join(
+                _unknown(name, types, lambda n: n) for name in unknown))
+        return cls(**{k: _parse(k, types[k], v) for k, v in values.items()})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "PipelineConfig":
-        """Read `IMGSTREAM_<FIELD>` variables; keyword overrides win."""
+        """Read `IMGSTREAM_<FIELD>` variables; keyword overrides win. Any other `IMGSTREAM_*`
+        variable is an error naming the closest field, unless the local stack or the tests read it."""
+        from streaming.stack.layout import ENV_VARIABLES as STACK_ENV_VARIABLES
+
         env = os.environ if environ is None else environ
-        names = {f.name for f in fields(cls)}
-        values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
-                  if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in names}
+        types = field_types()
+        others = set(STACK_ENV_VARIABLES) | set(TOOL_ENV_VARIABLES)
+        values, unknown = {}, []
+        for key, value in env.items():
+            if not key.startswith(ENV_PREFIX) or key in others:
+                continue
+            name = key[len(ENV_PREFIX):].lower()
+            if name in types:
+                values[name] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            unknown.sort()
+            raise ConfigError(unknown[0], "unknown variables: " + ", ".join(
+                _unknown(key, types, lambda n: ENV_PREFIX + n.upper()) for key in unknown))
         return dataclasses.replace(cls.from_mapping(values), **overrides)
 
     def to_mapping(self) -> dict[str, str]:
@@ -194,18 +228,73 @@ class PipelineConfig:
         return out
 
 
-def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = str(f.type)
-    if "Secret" in kind:
-        return Secret(raw) if raw else None
-    if kind.startswith("tuple"):
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Each field's declared type (resolved, not the annotation's text)."""
+    hints = typing.get_type_hints(PipelineConfig)
+    return {f.name: hints[f.name] for f in fields(PipelineConfig)}
+
+
+def _unknown(name: str, types: Mapping[str, Any], spell) -> str:
+    """'name' (did you mean 'closest'?) for an unknown setting or variable."""
+    bare = name[len(ENV_PREFIX):].lower() if name.startswith(ENV_PREFIX) else name.lower()
+    close = difflib.get_close_matches(bare, list(types), n=1, cutoff=0.6)
+    return f"{name!r} (did you mean {spell(close[0])!r}?)" if close else repr(name)
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    """A field's value from its text, by the field's declared type."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # Optional: empty text is None
+        if raw.strip() == "":
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is Secret:
+        return Secret(raw)
+    if typing.get_origin(kind) is tuple:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if kind.startswith("int"):
-        return int(raw)
-    if kind.startswith("float"):
-        return float(raw)
-    if kind.startswith("bool"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if "None" in kind and raw == "":
-        return None
-    return raw
+    if kind is bool:
+        text = raw.strip().lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(name, f"must be true or false, got {raw!r}")
+        return text in ("1", "true", "yes", "on")
+    if kind in (int, float):
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            raise ConfigError(name, f"must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if kind is str:
+        return raw
+    raise TypeError(f"{name}: no parser for {kind!r}")
+
+
+def _check_numbers(config: PipelineConfig) -> None:
+    """Every int/float field: the right type, finite, in range (positive where it must be)."""
+    for name, kind in field_types().items():
+        if kind not in (int, float):
+            continue
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise ConfigError(name, f"must be {'a number' if kind is float else 'an integer'}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+        if name in POSITIVE_FIELDS and value <= 0:
+            raise ConfigError(name, f"must be positive, got {value!r}")
+        if value < 0:
+            raise ConfigError(name, f"must be >= 0, got {value!r}")
+        limit = MAX_SECONDS if name.endswith("_s") else MAX_SECONDS * 1000 if name.endswith("_ms") else None
+        if limit is not None and value > limit:
+            raise ConfigError(name, f"must be at most {limit} (one day), got {value!r}")
+
+
+def _check_half_set(config: PipelineConfig) -> None:
+    """Settings that only work together: refuse one without the other."""
+    if (config.s3_access_key is None) != (config.s3_secret_key is None):
+        missing = "s3_secret_key" if config.s3_secret_key is None else "s3_access_key"
+        raise ConfigError(missing, "missing: set both s3_access_key and s3_secret_key, or neither "
+                                   "(the AWS credential chain)")
+    if not config.kafka_security_protocol.startswith("SASL_"):
+        for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+            if getattr(config, name) is not None:
+                raise ConfigError(name, "needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                                        f"got {config.kafka_security_protocol}")

@@ -6,6 +6,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The local stack's variables (PipelineConfig.from_env knows them: any other IMGSTREAM_* is an error).
+DIR_ENV = "IMGSTREAM_STACK_DIR"  # logs, data, downloads
+PORT_OFFSET_ENV = "IMGSTREAM_STACK_PORT_OFFSET"  # added to every port, so a second stack can run beside
+KAFKA_SASL_ENV = "IMGSTREAM_STACK_KAFKA_SASL"  # 1: Kafka with SASL/SCRAM
+ENV_VARIABLES = (DIR_ENV, PORT_OFFSET_ENV, KAFKA_SASL_ENV)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,18 +42,19 @@ class StackLayout:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "StackLayout":
-        """Reads `IMGSTREAM_STACK_DIR` (logs, data, downloads), `IMGSTREAM_STACK_PORT_OFFSET`
-        (added to every port, so a second stack can run beside the first) and
-        `IMGSTREAM_STACK_KAFKA_SASL` (1: Kafka with SASL/SCRAM)."""
+        """Reads the variables of `ENV_VARIABLES` (and no other)."""
         env = os.environ if environ is None else environ
         changes: dict = {}
-        if env.get("IMGSTREAM_STACK_DIR"):
-            changes["root"] = Path(env["IMGSTREAM_STACK_DIR"]).resolve()
-        offset = int(env.get("IMGSTREAM_STACK_PORT_OFFSET") or 0)
+        if env.get(DIR_ENV):
+            changes["root"] = Path(env[DIR_ENV]).resolve()
+        try:
+            offset = int(env.get(PORT_OFFSET_ENV) or 0)
+        except ValueError:
+            raise ValueError(f"{PORT_OFFSET_ENV} must be an integer, got {env[PORT_OFFSET_ENV]!r}") from None
         if offset:
             changes.update({f.name: getattr(cls, f.name) + offset for f in fields(cls)
                             if f.name.endswith("_port")})
-        if (env.get("IMGSTREAM_STACK_KAFKA_SASL") or "").strip().lower() in ("1", "true", "yes", "on"):
+        if (env.get(KAFKA_SASL_ENV) or "").strip().lower() in ("1", "true", "yes", "on"):
             changes["kafka_sasl"] = True
         return cls(**changes)
 

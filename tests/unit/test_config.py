@@ -1,6 +1,15 @@
+import math
+
 import pytest
 
-from streaming.config import PipelineConfig, Secret
+from streaming.config import (MAX_SECONDS, POSITIVE_FIELDS, TOOL_ENV_VARIABLES, ConfigError, PipelineConfig, Secret,
+                              field_types)
+from streaming.stack.layout import ENV_VARIABLES as STACK_ENV_VARIABLES
+
+NUMBERS = {name: kind for name, kind in field_types().items() if kind in (int, float)}
+FLOATS = sorted(name for name, kind in NUMBERS.items() if kind is float)
+NON_NEGATIVE = sorted(set(NUMBERS) - POSITIVE_FIELDS)
+DURATIONS = sorted(name for name in NUMBERS if name.endswith(("_s", "_ms")))
 
 
 def test_from_env_reads_only_prefixed_known_variables():
@@ -19,8 +28,11 @@ def test_overrides_win_over_environment():
 
 
 def test_secrets_never_show_in_repr():
-    config = PipelineConfig.from_env({"IMGSTREAM_S3_SECRET_KEY": "hunter2-very-secret"})
-    assert "hunter2" not in repr(config) and "hunter2" not in str(config)
+    # s3_access_key too: one key without the other is refused (test_half_set_settings_are_refused)
+    config = PipelineConfig.from_env({"IMGSTREAM_S3_ACCESS_KEY": "AKIA-canary",
+                                      "IMGSTREAM_S3_SECRET_KEY": "hunter2-very-secret"})
+    for text in (repr(config), str(config)):
+        assert "hunter2" not in text and "AKIA-canary" not in text
     assert config.s3_secret_key == Secret("hunter2-very-secret")
 
 
@@ -39,3 +51,121 @@ def test_mapping_round_trip_keeps_every_field():
 def test_invalid_settings_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
         PipelineConfig.from_mapping(values)
+
+
+def test_every_number_has_a_rule():
+    """The parametrised tests below cover every int/float field: none is left unchecked."""
+    assert POSITIVE_FIELDS <= set(NUMBERS)
+    assert FLOATS and NON_NEGATIVE and len(NUMBERS) == len(POSITIVE_FIELDS) + len(NON_NEGATIVE)
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_float_fields_refuse_nan_and_inf(name, text):
+    with pytest.raises(ConfigError, match=f"^{name}: must be a finite number") as caught:
+        PipelineConfig.from_mapping({name: text})
+    assert caught.value.field == name
+    with pytest.raises(ConfigError, match=f"^{name}: must be a finite number"):
+        PipelineConfig(**{name: float(text)})
+
+
+@pytest.mark.parametrize("name", sorted(NUMBERS))
+def test_numbers_refuse_text_that_is_not_one(name):
+    for text in ("²", "ten", "", "1e3x"):
+        with pytest.raises(ConfigError, match=f"^{name}: must be (an integer|a number), got") as caught:
+            PipelineConfig.from_mapping({name: text})
+        assert caught.value.field == name
+
+
+@pytest.mark.parametrize("name", sorted(name for name, kind in NUMBERS.items() if kind is int))
+def test_int_fields_refuse_floats_and_bools(name):
+    for value in (1.5, float("nan"), True):
+        with pytest.raises(ConfigError, match=f"^{name}: must be an integer"):
+            PipelineConfig(**{name: value})
+
+
+@pytest.mark.parametrize("name", sorted(POSITIVE_FIELDS))
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_positive_fields_refuse_zero_and_negatives(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}: must be positive") as caught:
+        PipelineConfig.from_mapping({name: value})
+    assert caught.value.field == name
+
+
+@pytest.mark.parametrize("name", NON_NEGATIVE)
+def test_other_numbers_refuse_negatives_and_accept_zero(name):
+    with pytest.raises(ConfigError, match=f"^{name}: must be >= 0"):
+        PipelineConfig.from_mapping({name: "-1"})
+    assert getattr(PipelineConfig.from_mapping({name: "0"}), name) == 0
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_durations_are_at_most_a_day(name):
+    limit = MAX_SECONDS if name.endswith("_s") else MAX_SECONDS * 1000
+    # transaction_timeout_ms must exceed checkpoint_interval_ms: keep the pair consistent
+    base = {"transaction_timeout_ms": str(limit)} if name == "checkpoint_interval_ms" else {}
+    base = {**base, name: str(limit - 1)} if name == "checkpoint_interval_ms" else {**base, name: str(limit)}
+    assert getattr(PipelineConfig.from_mapping(base), name) == int(base[name]) or math.isclose(
+        getattr(PipelineConfig.from_mapping(base), name), float(base[name]))
+    with pytest.raises(ConfigError, match=f"^{name}: must be at most {limit}"):
+        PipelineConfig.from_mapping({**base, name: str(limit + 1)})
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"s3_access_key": Secret("AKIA-canary")}, "s3_secret_key"),
+    ({"s3_secret_key": Secret("sec-canary")}, "s3_access_key"),
+    ({"kafka_sasl_mechanism": "SCRAM-SHA-512"}, "kafka_sasl_mechanism"),
+    ({"kafka_sasl_username": "svc", "kafka_sasl_mechanism": "PLAIN"}, "kafka_sasl_mechanism"),
+    ({"kafka_sasl_password": Secret("pw-canary")}, "kafka_sasl_password"),
+    ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN",
+      "kafka_sasl_username": "svc"}, "kafka_sasl_password"),
+    ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN",
+      "kafka_sasl_password": Secret("pw-canary")}, "kafka_sasl_username"),
+    ({"kafka_ssl_keystore_file": "/client.pem"}, "kafka_ssl_keystore_file"),
+])
+def test_half_set_settings_are_refused(values, field):
+    with pytest.raises(ConfigError) as caught:
+        PipelineConfig(**values)
+    assert caught.value.field == field and str(caught.value).startswith(f"{field}: ")
+    assert "canary" not in str(caught.value)
+
+
+def test_a_secret_given_as_plain_text_is_refused():
+    with pytest.raises(ConfigError, match="^kafka_sasl_password: must be a Secret"):
+        PipelineConfig(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+                       kafka_sasl_username="svc", kafka_sasl_password="pw")
+
+
+def test_values_are_read_by_the_fields_real_type():
+    config = PipelineConfig.from_mapping({"s3_endpoint": "", "file_root": "/srv", "fetch_timeout_s": "3",
+                                          "max_batch_size": " 8 ", "allowed_buckets": "a, ,b,"})
+    assert config.s3_endpoint is None and config.file_root == "/srv"
+    assert type(config.fetch_timeout_s) is float and config.fetch_timeout_s == 3.0
+    assert config.max_batch_size == 8 and config.allowed_buckets == ("a", "b")
+
+
+@pytest.mark.parametrize("variable, suggestion", [
+    ("IMGSTREAM_MAX_BATCHSIZE", "IMGSTREAM_MAX_BATCH_SIZE"),
+    ("IMGSTREAM_FETCH_TIMEOUT", "IMGSTREAM_FETCH_TIMEOUT_S"),
+    ("IMGSTREAM_S3_SECRET", "IMGSTREAM_S3_SECRET_KEY"),
+    ("IMGSTREAM_REQUEST_TOPIC", "IMGSTREAM_REQUESTS_TOPIC"),
+])
+def test_unknown_variables_are_reported_with_the_closest_field(variable, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown variables: '{variable}' \\(did you mean '{suggestion}'\\?\\)"):
+        PipelineConfig.from_env({variable: "1", "IMGSTREAM_TOP_K": "3"})
+
+
+def test_unknown_variable_without_a_close_field_is_still_reported():
+    with pytest.raises(ConfigError, match="unknown variables: 'IMGSTREAM_ZZZ'$"):
+        PipelineConfig.from_env({"IMGSTREAM_ZZZ": "1"})
+
+
+def test_unknown_setting_names_the_closest_field():
+    with pytest.raises(ConfigError, match="'model' \\(did you mean 'model_name'\\?\\)"):
+        PipelineConfig.from_mapping({"model": "x"})
+
+
+def test_the_stack_and_tool_variables_are_not_settings_and_not_errors():
+    env = {name: "1" for name in (*STACK_ENV_VARIABLES, *TOOL_ENV_VARIABLES)}
+    assert PipelineConfig.from_env({**env, "IMGSTREAM_TOP_K": "4"}).top_k == 4
+    assert not {name[len("IMGSTREAM_"):].lower() for name in env} & set(field_types())
