@@ -116,3 +116,8 @@ class RequestTimeout(Retryable):
 class InferenceFailed(Permanent):
     """Triton rejected the request (bad shape, model error)."""
     code, stage = "inference_failed", "infer"
+
+
+class ModelNotFound(InferenceFailed):
+    """Triton does not serve the configured model_name/model_version (a configuration error: not retried)."""
+    code, stage = "model_not_found", "infer"

@@ -5,7 +5,9 @@ server returns only k "score:index:label" strings per image instead of 1000 floa
 gRPC errors are translated here, at the one boundary: UNAVAILABLE, RESOURCE_EXHAUSTED and
 DEADLINE_EXCEEDED are retried with jittered backoff for up to `infer_retry_window_s` (a Triton
 restart should delay requests, not fail them; the waiting backpressures Kafka), then reported
-as InferenceUnavailable; anything else is InferenceFailed at once.
+as InferenceUnavailable; a model Triton does not know is ModelNotFound at once (NOT_FOUND "...
+is not found"; NOT_FOUND "... has no available versions", seen while Triton stops, is retried);
+anything else is InferenceFailed at once.
 """
 from __future__ import annotations
 
@@ -17,22 +19,40 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_rand
 from tritonclient.utils import InferenceServerException
 
 from streaming.config import PipelineConfig
-from streaming.errors import InferenceFailed, InferenceUnavailable
+from streaming.errors import InferenceFailed, InferenceUnavailable, ModelNotFound
 from streaming.events import Label
 
 INPUT_NAME = "IMAGE"
 OUTPUT_NAME = "PROBABILITIES"
-# NOT_FOUND: while Triton starts or stops, the model "has no available versions".
+# NOT_FOUND: while Triton starts or stops, the model "has no available versions" (retried);
+# a model or version it does not know "is not found" (permanent: see `_is_unknown_model`).
 RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
                     "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND")
+
+
+def _is_unknown_model(exc: InferenceServerException) -> bool:
+    """Triton's "Request for unknown model: 'x' is not found" / "... version 7 is not found"."""
+    text = exc.message() or ""
+    return str(exc.status()) == "StatusCode.NOT_FOUND" and text.rstrip().endswith("is not found")
 
 
 def _translate(exc: InferenceServerException) -> Exception:
     status = str(exc.status() or "")
     message = f"triton: {status} {exc.message()}".strip()
+    if _is_unknown_model(exc):
+        return ModelNotFound(message)
     if status in RETRYABLE_STATUS or not status:
         return InferenceUnavailable(message)
     return InferenceFailed(message)
+
+
+def _served(client: grpcclient.InferenceServerClient) -> str:
+    try:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+    except InferenceServerException:
+        return "its model list did not answer"
+    names = sorted({m["name"] for m in index if m.get("state") == "READY"})
+    return "it serves " + (", ".join(names) if names else "no model")
 
 
 def parse_classification(raw: np.ndarray) -> tuple[Label, ...]:
@@ -67,16 +87,45 @@ class TritonClassifier:
         return self._client
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Poll until the model is ready or the time is up."""
+        """Poll until the model is ready or the time is up; False at once for a model Triton does not know."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 if self.client.is_model_ready(self.config.model_name, self.config.model_version):
                     return True
-            except InferenceServerException:
-                pass
+                self.client.get_model_metadata(self.config.model_name, self.config.model_version)
+            except InferenceServerException as exc:
+                if _is_unknown_model(exc):
+                    return False
             time.sleep(0.5)
         return False
+
+    def check_model(self, timeout_s: float = 10.0) -> None:
+        """Before a job is submitted: Triton answers, serves `model_name` (and `model_version`), and the
+        model takes `input_size` RGB uint8 images. Raises ConfigError naming the field at fault."""
+        from streaming.config import ConfigError
+
+        cfg = self.config
+        try:
+            if not self.client.is_server_live(client_timeout=timeout_s):
+                raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} is not live")
+            metadata = self.client.get_model_metadata(cfg.model_name, cfg.model_version, as_json=True,
+                                                      client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            if _is_unknown_model(exc):
+                field = "model_version" if cfg.model_version else "model_name"
+                raise ConfigError(field, f"Triton at {cfg.triton_grpc} does not serve model {cfg.model_name!r}"
+                                         + (f" version {cfg.model_version!r}" if cfg.model_version else "")
+                                         + f" ({_served(self.client)})") from None
+            raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} did not answer: "
+                                             f"{exc.status() or ''} {exc.message()}".strip()) from None
+        shapes = {i["name"]: [int(d) for d in i["shape"]] for i in metadata.get("inputs", [])}
+        shape = shapes.get(INPUT_NAME)
+        if shape is None:
+            raise ConfigError("model_name", f"model {cfg.model_name!r} has no input {INPUT_NAME!r}: {sorted(shapes)}")
+        if shape[-3:] != [cfg.input_size, cfg.input_size, 3]:
+            raise ConfigError("input_size", f"model {cfg.model_name!r} takes {shape[-3:-1]} images, "
+                                            f"input_size is {cfg.input_size}")
 
     def classify(self, batch: np.ndarray) -> list[tuple[Label, ...]]:
         """Top-k labels for each image of a (N, H, W, 3) uint8 batch."""
