@@ -7,17 +7,35 @@ Parsing is total: whatever a producer sends, `parse_request` returns a request o
 `InvalidEvent`/`EventTooLarge`, and `salvage_id` returns (maybe None) ids; nothing else
 escapes (deep nesting, huge numbers and bad UTF-8 included). Refused as ambiguous: duplicate
 keys (parsers disagree on which one wins) and ids/URIs that are not valid Unicode (lone
-surrogates from ``\ud800`` escapes). `result_to_json` always returns text that encodes as
-UTF-8, and never echoes the user info (``user:password@``) of a URI.
+surrogates from ``\ud800`` escapes).
+
+Results are small and clean whatever the event was. `result_to_json` always returns text
+that encodes as UTF-8, at most `MAX_RESULT_BYTES` of it (the Kafka sink's `max.request.size`
+is set well above, in flink_jobs/classify.py, so no result can fail the writer): the id is cut
+to `MAX_ID_CHARS` (then ``"id_truncated": true``), the URI to `uris.MAX_URI_CHARS` (then
+``"uri_truncated": true``), the error message to `MAX_MESSAGE_CHARS`; anything still over the
+bound becomes a small `result_too_large` error. The URI shown is `uris.public_uri`: never the
+user info (``user:password@``) of a URI. `salvage_id` reads at most `SALVAGE_MAX_BYTES` of an
+event: a bigger one is scanned, not parsed, for its leading ``id``/``uri``.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from streaming.errors import EventTooLarge, InvalidEvent, PipelineError
+from streaming.uris import MAX_URI_CHARS, public_uri
+
+MAX_ID_CHARS = 1024  # of a result's id; a longer id is cut and marked "id_truncated"
+MAX_MESSAGE_CHARS = 2048  # of an error message
+# The most UTF-8 bytes of one result. Worst case of the capped fields: ~10k characters, each at
+# most 12 bytes as JSON (an escaped surrogate pair), ~125 KiB; far under the sink's 1 MiB.
+MAX_RESULT_BYTES = 256 * 1024
+SALVAGE_MAX_BYTES = 64 * 1024  # salvage_id reads no more of an event than this
+RESULT_TOO_LARGE = "result_too_large"  # error code of a result that would exceed MAX_RESULT_BYTES
 
 
 @dataclass(frozen=True)
@@ -63,7 +81,8 @@ class ErrorResult:
 
 
 Result = Prediction | ErrorResult
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
+_JSON_STRUCTURE = re.compile(r'["{}\[\],]')
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 class _DuplicateKey(ValueError):
@@ -133,29 +152,117 @@ def parse_request(raw: bytes | str, *, max_bytes: int = 64 * 1024) -> ImageReque
     return ImageRequest(data["id"], data["uri"], attributes)
 
 
-def salvage_id(raw: bytes | str) -> tuple[str | None, str | None]:
+def salvage_id(raw: bytes | str, *, max_bytes: int = SALVAGE_MAX_BYTES) -> tuple[str | None, str | None]:
     """Best effort (id, uri) of an event that failed to parse, so its error can be matched.
 
-    Never raises. An id or URI given twice, or not valid Unicode, is not salvaged.
+    Never raises. An id or URI given twice, or not valid Unicode, is not salvaged. An event
+    over `max_bytes` is not parsed: its first `max_bytes` are scanned for top-level ``id`` and
+    ``uri`` strings (`_scan_prefix`); an id cut by that limit is salvaged only when it is at
+    least `MAX_ID_CHARS` long (its result then shows it cut and marked), a cut URI never.
     """
-    ambiguous = None
     try:
-        try:
-            data = _loads(raw)
-        except _DuplicateKey as exc:
-            ambiguous, data = exc.key, json.loads(raw)  # the other fields are still clear
+        if _size(raw) > max_bytes:
+            found = _scan_prefix(raw, max_bytes)
+            rid, uri = found.get("id"), found.get("uri")
+        else:
+            rid, uri = _salvage_parsed(raw)
     except Exception:  # noqa: BLE001 - whatever the bytes are, there is nothing to salvage
         return None, None
-    if not isinstance(data, dict):
-        return None, None
-    rid, uri = (None if ambiguous == "id" else data.get("id")), (None if ambiguous == "uri" else data.get("uri"))
     return (rid if isinstance(rid, str) and _valid_unicode(rid) else None,
             uri if isinstance(uri, str) and _valid_unicode(uri) else None)
 
 
+def _salvage_parsed(raw: bytes | str) -> tuple[object, object]:
+    ambiguous = None
+    try:
+        data = _loads(raw)
+    except _DuplicateKey as exc:
+        ambiguous, data = exc.key, json.loads(raw)  # the other fields are still clear
+    if not isinstance(data, dict):
+        return None, None
+    return (None if ambiguous == "id" else data.get("id")), (None if ambiguous == "uri" else data.get("uri"))
+
+
+def _scan_prefix(raw: bytes | str, max_bytes: int) -> dict[str, str]:
+    """The top-level ``id``/``uri`` string values in the first `max_bytes` of a JSON object.
+
+    Linear in `max_bytes`, never recursive; stops at the first thing it cannot read. A key
+    seen twice is dropped (ambiguous). A string cut by the limit counts only for ``id`` and
+    only when at least `MAX_ID_CHARS` of it were read.
+    """
+    if isinstance(raw, str):
+        text = raw[:max_bytes]
+    else:  # strict UTF-8; a character cut by the limit is left out, invalid bytes raise
+        text = codecs.getincrementaldecoder("utf-8")().decode(bytes(raw[:max_bytes]), final=False)
+    found: dict[str, object] = {}
+    twice: set[str] = set()
+    pos: int | None = _WHITESPACE.match(text).end()
+    if not text.startswith("{", pos):
+        return {}
+    pos += 1
+    while pos is not None:
+        pos = _WHITESPACE.match(text, pos).end()
+        if not text.startswith('"', pos):
+            break
+        try:
+            key, pos = json.decoder.scanstring(text, pos + 1)
+        except ValueError:
+            break
+        pos = _WHITESPACE.match(text, pos).end()
+        if not text.startswith(":", pos):
+            break
+        pos = _WHITESPACE.match(text, pos + 1).end()
+        if key in found:
+            twice.add(key)
+        found[key], pos = _scan_value(text, pos, cut_ok=key == "id")
+        if pos is not None:
+            pos = _WHITESPACE.match(text, pos).end()
+            pos = pos + 1 if text.startswith(",", pos) else None
+    return {k: v for k, v in found.items() if k in ("id", "uri") and k not in twice and isinstance(v, str)}
+
+
+def _scan_value(text: str, pos: int, *, cut_ok: bool) -> tuple[object, int | None]:
+    """(the string at `pos`, or None for any other value; where it ends, None if the text does)."""
+    if text.startswith('"', pos):
+        try:
+            return json.decoder.scanstring(text, pos + 1)
+        except ValueError:
+            return (_cut_string(text[pos + 1:]) if cut_ok else None), None
+    depth = 0
+    while True:  # skip a number, literal, array or object
+        match = _JSON_STRUCTURE.search(text, pos)
+        if match is None:
+            return None, None
+        char, pos = match.group(), match.end()
+        if char == '"':
+            try:
+                pos = json.decoder.scanstring(text, pos)[1]
+            except ValueError:
+                return None, None
+        elif char in "[{":
+            depth += 1
+        elif depth == 0:  # the ',' or '}' after this value
+            return None, pos - 1
+        elif char in "]}":
+            depth -= 1
+
+
+def _cut_string(body: str) -> str | None:
+    """The text of a JSON string whose closing quote lies past the limit, when that prefix is
+    at least MAX_ID_CHARS long (an escape cut in half is dropped)."""
+    for drop in range(7):  # the longest escape, \uXXXX, is 6 characters
+        try:
+            value, end = json.decoder.scanstring(body[:len(body) - drop] + '"', 0)
+        except ValueError:
+            continue
+        if end == len(body) - drop + 1:
+            return value if len(value) >= MAX_ID_CHARS else None
+    return None
+
+
 def redact_uri(uri: str | None) -> str | None:
-    """The URI without its user info: ``scheme://user:pw@host/...`` -> ``scheme://***@host/...``."""
-    return _USERINFO.sub(r"\1***@", uri) if uri else uri
+    """The URI as results show it: without anything that could be user info (`uris.public_uri`)."""
+    return public_uri(uri)
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -163,20 +270,47 @@ def _short(text: str, limit: int = 40) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
-def result_to_json(result: Result) -> str:
-    """One compact JSON object per result."""
-    if isinstance(result, Prediction):
-        body: dict[str, Any] = {
-            "id": result.id, "uri": redact_uri(result.uri), "model": result.model,
-            "top_k": [{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k],
-            "batch_size": result.batch_size,
-        }
-    else:
-        body = {"id": result.id, "uri": redact_uri(result.uri),
-                "error": {"code": result.code, "stage": result.stage, "message": result.message,
-                          "retryable": result.retryable}}
-    body["timings_ms"] = {k: round(v, 3) for k, v in result.timings_ms.items()}
+def _cap(text: str | None, limit: int) -> tuple[str | None, bool]:
+    if text is None or len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
+def _dumps(body: dict) -> str:
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     if not _valid_unicode(text):  # a lone surrogate somewhere: escape it, or UTF-8 encoding fails later
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
     return text
+
+
+def result_to_json(result: Result) -> str:
+    """One compact JSON object per result, at most MAX_RESULT_BYTES of UTF-8."""
+    rid, id_cut = _cap(result.id, MAX_ID_CHARS)
+    uri, uri_cut = _cap(redact_uri(result.uri), MAX_URI_CHARS)
+    body: dict[str, Any] = {"id": rid, "uri": uri}
+    if id_cut:
+        body["id_truncated"] = True
+    if uri_cut:
+        body["uri_truncated"] = True
+    if isinstance(result, Prediction):
+        body.update(model=result.model, batch_size=result.batch_size,
+                    top_k=[{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k])
+    else:
+        message, cut = _cap(result.message, MAX_MESSAGE_CHARS)
+        body["error"] = {"code": result.code, "stage": result.stage, "retryable": result.retryable,
+                         "message": message + " [truncated]" if cut else message}
+    body["timings_ms"] = {k: round(v, 3) for k, v in result.timings_ms.items()}
+    text = _dumps(body)
+    size = len(text.encode("utf-8"))
+    if size <= MAX_RESULT_BYTES:
+        return text
+    # Last resort (a model with very many or very long labels): a small error in its place.
+    small = {"id": rid[:256] if rid else rid, "uri": uri[:256] if uri else uri,
+             "error": {"code": RESULT_TOO_LARGE, "stage": "result", "retryable": False,
+                       "message": f"the result would be {size} bytes, limit {MAX_RESULT_BYTES}"},
+             "timings_ms": body["timings_ms"]}
+    if rid and len(rid) > 256 or id_cut:
+        small["id_truncated"] = True
+    if uri and len(uri) > 256 or uri_cut:
+        small["uri_truncated"] = True
+    return _dumps(small)

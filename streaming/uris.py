@@ -5,8 +5,10 @@ Accepted forms:
 * ``s3://bucket/key`` - the key is taken literally (no percent-decoding, ``?`` and ``#`` are
   part of the key), as the AWS CLI does. The bucket must be in `allowed_buckets` (when set);
   with `allowed_s3_prefixes` ("bucket/prefix" entries) the key must also start with the prefix
-  given for its bucket and may not hold ``.``/``..`` segments or backslashes (an S3-compatible
-  server that normalises paths could otherwise be walked out of the prefix).
+  given for its bucket. Always refused, allowlists or not: keys with empty, ``.`` or ``..``
+  segments, backslashes, or percent-encoded ``.``, ``/``, ``\\`` or ``%`` (``%2e``, ``%2f``,
+  ``%5c``, ``%25``): an S3-compatible gateway that decodes and normalises paths could otherwise
+  be walked into another bucket or out of a prefix (``s3://samples/../private/x.jpg``).
 * ``file:///abs/path`` (or ``file://localhost/abs/path``) - percent-decoded; allowed only when
   "file" is in `allowed_schemes` AND `file_root` is set, and the real path (symlinks and
   ``..`` resolved) must lie inside the real `file_root`.
@@ -14,8 +16,15 @@ Accepted forms:
   `allowed_hosts` (see `streaming.netpolicy`); user info, backslashes, zone ids and numeric
   hosts in non-canonical forms are refused; an IP-literal host is checked against the address
   guard here, a host name when it is resolved (`streaming.http_fetch`, every redirect hop
-  again, via `redirect_target`). The fragment is dropped; the ref's bucket is ``host[:port]``
-  and its key the request target without its leading ``/``.
+  again, via `redirect_target`). Path segments that are ``.`` or ``..`` (also percent-encoded)
+  and backslashes in the path are refused. The fragment is dropped; the ref's bucket is
+  ``host[:port]`` and its key the request target without its leading ``/``.
+
+User info. Any URI that may carry credentials is refused, whatever its scheme: an ``@`` in the
+authority, or an ``@`` after a ``:`` (``https://svc:hunt/er2@host/a.jpg`` is user ``svc``,
+password ``hunt/er2`` to a reader, whatever RFC 3986 says). `public_uri` is the form results
+show: the URI itself when it cannot hold user info (every URI `parse_uri` accepts), else
+everything up to its last ``@`` replaced by ``***``.
 
 Every refusal is a `UriNotAllowed` (`UriTooLong`, `AddressNotAllowed` are kinds of it) whose
 message names the reason. Messages never repeat unvalidated parts of the URI (they might hold
@@ -42,6 +51,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AUTHORITY_END = re.compile(r"[/?#]")
 _TARGET_SAFE = "/%:@!$&'()*+,;=-._~?"  # kept as they are in an http request target
 MAX_KEY_BYTES = 1024  # S3's own limit on key length (UTF-8 bytes)
+MAX_URI_CHARS = 8192  # results never carry a longer URI; the upper bound for config.max_uri_chars
+_ENCODED_ESCAPES = re.compile(r"%(2e|2f|5c|25)", re.IGNORECASE)  # '.', '/', '\\', '%' percent-encoded
+_SCHEME_PREFIX = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ def parse_uri(uri: str, config: PipelineConfig) -> ObjectRef:
         raise UriTooLong(f"URI is {len(uri)} characters, limit {config.max_uri_chars}")
     if _CONTROL.search(uri):
         raise UriNotAllowed("URI contains control characters")
+    if may_hold_user_info(uri):
+        raise UriNotAllowed("URI must not contain user info (user:password@)")
     scheme, sep, rest = uri.partition("://")
     if not sep or not _SCHEME.fullmatch(scheme):
         raise UriNotAllowed("not an absolute URI (expected scheme://...)")
@@ -86,6 +100,34 @@ def parse_uri(uri: str, config: PipelineConfig) -> ObjectRef:
     if scheme in ("http", "https"):
         return _parse_http(scheme, rest, config)
     raise UriNotAllowed(f"scheme {scheme!r} is not supported")
+
+
+def may_hold_user_info(uri: str) -> bool:
+    """Whether some reader could take part of `uri` for ``user[:password]@``.
+
+    True when there is an ``@`` and, between ``scheme://`` (or the start) and the last ``@``,
+    there is no ``/``, ``?`` or ``#`` (the ``@`` ends the authority), or there is a ``:`` or
+    another ``@`` (a password holding reserved characters, a doubled ``@``). So
+    ``s3://b/a@b.jpg`` and ``https://h/a?u=x@y`` are fine, ``https://svc:hunt/er2@h/a.jpg``,
+    ``s3://AKIA:sec#ret@bucket/k`` and ``https://u:p@@h/`` are not.
+    """
+    at = uri.rfind("@")
+    if at < 0:
+        return False
+    head = uri[:at]
+    start = head.find("://")
+    between = head[start + 3:] if start >= 0 else head
+    return ":" in between or "@" in between or not _AUTHORITY_END.search(between)
+
+
+def public_uri(uri: str | None) -> str | None:
+    """`uri` as a result may show it: unchanged when it cannot hold user info, else
+    ``scheme://***@`` and what follows its last ``@`` (the scheme only when it is one)."""
+    if not uri or not may_hold_user_info(uri):
+        return uri
+    at = uri.rfind("@")
+    scheme = _SCHEME_PREFIX.match(uri[:at])
+    return (f"{scheme.group(1)}://" if scheme else "") + "***@" + uri[at + 1:]
 
 
 def redirect_target(location: str, current: ObjectRef, config: PipelineConfig) -> ObjectRef:
@@ -123,6 +165,9 @@ def _parse_http(scheme: str, rest: str, config: PipelineConfig) -> ObjectRef:
     path = tail.partition("#")[0]
     if not path.startswith("/"):
         path = "/" + path
+    steps = path.partition("?")[0]
+    if "\\" in steps or any(unquote(part) in (".", "..") for part in steps.split("/")):
+        raise UriNotAllowed("http(s) path has '.' or '..' segments or a backslash")
     try:
         target = quote(path, safe=_TARGET_SAFE)
     except UnicodeEncodeError:
@@ -148,9 +193,11 @@ def _parse_s3(rest: str, config: PipelineConfig) -> ObjectRef:
         raise UriNotAllowed(f"bucket {bucket!r} is not in allowed_buckets")
     if not key:
         raise UriNotAllowed("S3 URI has no object key")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise UriNotAllowed("S3 key has an empty, '.' or '..' segment")
+    if "\\" in key or _ENCODED_ESCAPES.search(key):
+        raise UriNotAllowed("S3 key has a backslash or a percent-encoded '.', '/', '\\' or '%'")
     if config.allowed_s3_prefixes:
-        if "\\" in key or any(part in (".", "..") for part in key.split("/")):
-            raise UriNotAllowed("S3 key has '.' or '..' segments or a backslash")
         prefixes = [p.partition("/")[2] for p in config.allowed_s3_prefixes if p.partition("/")[0] == bucket]
         if not any(key.startswith(prefix) for prefix in prefixes):
             raise UriNotAllowed(f"key is outside the allowed_s3_prefixes of bucket {bucket!r}")

@@ -5,7 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.errors import EventTooLarge, InvalidEvent, ObjectNotFound
-from streaming.events import ErrorResult, Label, Prediction, parse_request, redact_uri, result_to_json, salvage_id
+from streaming.events import (MAX_ID_CHARS, MAX_MESSAGE_CHARS, MAX_RESULT_BYTES, SALVAGE_MAX_BYTES, ErrorResult,
+                              Label, Prediction, parse_request, redact_uri, result_to_json, salvage_id)
+from streaming.uris import MAX_URI_CHARS
 
 
 def test_parse_keeps_extra_fields_as_attributes():
@@ -101,6 +103,11 @@ def test_results_always_encode_and_hide_user_info():
 @pytest.mark.parametrize("uri, shown", [
     ("https://u:p@h/x", "https://***@h/x"), ("http://@h/", "http://***@h/"), ("s3://b/a@b.jpg", "s3://b/a@b.jpg"),
     ("https://h/a?u=x@y", "https://h/a?u=x@y"), ("https://h#@x", "https://h#@x"), (None, None),
+    # issue 12 item 8: what the old pattern let through
+    ("https://svc:hunt/er2@host/a.jpg", "https://***@host/a.jpg"),
+    ("s3://AKIAX:sec#ret@bucket/key.jpg", "s3://***@bucket/key.jpg"),
+    (" https://u:pw@h/x", "https://***@h/x"), ("https://u:pw@@h/x", "https://***@h/x"),
+    ("https://u:p@h/a@b.jpg", "https://***@b.jpg"), ("u:pw@h/x", "***@h/x"), ("pw:x://u:pw@h/", "***@h/"),
 ])
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown
@@ -139,3 +146,88 @@ def test_bytes_must_be_strict_utf8_without_bom():
     with pytest.raises(InvalidEvent):
         parse_request('{"id": "a", "uri": "s3://b/k"}'.encode("utf-16"))
     assert parse_request('{"id": "é", "uri": "s3://b/k"}'.encode("utf-8")).id == "é"
+
+
+# -- results are small whatever the event was (issue 12 item 1) ----------------------------
+
+def _oversized(head: bytes, size: int = 3_000_000) -> bytes:
+    return head + b"p" * size + b'"}'
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"id": "a", "uri": "s3://b/k", "pad": "' + b"p" * 3_000_000 + b'"}', ("a", "s3://b/k")),
+    (b'{"x": [1, {"y": "}]"}], "id": "a", "n": -1.5e3, "uri": "s3://b/k", "pad": "' + b"p" * 100_000 + b'"}',
+     ("a", "s3://b/k")),
+    (b'{"id": "a", "uri": "s3://b/k", "id": "b", "pad": "' + b"p" * 100_000 + b'"}', (None, "s3://b/k")),
+    (b'{"pad": "' + b"p" * 100_000 + b'", "id": "a", "uri": "s3://b/k"}', (None, None)),  # past the limit
+    (b'{"uri": "s3://b/' + b"k" * 100_000 + b'", "id": "a"}', (None, None)),  # a cut URI is never shown
+    (b'{"id": "' + b"i" * 500 + b'"' + b" " * 100_000 + b', "uri": 1}', ("i" * 500, None)),
+    (b"[" * 100_000, (None, None)),
+    (b'{"id": "\\ud800", "uri": "s3://b/k", "pad": "' + b"p" * 100_000 + b'"}', (None, "s3://b/k")),
+    (b"\xff" + b'{"id": "a"' + b" " * 100_000 + b"}", (None, None)),
+])
+def test_salvage_of_an_oversized_event_scans_only_its_beginning(raw, expected):
+    assert len(raw) > SALVAGE_MAX_BYTES
+    assert salvage_id(raw) == expected
+
+
+def test_salvage_never_reads_past_its_limit():
+    head = b'{"id": "a", "uri": "s3://b/k", "pad": "'
+    raw = head + b"p" * (SALVAGE_MAX_BYTES - len(head)) + b"\xff\xfe not even UTF-8 after the limit"
+    assert salvage_id(raw) == ("a", "s3://b/k")
+    cut_char = b'{"id": "' + "é".encode() * SALVAGE_MAX_BYTES  # the limit falls inside a character
+    assert salvage_id(cut_char)[0] == "é" * ((SALVAGE_MAX_BYTES - 8) // 2)
+
+
+@pytest.mark.parametrize("escape", [b"x", b"\\u00e9", b"\\n", b"\\\\", "😀".encode()])
+def test_a_huge_id_is_salvaged_cut_and_marked(escape):
+    raw = b'{"id": "' + escape * 1_000_000 + b'", "uri": "s3://b/k"}'
+    rid, uri = salvage_id(raw)
+    assert uri is None and rid and len(rid) >= MAX_ID_CHARS and len(set(rid)) == 1
+    body = json.loads(result_to_json(ErrorResult.from_error(rid, uri, EventTooLarge("too large"))))
+    assert body["id_truncated"] is True and body["id"] == rid[:MAX_ID_CHARS]
+    assert body["error"]["code"] == "event_too_large"
+
+
+def test_a_short_cut_id_is_not_guessed():
+    raw = b'{"uri": "s3://b/k", "pad": "' + b"p" * (SALVAGE_MAX_BYTES - 100) + b'", "id": "' + b"i" * 3_000_000 + b'"}'
+    assert salvage_id(raw) == (None, "s3://b/k")
+
+
+def test_capped_fields_are_marked_and_short_ones_are_not():
+    err = ErrorResult.from_error("i" * (MAX_ID_CHARS + 1), "s3://b/" + "k" * MAX_URI_CHARS, InvalidEvent("m" * 10_000))
+    body = json.loads(result_to_json(err))
+    assert body["id"] == "i" * MAX_ID_CHARS and body["id_truncated"] is True
+    assert len(body["uri"]) == MAX_URI_CHARS and body["uri_truncated"] is True
+    assert body["error"]["message"] == "m" * MAX_MESSAGE_CHARS + " [truncated]"
+    body = json.loads(result_to_json(ErrorResult.from_error("i" * MAX_ID_CHARS, "s3://b/k", InvalidEvent("m"))))
+    assert "id_truncated" not in body and "uri_truncated" not in body and body["error"]["message"] == "m"
+
+
+def test_a_result_that_cannot_fit_becomes_a_small_error():
+    labels = tuple(Label("l" * 10_000, i, 0.5) for i in range(100))  # a model with absurd labels
+    text = result_to_json(Prediction("a" * 5000, "s3://b/k", "m", labels))
+    body = json.loads(text)
+    assert len(text.encode()) < 2048 and body["error"]["code"] == "result_too_large"
+    assert body["id"] == "a" * 256 and body["id_truncated"] is True and body["error"]["retryable"] is False
+
+
+_any_text = st.text(st.one_of(st.characters(), st.sampled_from(["\ud800", "\x00", "\U0001F600", "\\", '"'])),
+                    max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rid=st.builds(lambda t, n: t * n, _any_text, st.integers(0, 5000)),
+       uri=st.builds(lambda t, n: t * n, _any_text, st.integers(0, 5000)),
+       message=st.builds(lambda t, n: t * n, _any_text, st.integers(0, 5000)),
+       prediction=st.booleans())
+def test_every_result_is_bounded_and_encodes(rid, uri, message, prediction):
+    """Worst cases included: ids, URIs and messages of control characters, lone surrogates and
+    astral characters (which JSON escapes to 6 and 12 bytes each)."""
+    result = (Prediction(rid, uri, "m", (Label(message[:100], 1, 0.5),)) if prediction
+              else ErrorResult.from_error(rid, uri, InvalidEvent(message)))
+    data = result_to_json(result).encode("utf-8")
+    assert len(data) <= MAX_RESULT_BYTES
+    body = json.loads(data)
+    assert ("error" in body and body["error"]["code"] == "result_too_large") or (
+        body["id"] == rid[:MAX_ID_CHARS] and body.get("id_truncated", False) == (len(rid) > MAX_ID_CHARS))

@@ -16,10 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming import pipeline as pipeline_module
 from streaming.config import PipelineConfig, Secret
-from streaming.events import result_to_json
+from streaming.events import Label, Prediction, result_to_json
 from streaming.fetch import Fetcher
 from streaming.metrics import PipelineStats
 from streaming.pipeline import ImagePipeline
@@ -137,3 +139,32 @@ def test_canary_credentials_never_leak(servers, caplog, capsys, monkeypatch):
     # The access key id is not a secret to AWS, but it is ours: not in results, metrics, or our logs.
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("streaming")]
     assert not [t for t in results + names + texts + ours if ACCESS_KEY in t]
+
+
+# -- user info in any form never reaches a result (issue 12 item 8) ------------------------
+CANARY = "Cn4ry"
+_RESERVED = ":/?#[]@!$&'()*+,;= %\\"
+_credential_text = st.text(st.sampled_from(list(_RESERVED + "aZ09-._~é")), max_size=8)
+_PERMISSIVE = PipelineConfig(allowed_schemes=("s3", "http", "https"), allowed_hosts=("*:*",),
+                             http_trusted_networks=("0.0.0.0/0", "::/0"), max_event_bytes=1024)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lead=st.sampled_from(["", " ", "  ", "\t"]),
+       scheme=st.sampled_from(["s3", "S3", "http", "https", "HTTPS"]),
+       user=_credential_text, before=_credential_text, after=_credential_text,
+       at=st.sampled_from(["@", "@@", "@@@"]),
+       target=st.sampled_from(["bucket/key.jpg", "images.example.com/a.jpg", "h:8080/x?y=1", "b/a@b.jpg", "host"]),
+       padded=st.booleans())
+def test_credentials_with_any_reserved_character_never_reach_a_result(lead, scheme, user, before, after, at,
+                                                                        target, padded):
+    """``user:password@`` with every reserved character in user and password, leading blanks,
+    doubled '@': the request is refused (uri_not_allowed, or event_too_large when padded past
+    max_event_bytes) and the password is nowhere in the result."""
+    uri = f"{lead}{scheme}://{user}:{before}{CANARY}{after}{at}{target}"
+    event = {"id": "x", "uri": uri, **({"pad": "p" * 70_000} if padded else {})}
+    text = result_to_json(ImagePipeline(_PERMISSIVE).process(json.dumps(event)))
+    body = json.loads(text)
+    assert body["error"]["code"] == ("event_too_large" if padded else "uri_not_allowed")
+    assert CANARY not in text
+    assert CANARY not in result_to_json(Prediction("x", uri, "m", (Label("l", 1, 0.5),)))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from streaming.config import PipelineConfig
 from streaming import netpolicy
 from streaming.errors import AddressNotAllowed, UriNotAllowed, UriTooLong
-from streaming.uris import ObjectRef, parse_uri, redirect_target
+from streaming.uris import ObjectRef, parse_uri, public_uri, redirect_target
 
 S3_ONLY = PipelineConfig()
 
@@ -34,7 +36,9 @@ def file_config(root: Path, **overrides: object) -> PipelineConfig:
     ("S3://bucket/a/b/c.jpg", ObjectRef("s3", "bucket", "a/b/c.jpg")),
     ("s3://my.bucket-1/k%20?x#y", ObjectRef("s3", "my.bucket-1", "k%20?x#y")),  # keys are literal
     ("s3://bucket/ünï cödé.jpg", ObjectRef("s3", "bucket", "ünï cödé.jpg")),
-    ("s3://bucket//double", ObjectRef("s3", "bucket", "/double")),
+    ("s3://bucket/a@b.jpg", ObjectRef("s3", "bucket", "a@b.jpg")),  # '@' in a key is no user info
+    ("s3://bucket/user@example.com/a.jpg", ObjectRef("s3", "bucket", "user@example.com/a.jpg")),
+    ("s3://bucket/a..b/c.d.jpg", ObjectRef("s3", "bucket", "a..b/c.d.jpg")),  # dots inside a segment
 ])
 def test_s3_uris_parse(uri, expected):
     assert parse_uri(uri, S3_ONLY) == expected
@@ -55,7 +59,7 @@ def test_s3_uris_parse(uri, expected):
     ("s3://ab/key", "invalid S3 bucket name"),
     ("s3://-bucket/key", "invalid S3 bucket name"),
     ("s3://bucket..x/key", "invalid S3 bucket name"),
-    ("s3://user:pa55word@bucket/key", "invalid S3 bucket name"),
+    ("s3://user:pa55word@bucket/key", "user info"),
     ("s3://bucket:9000/key", "invalid S3 bucket name"),
     ("s3://bucket/key\nwith-newline", "control characters"),
     ("s3://bucket/key\x00", "control characters"),
@@ -148,7 +152,7 @@ def test_file_root_prefix_is_not_containment(root):
 
 @pytest.mark.parametrize("uri, reason", [
     ("file://evil.example/etc/passwd", "must not name a host"),
-    ("file://user@localhost/x.jpg", "must not name a host"),
+    ("file://user@localhost/x.jpg", "user info"),
     ("file:///x.jpg?download=1", "query or fragment"),
     ("file:///x.jpg#frag", "query or fragment"),
     ("file:relative.jpg", "not an absolute URI"),
@@ -268,6 +272,65 @@ def test_s3_key_prefixes(uri, ok):
     else:
         with pytest.raises(UriNotAllowed):
             parse_uri(uri, PREFIXED)
+
+
+# -- keys that cannot escape (issue 12 item 7) ---------------------------------------------
+_ESCAPING_KEYS = ["../private/secret.jpg", "a/../../private/x.jpg", "./a.jpg", "a/./b.jpg", "a/..", "..", ".",
+                  "/double", "a//b.jpg", "a/", "a\\..\\b.jpg", "a\\b.jpg", "%2e%2e/private/x.jpg",
+                  "%2E%2E/x.jpg", "a%2fb.jpg", "a%2F..%2Fb", "a/%2e/b", "%5c..%5cx", "%252e%252e/x.jpg"]
+
+
+@pytest.mark.parametrize("config", [S3_ONLY, PipelineConfig(allowed_buckets=("samples",)),
+                                    PipelineConfig(allowed_s3_prefixes=("samples/",))], ids=["any", "buckets", "prefixes"])
+@pytest.mark.parametrize("key", _ESCAPING_KEYS)
+def test_s3_keys_that_a_normalising_gateway_could_walk_are_always_refused(config, key):
+    with pytest.raises(UriNotAllowed) as caught:
+        parse_uri(f"s3://samples/{key}", config)
+    assert caught.value.code == "uri_not_allowed"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("./\\%25eEfFcCa@:")), min_size=1, max_size=24))
+def test_accepted_s3_keys_mean_the_same_to_a_decoding_normalising_gateway(key):
+    """Whatever a gateway does (percent-decode once or twice, backslash as '/', normalise dot
+    segments), an accepted key names the same object: the one the allowlists checked."""
+    try:
+        ref = parse_uri(f"s3://samples/{key}", PipelineConfig(allowed_buckets=("samples",)))
+    except UriNotAllowed:
+        return
+    for seen in (ref.key, unquote(ref.key), unquote(unquote(ref.key))):
+        seen = seen.replace("\\", "/")
+        assert posixpath.normpath("/samples/" + seen) == "/samples/" + seen  # no dot or empty segment
+        assert seen.count("/") == ref.key.count("/")  # no new separator
+
+
+@pytest.mark.parametrize("uri", ["https://images.example.com/a/../b.jpg", "https://images.example.com/./b.jpg",
+                                 "https://images.example.com/%2e%2e/b.jpg", "https://images.example.com/a/%2E",
+                                 "https://images.example.com/a\\b.jpg", "https://images.example.com/.."])
+def test_http_paths_with_dot_segments_or_backslashes_are_refused(uri):
+    with pytest.raises(UriNotAllowed, match="segments or a backslash"):
+        parse_uri(uri, HTTP)
+
+
+@pytest.mark.parametrize("uri", ["https://images.example.com/a..b/c.jpg?x=../y", "https://images.example.com/p%2Fq",
+                                 "https://images.example.com//a.jpg"])
+def test_http_paths_without_dot_segments_pass(uri):
+    assert parse_uri(uri, HTTP).bucket == "images.example.com"
+
+
+# -- user info is refused whatever form it takes (issue 12 item 8) -----------------------
+@pytest.mark.parametrize("uri", [
+    "https://svc:hunt/er2@images.example.com/a.jpg", "s3://AKIAX:sec#ret@bucket/key.jpg",
+    "s3://AKIAX/a:secret@bucket/key.jpg", " https://u:pw@images.example.com/a.jpg",
+    "https://u:pw@@images.example.com/a.jpg", "https://u:1?x@images.example.com/", "https://token@images.example.com/",
+    "https://images.example.com/a:b@c.jpg",
+])
+def test_uris_that_may_hold_user_info_are_refused(uri):
+    config = dataclasses.replace(HTTP, allowed_hosts=("*:*",))
+    with pytest.raises(UriNotAllowed) as caught:
+        parse_uri(uri, config)
+    assert caught.value.code == "uri_not_allowed"
+    assert public_uri(uri) != uri and "***@" in public_uri(uri)
 
 
 # -- redirects -----------------------------------------------------------------------------
