@@ -1,8 +1,9 @@
 """A bounded cache of decoded model inputs, for workloads where the same images come back.
 
 `DecodedImageCache` is an LRU bounded by bytes (each entry costs its tensor's bytes plus a
-fixed overhead), keyed by the object's URI and version (its ETag; its length when the store
-gives no ETag) and the output geometry. It is off by default (`max_bytes=0`). Counters: hits,
+fixed overhead), keyed by the object's URI and version (its ETag) and the output geometry. An
+object the store gives no ETag for is never cached: without a validator, a same-size
+replacement would be served stale (the length was the key once). It is off by default (`max_bytes=0`). Counters: hits,
 misses, evictions (dropped for room) and replaced (an older version of the same object).
 
 `fetch_decode` is the cached path from a ref to a tensor. With the cache on, it asks the store
@@ -19,7 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.decode import CROP_FRACTION, DecodedImage, decode_to_tensor
+from streaming.decode import CROP_FRACTION, DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
+from streaming.decoder_pool import DecoderPool
 from streaming.errors import DecodeTimeout
 from streaming.fetch import FetchedObject, Fetcher
 from streaming.timing import StageTimings
@@ -32,14 +34,16 @@ ENTRY_OVERHEAD_BYTES = 512  # the record, its key and the index entries, roughly
 @dataclass(frozen=True)
 class CacheKey:
     uri: str
-    version: str  # the ETag, else "len:<bytes>"
+    version: str  # the ETag
     size: int  # output side, pixels
     crop_fraction: float
 
     @classmethod
-    def of(cls, fetched: FetchedObject, size: int, crop_fraction: float = CROP_FRACTION) -> "CacheKey":
-        version = fetched.etag if fetched.etag else f"len:{len(fetched.data)}"
-        return cls(fetched.uri, version, size, crop_fraction)
+    def of(cls, fetched: FetchedObject, size: int, crop_fraction: float = CROP_FRACTION) -> "CacheKey | None":
+        """The key of this version of the object; None when the store gave no ETag (not cacheable)."""
+        if not fetched.etag:
+            return None
+        return cls(fetched.uri, fetched.etag, size, crop_fraction)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class DecodedImageCache:
             return None
         with self._lock:
             key = self._latest.get((uri, size, crop_fraction))
-            if key is None or key not in self._entries or key.version.startswith("len:"):
+            if key is None or key not in self._entries:
                 return None
             return key.version
 
@@ -161,20 +165,21 @@ class Preprocessed:
 def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int,
                  cache: DecodedImageCache | None = None,
                  crop_fraction: float = CROP_FRACTION, max_decode_ms: float | None = None,
-                 decode_slots: threading.Semaphore | None = None) -> Preprocessed:
+                 decode_slots: threading.Semaphore | None = None, decoders: DecoderPool | None = None,
+                 max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Preprocessed:
     """Fetch and decode one object, through the cache when one is given and enabled.
 
-    With `decode_slots`, a decode holds one slot: many requests fetch at once (I/O), only as
-    many decode at once as there are slots (CPU, one per core).
+    With `decoders` (the pipeline's), the decode runs in the pool's processes: as many at once
+    as it has workers, stopped at `max_decode_ms` (the pool's) with `DecodeTimeout`. Without,
+    it runs in this thread, holding one of `decode_slots` if given, and `DecodeTimeout` is
+    raised after the fact when it took more than `max_decode_ms` of wall time (tools, tests).
 
-    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`
-    when decoding took more than `max_decode_ms` of CPU time (checked after the decode: it is
-    not interrupted; max_pixels and the scan limit are what bound its cost).
+    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`.
     """
-    decode_args = (size, max_pixels, crop_fraction, max_decode_ms, decode_slots)
+    decode = _Decode(size, max_pixels, crop_fraction, max_decode_ms, max_decode_bytes, decode_slots, decoders)
     if cache is None or not cache.enabled:
         fetched = fetcher.fetch(ref)
-        return _decode(fetched, fetched.fetch_ms, *decode_args, None)
+        return decode(fetched, fetched.fetch_ms, None)
     known = cache.etag_for(ref.uri, size, crop_fraction)
     fetched = fetcher.fetch(ref, if_none_match=known)
     fetch_ms = fetched.fetch_ms
@@ -184,24 +189,38 @@ def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int
             return Preprocessed(image, known, StageTimings(fetch_ms, cache_hit=True))
         fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
         fetch_ms += fetched.fetch_ms
-        return _decode(fetched, fetch_ms, *decode_args, cache)
+        return decode(fetched, fetch_ms, cache)
     key = CacheKey.of(fetched, size, crop_fraction)
-    image = cache.get(key)  # a store without ETags: same URI and length
+    image = cache.get(key) if key is not None else None
     if image is not None:
         return Preprocessed(image, fetched.etag, StageTimings(fetch_ms, cache_hit=True))
-    return _decode(fetched, fetch_ms, *decode_args, cache)
+    return decode(fetched, fetch_ms, cache)
 
 
-def _decode(fetched: FetchedObject, fetch_ms: float, size: int, max_pixels: int,
-            crop_fraction: float, max_decode_ms: float | None, decode_slots: threading.Semaphore | None,
-            cache: DecodedImageCache | None) -> Preprocessed:
-    with decode_slots or contextlib.nullcontext():
-        cpu_start = time.thread_time()
-        image = decode_to_tensor(fetched.data, size, max_pixels=max_pixels, crop_fraction=crop_fraction)
-        cpu_ms = (time.thread_time() - cpu_start) * 1000
-    if max_decode_ms is not None and cpu_ms > max_decode_ms:
-        raise DecodeTimeout(f"decoding took {cpu_ms:.0f} ms of CPU time, limit max_decode_ms={max_decode_ms}")
-    if cache is not None:
-        cache.put(CacheKey.of(fetched, size, crop_fraction), image)
-    return Preprocessed(image, fetched.etag,
-                        StageTimings(fetch_ms, image.decode_ms, image.resize_ms, cache_hit=False))
+@dataclass(frozen=True)
+class _Decode:
+    size: int
+    max_pixels: int
+    crop_fraction: float
+    max_decode_ms: float | None
+    max_decode_bytes: int
+    slots: threading.Semaphore | None
+    decoders: DecoderPool | None
+
+    def __call__(self, fetched: FetchedObject, fetch_ms: float, cache: DecodedImageCache | None) -> Preprocessed:
+        if self.decoders is not None:
+            image = self.decoders.decode(fetched.data, self.size, max_pixels=self.max_pixels,
+                                         crop_fraction=self.crop_fraction)
+        else:
+            with self.slots or contextlib.nullcontext():
+                start = time.perf_counter()
+                image = decode_to_tensor(fetched.data, self.size, max_pixels=self.max_pixels,
+                                         crop_fraction=self.crop_fraction, max_decode_bytes=self.max_decode_bytes)
+                took_ms = (time.perf_counter() - start) * 1000
+            if self.max_decode_ms is not None and took_ms > self.max_decode_ms:
+                raise DecodeTimeout(f"decoding took {took_ms:.0f} ms, limit max_decode_ms={self.max_decode_ms}")
+        key = CacheKey.of(fetched, self.size, self.crop_fraction)
+        if cache is not None and key is not None:
+            cache.put(key, image)
+        return Preprocessed(image, fetched.etag,
+                            StageTimings(fetch_ms, image.decode_ms, image.resize_ms, cache_hit=False))

@@ -23,13 +23,29 @@ factors (3/8, 5/8, 3/4, 7/8) decode fewer pixels than Pillow's 1/2-or-full for s
 photos, and it stops at the first libjpeg warning instead of returning a half-grey picture.
 `jpeg_backend="pillow"` selects the other path; it is also the fallback without libturbojpeg.
 
-Progressive JPEGs with more than 500 scans are refused on both paths before decoding
-(`UnsupportedImage`): each scan is a pass over the image, so thousands make a CPU bomb.
+Bounded before decoding, for every input (whichever path decodes it):
 
-Errors: only `ImageTooLarge` (more than `max_pixels`, checked before any pixel is decoded),
-`UnsupportedImage` (not a format listed above) and `CorruptImage` (a known format that fails
-to decode) leave this module. Zero bytes are `CorruptImage`: an empty object is the extreme
-case of a truncated upload, not a different format.
+* pixels: more than `max_pixels` declared is `ImageTooLarge`;
+* JPEG scans (every input that starts FF D8, baseline or progressive; the marker walk in
+  `jpeg_markers` skips what libjpeg skips): more than 500 scans, or more than
+  `MAX_PIXEL_PASSES` x `max_pixels` pixels x scans, is `UnsupportedImage` (each scan is a pass
+  over the image, so thousands make a CPU bomb in a small file);
+* memory: `decode_budget` estimates what the chosen path will hold at once (the decoded image
+  at the scale it decodes to, the decoder's own copies, libjpeg's whole-image coefficient
+  buffer for multi-scan JPEGs, and the working copies below); over `max_decode_bytes` is
+  `ImageTooLarge`. A MemoryError (the decoder process's RLIMIT_AS, see `decoder_pool`) is too.
+
+The Pillow path never copies the whole image: it cuts the centre crop in strips of
+`STRIP_BYTES`, converts each strip to RGB(A)/L, shrinks it with `reduce()` by the largest
+whole factor that keeps the crop at least `REDUCING_GAP` x the output side, and flattens
+alpha on white only on that small image (before, a full-size RGBA, white canvas, composite
+and RGB were made: 1.2 GiB for a 264 KB 8000x8000 PNG). Animations give their first frame
+only, so frames do not multiply the cost.
+
+Errors: only `ImageTooLarge`, `UnsupportedImage` (not a format listed above, or a JPEG over
+the scan limits) and `CorruptImage` (a known format that fails to decode) leave this module.
+Zero bytes are `CorruptImage`: an empty object is the extreme case of a truncated upload,
+not a different format. `max_decode_ms` is enforced around this function by `decoder_pool`.
 """
 from __future__ import annotations
 
@@ -46,11 +62,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
+from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
 
 log = logging.getLogger(__name__)
 
 CROP_FRACTION = 224 / 256
 JPEG_BACKEND = "turbojpeg"  # "auto" means this; see the benchmark in README.md
+DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024  # PipelineConfig.max_decode_bytes
 # Each thread keeps one decode buffer (up to this size) and reuses it: a fresh one per image
 # costs page faults, ~6% of a 1080p decode here.
 SCRATCH_MAX_BYTES = 8 * 1024 * 1024
@@ -58,9 +76,20 @@ _SCRATCH = threading.local()
 # Warnings ("premature end of data") are errors; more than 500 progressive scans (a CPU-bomb) too.
 TURBO_FLAGS = 8192 | 32768  # TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS
 MAX_JPEG_SCANS = 500  # libjpeg-turbo's own limit, applied to both paths
+# pixels x scans of one JPEG, at most this many full passes of a max_pixels image (a 12 MP
+# progressive photo has ~10 scans: 120 M; 500 empty scans of a 2048x2048 frame: 2.1 G, ~1.2 s)
+MAX_PIXEL_PASSES = 16
 PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Copies of the full decoded image a Pillow plugin holds at once (its own buffers and the
+# image): libwebp's canvas and previous canvas, the frame bytes handed to Pillow, the image;
+# GIF keeps the frame and the image; libtiff may decode through an RGBA raster.
+DECODER_COPIES = {"WEBP": 4, "GIF": 2, "TIFF": 2}
+REDUCING_GAP = 2  # reduce() while the crop stays >= 2x the output side; bicubic does the rest
+STRIP_BYTES = 4 * 1024 * 1024  # the Pillow path converts and reduces the crop in strips of this
+WORK_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, tables, the output: a fixed allowance
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ORIENTATION_TAG = 0x0112
+_ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 # EXIF orientation -> the Pillow transpose that makes the image upright (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -76,44 +105,83 @@ class DecodedImage:
     decode_ms: float
     resize_ms: float
     path: str  # "turbojpeg" or "pillow"
-    scale: tuple[int, int] = (1, 1)  # the DCT scaling factor the JPEG was decoded at (num, den)
+    scale: tuple[int, int] = (1, 1)  # the scaling factor the image was decoded at (num, den)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    size: int
+    max_pixels: int
+    max_bytes: int
+    fraction: float
 
 
 def decode_to_tensor(data: bytes, size: int = 224, *, max_pixels: int,
-                     crop_fraction: float = CROP_FRACTION, jpeg_backend: str = "auto") -> DecodedImage:
+                     crop_fraction: float = CROP_FRACTION, jpeg_backend: str = "auto",
+                     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> DecodedImage:
     """Decode, centre-crop, resize and orient one image. Raises only the typed errors above.
 
     `jpeg_backend` picks the JPEG path: "turbojpeg", "pillow", or "auto" (`JPEG_BACKEND`).
     """
-    if size <= 0 or max_pixels <= 0 or not 0.0 < crop_fraction <= 1.0:
-        raise ValueError("size and max_pixels must be positive, crop_fraction in (0, 1]")
+    if size <= 0 or max_pixels <= 0 or max_decode_bytes <= 0 or not 0.0 < crop_fraction <= 1.0:
+        raise ValueError("size, max_pixels and max_decode_bytes must be positive, crop_fraction in (0, 1]")
     if jpeg_backend not in ("auto", "turbojpeg", "pillow"):
         raise ValueError(f"jpeg_backend must be auto|turbojpeg|pillow, got {jpeg_backend!r}")
     if not data:
         raise CorruptImage("empty image (0 bytes)")
+    limits = _Limits(size, max_pixels, max_decode_bytes, crop_fraction)
     backend = JPEG_BACKEND if jpeg_backend == "auto" else jpeg_backend
-    jpeg = data[:3] == b"\xff\xd8\xff"
-    orientation, progressive = _jpeg_header(data) if jpeg else (1, False)
-    if progressive:  # a baseline file with extra scans is refused at once by both decoders
-        _check_scans(data)
+    header = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else None
     try:
-        if jpeg and backend == "turbojpeg":
+        if header is not None and data[2:3] == b"\xff" and backend == "turbojpeg":
             turbo = _turbo()
             if turbo is not None:
-                decoded = _decode_turbo(turbo, data, size, max_pixels, crop_fraction, orientation)
+                decoded = _decode_turbo(turbo, data, limits, header)
                 if decoded is not None:
                     return decoded
-        return _decode_pillow(data, size, max_pixels, crop_fraction)
+        return _decode_pillow(data, limits, header)
     except PipelineError:
         raise
+    except MemoryError:
+        raise ImageTooLarge("decoding needs more memory than this decoder may use "
+                            f"(max_decode_bytes={max_decode_bytes})") from None
     except Exception as exc:  # a decoder failing in a way not mapped below: the data is to blame
         log.warning("unexpected decoder failure", exc_info=True)
         raise CorruptImage(f"decoding failed: {type(exc).__name__}: {exc}") from None
 
 
+def _check_jpeg(data: bytes, max_pixels: int) -> JpegHeader:
+    """The guards every input starting FF D8 passes, whichever path decodes it."""
+    header = jpeg_header(data)
+    scans = count_scans(data)
+    if scans > MAX_JPEG_SCANS:
+        raise UnsupportedImage(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
+    _check_pixels(header.width, header.height, max_pixels)
+    passes = header.width * header.height * scans
+    if passes > MAX_PIXEL_PASSES * max_pixels:
+        raise UnsupportedImage(f"JPEG has {scans} scans of {header.width}x{header.height} pixels; at most "
+                               f"{MAX_PIXEL_PASSES} x max_pixels = {MAX_PIXEL_PASSES * max_pixels} "
+                               "pixel passes are decoded")
+    return header
+
+
+def decode_budget(decoded_pixels: int, bytes_per_pixel: int, *, copies: int = 1,
+                  coefficient_bytes: int = 0, crop_pixels: int = 0) -> int:
+    """The bytes one decode holds at once: `copies` of the image as decoded (at its reduced
+    scale), libjpeg's coefficient buffer, the strips and the reduced crop (RGBA, a white canvas,
+    the composite and RGB), and a fixed allowance."""
+    return (decoded_pixels * bytes_per_pixel * copies + coefficient_bytes
+            + 4 * STRIP_BYTES + 4 * 4 * crop_pixels + WORK_OVERHEAD_BYTES)
+
+
+def _check_budget(need: int, limit: int, what: str) -> None:
+    if need > limit:
+        raise ImageTooLarge(f"decoding {what} needs ~{need // 2**20} MiB, "
+                            f"limit max_decode_bytes={limit // 2**20} MiB")
+
+
 # -- the turbojpeg path ----------------------------------------------------------------
-def _decode_turbo(turbo: Any, data: bytes, size: int, max_pixels: int,
-                  fraction: float, orientation: int) -> DecodedImage | None:
+def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader) -> DecodedImage | None:
     """Decode a JPEG with libjpeg-turbo, or None to let Pillow try."""
     import turbojpeg as tj
 
@@ -122,13 +190,18 @@ def _decode_turbo(turbo: Any, data: bytes, size: int, max_pixels: int,
         width, height, _subsample, colorspace = turbo.decode_header(data)
     except OSError:
         return None
-    _check_pixels(width, height, max_pixels)
+    _check_pixels(width, height, limits.max_pixels)
     if colorspace in (tj.TJCS_CMYK, tj.TJCS_YCCK):
         return None
-    crop = _crop_side(width, height, fraction)
-    num, den = _scaling_factor(turbo.scaling_factors, crop, size)
+    crop = _crop_side(width, height, limits.fraction)
+    num, den = _scaling_factor(turbo.scaling_factors, crop, limits.size)
     gray = colorspace == tj.TJCS_GRAY
-    scratch = None if gray else _scratch((-(-height * num // den), -(-width * num // den), 3))
+    out_h, out_w = -(-height * num // den), -(-width * num // den)
+    multi_scan = header.progressive or count_scans(data) > 1
+    _check_budget(decode_budget(out_w * out_h, 2 if gray else 3 + 4,
+                                coefficient_bytes=header.coefficient_bytes if multi_scan else 0),
+                  limits.max_bytes, f"this {width}x{height} JPEG at {num}/{den}")
+    scratch = None if gray else _scratch((out_h, out_w, 3))
     try:
         pixels = turbo.decode(data, pixel_format=tj.TJPF_GRAY if gray else tj.TJPF_RGB,
                               scaling_factor=(num, den), flags=TURBO_FLAGS, dst=scratch)
@@ -138,8 +211,8 @@ def _decode_turbo(turbo: Any, data: bytes, size: int, max_pixels: int,
     # fromarray copies RGB (Pillow stores it as RGBX), so the scratch buffer is free again
     image = Image.fromarray(pixels[:, :, 0] if gray else pixels)
     decoded = time.perf_counter()
-    tensor = _crop_resize(image, width, height, num / den, size, fraction,
-                          orientation)
+    tensor = _crop_resize(image, width, height, num / den, limits.size, limits.fraction,
+                          header.orientation)
     done = time.perf_counter()
     return DecodedImage(tensor, width, height, (decoded - start) * 1e3, (done - decoded) * 1e3,
                         "turbojpeg", (num, den))
@@ -200,56 +273,14 @@ def _turbo() -> Any:
 
 def _jpeg_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) from a JPEG's APP1 segment; 1 when absent or unreadable."""
-    return _jpeg_header(data)[0]
-
-
-_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
-
-
-def _jpeg_header(data: bytes) -> tuple[int, bool]:
-    """(EXIF orientation, progressive?) from the markers before the first scan; a few us."""
-    view = memoryview(data)
-    i, n = 2, len(data)
-    orientation, progressive = 1, False
-    while i + 4 <= n and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no metadata after this
-            break
-        length = int.from_bytes(view[i + 2:i + 4], "big")
-        if length < 2:
-            break
-        if marker == 0xE1 and orientation == 1 and bytes(view[i + 4:i + 10]) == b"Exif\x00\x00":
-            orientation = _tiff_orientation(view[i + 10:i + 2 + length])
-        elif marker in _PROGRESSIVE_SOF:
-            progressive = True
-        i += 2 + length
-    return orientation, progressive
-
-
-def _tiff_orientation(tiff: memoryview) -> int:
-    order = {b"II": "little", b"MM": "big"}.get(bytes(tiff[:2]))
-    if order is None or len(tiff) < 8:
-        return 1
-    ifd = int.from_bytes(tiff[4:8], order)
-    if ifd + 2 > len(tiff):
-        return 1
-    for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
-        entry = ifd + 2 + 12 * k
-        if entry + 12 > len(tiff):
-            break
-        if int.from_bytes(tiff[entry:entry + 2], order) == _ORIENTATION_TAG:
-            value = int.from_bytes(tiff[entry + 8:entry + 10], order)  # SHORT, left-justified
-            return value if 1 <= value <= 8 else 1
-    return 1
+    return jpeg_header(data).orientation
 
 
 # -- the Pillow path -------------------------------------------------------------------
-def _decode_pillow(data: bytes, size: int, max_pixels: int, fraction: float) -> DecodedImage:
+def _decode_pillow(data: bytes, limits: _Limits, header: JpegHeader | None) -> DecodedImage:
     _disable_pillow_bomb_check()
     start = time.perf_counter()
+    _check_webp_canvas(data, limits)  # Pillow's WebP plugin allocates the canvas in open()
     try:
         image = Image.open(BytesIO(data), formats=PILLOW_FORMATS)
     except UnidentifiedImageError:
@@ -259,26 +290,61 @@ def _decode_pillow(data: bytes, size: int, max_pixels: int, fraction: float) -> 
                                f"({', '.join(PILLOW_FORMATS)})") from None
     with image:
         width, height = image.size
-        _check_pixels(width, height, max_pixels)
+        _check_pixels(width, height, limits.max_pixels)
         if width == 0 or height == 0:
             raise CorruptImage(f"image has no pixels ({width}x{height})")
         den = 1
-        crop = _crop_side(width, height, fraction)
-        if image.format in ("JPEG", "MPO") and crop > size:
-            want = (math.ceil(width * size / crop), math.ceil(height * size / crop))
+        crop = _crop_side(width, height, limits.fraction)
+        if image.format in ("JPEG", "MPO") and crop > limits.size:
+            want = (math.ceil(width * limits.size / crop), math.ceil(height * limits.size / crop))
             if image.draft(None, want) is not None:
                 den = round(width / image.size[0])  # DCT scaling is exactly 1/1, 1/2, 1/4 or 1/8
+        coefficients = 0
+        if header is not None and (header.progressive or count_scans(data) > 1):
+            coefficients = header.coefficient_bytes
+        reduced = math.ceil(crop / den / _reduce_factor(crop / den, limits.size)) ** 2
+        need = decode_budget(image.size[0] * image.size[1], _stored_bytes_per_pixel(image.mode),
+                             copies=DECODER_COPIES.get(image.format, 1), coefficient_bytes=coefficients,
+                             crop_pixels=reduced)
+        _check_budget(need, limits.max_bytes, f"this {width}x{height} {image.format} ({image.mode})")
         try:
             image.load()
             orientation = _pillow_orientation(image)
-            rgb = _to_rgb(image)
+            decoded = time.perf_counter()
+            tensor = _pillow_tensor(image, width, height, 1.0 / den, limits.size, limits.fraction,
+                                    orientation)
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
             raise CorruptImage(f"{image.format} image is truncated or damaged: {exc}") from None
-    decoded = time.perf_counter()
-    tensor = _crop_resize(rgb, width, height, 1.0 / den, size, fraction, orientation)
     done = time.perf_counter()
     return DecodedImage(tensor, width, height, (decoded - start) * 1e3, (done - decoded) * 1e3,
                         "pillow", (1, den))
+
+
+def _check_webp_canvas(data: bytes, limits: _Limits) -> None:
+    """The canvas a WebP declares (VP8X, or the single VP8/VP8L frame), checked before Pillow's
+    plugin allocates it: `max_pixels`, and the decoder's copies against the budget."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width, height = 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    elif chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        width, height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    elif chunk == b"VP8 ":
+        width, height = int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    else:
+        return
+    _check_pixels(width, height, limits.max_pixels)
+    _check_budget(decode_budget(width * height, 4, copies=DECODER_COPIES["WEBP"]), limits.max_bytes,
+                  f"this {width}x{height} WebP canvas")
+
+
+def _stored_bytes_per_pixel(mode: str) -> int:
+    """What Pillow stores per pixel: 1 byte for 8-bit single-band modes, 2 for I;16, else 4."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
 
 
 def _disable_pillow_bomb_check() -> None:
@@ -296,32 +362,45 @@ def _pillow_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB; transparent pixels flattened on white; 16-bit grey scaled down."""
-    if image.mode.startswith("I;16"):
-        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+def _reduce_factor(crop: float, size: int) -> int:
+    return max(1, int(crop // (size * REDUCING_GAP)))
+
+
+def _pillow_tensor(image: Image.Image, width: int, height: int, scale: float, size: int,
+                   fraction: float, orientation: int) -> np.ndarray:
+    """The crop of an image decoded at `scale` of `width` x `height`, cut and converted in
+    strips, reduced by a whole factor, alpha flattened on white (on the small image), then
+    resized bicubic and oriented: no full-size copy is ever made."""
+    crop = _crop_side(width, height, fraction)
+    left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
+    x0, y0 = math.floor(left * scale), math.floor(top * scale)
+    x1 = min(image.width, max(x0 + 1, math.ceil((left + crop) * scale)))
+    y1 = min(image.height, max(y0 + 1, math.ceil((top + crop) * scale)))
+    factor = _reduce_factor(min(x1 - x0, y1 - y0), size)
+    alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    mode = "RGBA" if alpha else "L" if image.mode in ("L", "1") or image.mode.startswith("I;16") else "RGB"
+    rows = max(factor, STRIP_BYTES // (4 * (x1 - x0)) // factor * factor)
+    work = Image.new(mode, (-(-(x1 - x0) // factor), -(-(y1 - y0) // factor)))
+    for y in range(y0, y1, rows):
+        piece = _convert(image.crop((x0, y, x1, min(y1, y + rows))), mode)
+        work.paste(piece.reduce(factor) if factor > 1 else piece, (0, (y - y0) // factor))
+    if alpha:
+        white = Image.new("RGBA", work.size, (255, 255, 255, 255))
+        work = Image.alpha_composite(white, work).convert("RGB")
+    box = ((left * scale - x0) / factor, (top * scale - y0) / factor,
+           ((left + crop) * scale - x0) / factor, ((top + crop) * scale - y0) / factor)
+    box = (box[0], box[1], min(box[2], work.width), min(box[3], work.height))
+    return _finish(work.resize((size, size), Image.Resampling.BICUBIC, box=box), orientation)
+
+
+def _convert(piece: Image.Image, mode: str) -> Image.Image:
+    """One strip in the working mode: RGBA, L (16-bit grey scaled down) or RGB."""
+    if piece.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(piece).astype(np.uint16) >> 8).astype(np.uint8))
+    return piece if piece.mode == mode else piece.convert(mode)
 
 
 # -- shared geometry -------------------------------------------------------------------
-def _check_scans(data: bytes) -> None:
-    """Refuse a JPEG with more than MAX_JPEG_SCANS start-of-scan markers, before decoding.
-
-    Each progressive scan is a pass over the whole image, so a small file of thousands of
-    tiny scans costs seconds to minutes. TJFLAG_LIMITSCANS stops libjpeg-turbo, but not the
-    Pillow path (which has no limit). Counting FF DA is exact enough (entropy-coded data
-    stuffs every FF byte as FF 00); it costs ~0.4 ms per MB, so only progressive files pay it
-    (under 2% of their decode)."""
-    scans = data.count(b"\xff\xda")
-    if scans > MAX_JPEG_SCANS:
-        raise UnsupportedImage(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
-
-
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, "
@@ -339,11 +418,14 @@ def _crop_resize(image: Image.Image, width: int, height: int, scale: float, size
     crop = _crop_side(width, height, fraction)
     left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
     box = (left * scale, top * scale, (left + crop) * scale, (top + crop) * scale)
-    out = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    return _finish(image.resize((size, size), Image.Resampling.BICUBIC, box=box), orientation)
+
+
+def _finish(out: Image.Image, orientation: int) -> np.ndarray:
     if orientation in _TRANSPOSE:
         out = out.transpose(_TRANSPOSE[orientation])
     array = np.asarray(out)
-    if array.ndim == 2:  # grayscale JPEG: replicate after the resize, 3x less work
+    if array.ndim == 2:  # grayscale: replicate after the resize, 3x less work
         array = np.repeat(array[:, :, None], 3, axis=2)
     array = np.ascontiguousarray(array, dtype=np.uint8)
     array.setflags(write=False)

@@ -94,6 +94,44 @@ def scan_bomb(scans: int, image: Image.Image | None = None) -> bytes:
     return data[:end] + refine * scans + b"\xff\xd9"
 
 
+def rst0_after_soi(jpeg: bytes) -> bytes:
+    """An RST0 marker (FF D0) right after SOI: libjpeg and Pillow skip it; a marker walk that
+    stops there misses the frame and its progressive flag."""
+    return jpeg[:2] + b"\xff\xd0" + jpeg[2:]
+
+
+def webp_canvas_bomb(side: int = 8000) -> bytes:
+    """An animated WebP (~100 bytes) whose canvas is side x side with one 1x1 frame: the
+    decoder allocates and composites the whole canvas (4 bytes a pixel, several copies)."""
+    one = save(Image.new("RGBA", (1, 1), (200, 30, 30, 255)), "WEBP", lossless=True)
+    vp8l = one[12:]  # the VP8L chunk, header included
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) % 2 else b"")
+
+    def u24(value: int) -> bytes:
+        return value.to_bytes(3, "little")
+
+    vp8x = chunk(b"VP8X", bytes([0x12, 0, 0, 0]) + u24(side - 1) + u24(side - 1))  # animation, alpha
+    anim = chunk(b"ANIM", b"\xff\xff\xff\xff" + b"\x00\x00")
+    anmf = chunk(b"ANMF", u24(0) + u24(0) + u24(0) + u24(0) + u24(100) + b"\x00" + vp8l)
+    body = b"WEBP" + vp8x + anim + anmf
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def png_rgba_bomb(side: int = 8000) -> bytes:
+    """A side x side RGBA PNG (~260 KB for 8000): a gradient of transparency in long runs."""
+    packer = zlib.compressobj(9)
+    parts = []
+    for y in range(side):
+        alpha = 255 * y // max(1, side - 1)
+        parts.append(packer.compress(b"\x00" + bytes([30, 120, 200, alpha]) * side))
+    parts.append(packer.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
+            + png_chunk(b"IEND", b""))
+
+
 def gif_bomb() -> bytes:
     """A GIF whose logical screen and image are 65535 x 65535 pixels, with one tiny LZW block."""
     header = b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
@@ -175,6 +213,9 @@ def build() -> dict[str, bytes]:
         "bomb-gif-65535x65535.gif": gif_bomb(),
         "bomb-tiff-60000x60000.tiff": tiff_bomb(),
         "scan-bomb-2000-scans.jpg": scan_bomb(2000),
+        "scan-bomb-2000-scans-rst0.jpg": rst0_after_soi(scan_bomb(2000)),
+        "bomb-webp-anim-8000x8000.webp": webp_canvas_bomb(),
+        "bomb-png-rgba-8000x8000.png": png_rgba_bomb(),
         "polyglot-jpeg-zip.jpg": polyglot_jpeg_zip(),
         "polyglot-png-html.png": polyglot_png_html(),
         "polyglot-gif-js.gif": polyglot_gif_js(),
