@@ -9,13 +9,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema
+import pytest
 import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from streaming.stack.layout import StackLayout
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "deploy" / "k8s"
@@ -316,3 +322,56 @@ def mutated(obj: dict, path: str, value: Any) -> dict:
     else:
         node[last] = value
     return out
+
+
+def triton_pod(objects: list[dict]) -> dict:
+    return one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
+
+
+def model_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def run_script(script: Path, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"], **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+# --- fixtures (import them into a test module to use them) -----------------------------------------
+
+@pytest.fixture(scope="session")
+def kustomize() -> Path:
+    try:
+        return ensure_kustomize(StackLayout.from_env().root / "tools" / "bin")
+    except ToolError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def rendered(kustomize: Path) -> dict[str, list[dict]]:
+    return {overlay: render(kustomize, K8S_DIR / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+@pytest.fixture(params=OVERLAYS)
+def objects(request, rendered) -> list[dict]:
+    return rendered[request.param]
+
+
+@pytest.fixture(scope="session")
+def build_repository(tmp_path_factory):
+    """Runs the model-repository init container's script and arguments here, once per distinct pair."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def build(objects: list[dict]) -> Path:
+        script = generated(objects, "ConfigMap", "triton-scripts")["data"]["build-model-repository.sh"]
+        build_args = generated(objects, "ConfigMap", "triton-models")["data"]["MODEL_BUILD_ARGS"]
+        if (script, build_args) not in built:
+            work = tmp_path_factory.mktemp("model-repository")
+            (work / "build.sh").write_text(script)
+            env = {"MODEL_BUILD_ARGS": build_args, "PYTHON": sys.executable, "MODEL_REPOSITORY": str(work / "models"),
+                   "IMGSTREAM_STACK_DIR": str(work / "stack")}
+            proc = run_script(work / "build.sh", env, REPO)
+            assert proc.returncode == 0, f"triton_models.build {build_args} failed:\n{proc.stderr[-3000:]}"
+            built[(script, build_args)] = work / "models"
+        return built[(script, build_args)]
+    return build

@@ -9,16 +9,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.metadata
-import os
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import text_format
 from packaging.specifiers import SpecifierSet
 from tritonclient.grpc import model_config_pb2
 
@@ -26,10 +23,10 @@ from streaming import infer
 from streaming.config import ENV_PREFIX, PipelineConfig
 from streaming.stack.artifacts import read_lock
 from streaming.stack.layout import StackLayout
-from k8s_support import (
-    K8S_DIR, OVERLAYS, REPO, ContainerView, ToolError, builtin_errors, container_env, container_named,
-    containers, crds_dir, ensure_kustomize, find, generated, lint, load_crd_schemas, mutated, one,
-    pod_templates, ref, render, schema_errors,
+from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, rendered: pytest fixtures)
+    K8S_DIR, REPO, ContainerView, build_repository, builtin_errors, container_env, container_named, containers,
+    crds_dir, find, generated, kustomize, lint, load_crd_schemas, model_config, mutated, objects, one,
+    pod_templates, ref, rendered, run_script, schema_errors, triton_pod,
 )
 
 K8S_VERSIONS = ("1.30", "1.37")  # oldest and newest Kubernetes the manifests are validated for
@@ -47,25 +44,7 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE)
 SECRET_TEXT = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|password=\"[^\"$]")
 
 
-# --- fixtures -------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def kustomize() -> Path:
-    try:
-        return ensure_kustomize(StackLayout.from_env().root / "tools" / "bin")
-    except ToolError as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture(scope="session")
-def rendered(kustomize: Path) -> dict[str, list[dict]]:
-    return {overlay: render(kustomize, K8S_DIR / "overlays" / overlay) for overlay in OVERLAYS}
-
-
-@pytest.fixture(params=OVERLAYS)
-def objects(request, rendered) -> list[dict]:
-    return rendered[request.param]
-
+# --- fixtures (kustomize, rendered, objects, build_repository: k8s_support) ------------------------
 
 def require_crds(folder: Path) -> dict:
     if not folder.is_dir():
@@ -82,29 +61,7 @@ def crd_schemas() -> dict:
     return require_crds(crds_dir())
 
 
-@pytest.fixture(scope="session")
-def build_repository(tmp_path_factory):
-    """Runs the model-repository init container's script and arguments here, once per distinct pair."""
-    built: dict[tuple[str, str], Path] = {}
-
-    def build(objects: list[dict]) -> Path:
-        script = generated(objects, "ConfigMap", "triton-scripts")["data"]["build-model-repository.sh"]
-        build_args = generated(objects, "ConfigMap", "triton-models")["data"]["MODEL_BUILD_ARGS"]
-        if (script, build_args) not in built:
-            work = tmp_path_factory.mktemp("model-repository")
-            (work / "build.sh").write_text(script)
-            env = {"MODEL_BUILD_ARGS": build_args, "PYTHON": sys.executable, "MODEL_REPOSITORY": str(work / "models"),
-                   "IMGSTREAM_STACK_DIR": str(work / "stack")}
-            proc = _run_script(work / "build.sh", env, REPO)
-            assert proc.returncode == 0, f"triton_models.build {build_args} failed:\n{proc.stderr[-3000:]}"
-            built[(script, build_args)] = work / "models"
-        return built[(script, build_args)]
-    return build
-
-
-def _run_script(script: Path, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"], **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+_run_script = run_script
 
 
 def flink(objects: list[dict]) -> tuple[dict, dict]:
@@ -117,14 +74,6 @@ def flink(objects: list[dict]) -> tuple[dict, dict]:
 def job_config(env: dict) -> PipelineConfig:
     """What PipelineConfig.from_env makes of the pod's environment (Secret values stand in as text)."""
     return PipelineConfig.from_env({k: "from-a-secret" if isinstance(v, tuple) else v for k, v in env.items()})
-
-
-def triton_pod(objects: list[dict]) -> dict:
-    return one(objects, "Deployment", "triton")["spec"]["template"]["spec"]
-
-
-def model_config(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
 
 
 # --- rendering and schemas ------------------------------------------------------------------------
@@ -415,12 +364,15 @@ def test_security_lint(objects):
 
 def test_images_are_pinned_to_this_release(rendered):
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+    def no_digest(image: str) -> str:
+        return re.sub(r"@sha256:[0-9a-f]{64}$", "", image)
     for objects in rendered.values():
-        assert one(objects, "FlinkDeployment")["spec"]["image"].endswith(f"/imgstream:{version}")
+        assert no_digest(one(objects, "FlinkDeployment")["spec"]["image"]).endswith(f"/imgstream:{version}")
         pod = triton_pod(objects)
         triton = {c["image"] for c in pod["initContainers"] + pod["containers"] if c["name"] != "model-repository"}
         assert len(triton) == 1, f"serving and trtexec from one Triton image (one TensorRT): {triton}"
-        assert triton.pop().endswith(f"/imgstream-triton:{version}")
+        assert no_digest(triton.pop()).endswith(f"/imgstream-triton:{version}")
 
 
 def _dockerfile(name: str) -> tuple[str, dict[str, str]]:
