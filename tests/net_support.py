@@ -1,15 +1,17 @@
 """Loopback servers for the SSRF and http(s) fetch tests: a listener that only counts the
-connections it accepts, and a small scripted HTTP server. Both bind to a loopback address
-given by the test (127.0.0.x), on a free port."""
+connections it accepts, a small scripted HTTP server, and a raw one that trickles (or floods)
+whatever bytes a test gives it. All bind to a loopback address given by the test
+(127.0.0.x), on a free port."""
 from __future__ import annotations
 
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 TLS_DIR = Path(__file__).resolve().parent / "tls"  # a test CA and a certificate for images.test (not secrets)
 
@@ -128,3 +130,88 @@ class ScriptedHttpServer:
 
 def redirect(location: str, status: int = 302) -> Reply:
     return Reply(status, b"", {"Location": location})
+
+
+class TrickleServer:
+    """A raw HTTP server on loopback for hostile-server tests: for every request it writes the
+    pieces `pieces()` yields, sleeping `delay_s` after each, then closes the connection. An
+    endless generator trickles until the client hangs up or the server is closed. Records the
+    request heads, and how many connections are still open (the client's side not yet closed)."""
+
+    def __init__(self, pieces: Callable[[], Iterable[bytes]], delay_s: float = 0.0, host: str = "127.0.0.1"):
+        self.pieces, self.delay_s = pieces, delay_s
+        self.requests: list[bytes] = []
+        self.open_connections = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.05)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.open_connections += 1
+        try:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            self.requests.append(head)
+            for piece in self.pieces():
+                if self._stop.is_set():
+                    return
+                conn.sendall(piece)
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+        except OSError:
+            pass  # the client hung up: what these tests want
+        finally:
+            conn.close()
+            with self._lock:
+                self.open_connections -= 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def __enter__(self) -> "TrickleServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def byte_by_byte(*parts: bytes, forever: bytes = b"") -> Iterator[bytes]:
+    """`parts` one byte at a time, then `forever` one byte at a time, for ever (if given)."""
+    for part in parts:
+        for i in range(len(part)):
+            yield part[i:i + 1]
+    while forever:
+        for i in range(len(forever)):
+            yield forever[i:i + 1]

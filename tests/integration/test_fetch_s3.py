@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from streaming.cache import DecodedImageCache, fetch_decode
 from streaming.cli import stack_config
 from streaming.config import Secret
-from streaming.errors import AccessDenied, ObjectNotFound, ObjectTooLarge
+from streaming.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, PipelineError
 from streaming.fetch import FetchedObject, Fetcher
 from streaming.stack import s3
 from streaming.uris import parse_uri
@@ -86,12 +87,41 @@ def test_wrong_secret_is_access_denied_and_not_leaked(config, bucket):
     wrong = dataclasses.replace(config, s3_secret_key=Secret("not-the-secret-key-123"))
     with Fetcher(wrong) as fetcher, pytest.raises(AccessDenied) as caught:
         fetcher.fetch(ref(config, bucket, "photo.jpg"))
+    assert "SignatureDoesNotMatch" in caught.value.message and caught.value.code == "access_denied"
     assert "not-the-secret-key-123" not in caught.value.message
 
 
-def test_fetch_many_in_parallel_keeps_order(fetcher, config, bucket):
+def test_unknown_access_key_is_access_denied(config, bucket):
+    wrong = dataclasses.replace(config, s3_access_key=Secret("AKIANOSUCHKEY0000000"))
+    with Fetcher(wrong) as fetcher, pytest.raises(AccessDenied) as caught:
+        fetcher.fetch(ref(config, bucket, "photo.jpg"))
+    assert "AKIANOSUCHKEY0000000" not in caught.value.message
+
+
+def test_keys_with_reserved_characters_are_signed_and_found(fetcher, config, bucket, layout):
+    key = "dir/a b+c=d&e~f,g;h(i)'!*$@:é.jpg"
+    s3.s3_client(layout).put_object(Bucket=bucket, Key=key, Body=b"reserved")
+    assert fetcher.fetch(ref(config, bucket, key)).data == b"reserved"
+
+
+def test_one_keep_alive_connection_serves_many_gets(config, bucket):
+    with Fetcher(dataclasses.replace(config, fetch_concurrency=1)) as fetcher:
+        for _ in range(5):
+            assert fetcher.fetch(ref(config, bucket, "exact.bin")).data
+        pools = list(fetcher._transport._manager.pools._container.values())
+    assert len(pools) == 1 and pools[0].num_connections == 1 and pools[0].num_requests == 5
+
+
+def test_parallel_fetches_share_the_pools_and_keep_their_outcomes(fetcher, config, bucket):
     keys = ["photo.jpg", "missing.jpg", "big.bin", "exact.bin"] * 4
-    results = fetcher.fetch_many([ref(config, bucket, k) for k in keys])
+
+    def outcome(key):
+        try:
+            return fetcher.fetch(ref(config, bucket, key))
+        except PipelineError as exc:
+            return exc
+    with ThreadPoolExecutor(config.fetch_concurrency) as pool:
+        results = list(pool.map(outcome, keys))
     for key, result in zip(keys, results):
         if key in ("photo.jpg", "exact.bin"):
             assert isinstance(result, FetchedObject) and result.uri.endswith(key)

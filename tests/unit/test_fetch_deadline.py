@@ -1,0 +1,183 @@
+"""One wall-clock deadline per attempt, enforced on the socket, and the response-head limits,
+against raw loopback servers that trickle or flood: for http and for S3 alike.
+
+Every server here would hold a client that only has per-read socket timeouts for ever (each
+byte comes well within any read timeout); the fetch must end by fetch_timeout_s + MARGIN_S.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from streaming import deadline
+from streaming.config import PipelineConfig, Secret
+from streaming.errors import FetchFailed, PipelineError
+from streaming.fetch import Fetcher
+from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, ResponseRefused, content_length
+from streaming.uris import ObjectRef, parse_uri
+from tests.net_support import TrickleServer, byte_by_byte
+
+TIMEOUT_S = 0.5
+MARGIN_S = 1.0  # generous: the mechanism, not the machine's speed, is under test
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+
+TRICKLES = {  # each endless, one byte every 20 ms
+    "status line": lambda: byte_by_byte(b"HTTP/1.1 200 ", forever=b"OK"),
+    "headers": lambda: byte_by_byte(b"HTTP/1.1 200 OK\r\n", forever=b"X-Slow: yes\r\n"),
+    "body": lambda: byte_by_byte(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", forever=b"\xff"),
+    "chunked body": lambda: byte_by_byte(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                         forever=b"1\r\nx\r\n"),
+}
+
+
+def http_config(**overrides) -> PipelineConfig:
+    values = dict(allowed_schemes=("s3", "http"), allowed_hosts=("*:*",), http_trusted_networks=("127.0.0.1/32",),
+                  fetch_retries=0, fetch_timeout_s=TIMEOUT_S, max_object_bytes=2_000_000,
+                  s3_access_key=Secret("AKIATESTACCESSKEY123"), s3_secret_key=Secret("s3cr3t"))
+    return PipelineConfig(**{**values, **overrides})
+
+
+def fetch_both_ways(server: TrickleServer, scheme: str, config: PipelineConfig, path: str = "/bucket/key.jpg"):
+    """Fetch `path` from `server` as an http URI or as S3 (the server as the S3 endpoint)."""
+    if scheme == "s3":
+        config = PipelineConfig(**{**config.__dict__, "s3_endpoint": server.endpoint})
+        bucket, _, key = path[1:].partition("/")
+        ref = ObjectRef("s3", bucket, key)
+    else:
+        ref = parse_uri(server.url(path), config)
+    with Fetcher(config, sleep=lambda s: None) as fetcher:
+        return fetcher.fetch(ref)
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("what", list(TRICKLES))
+def test_a_trickling_server_is_cut_off_at_the_deadline(what, scheme):
+    with TrickleServer(TRICKLES[what], delay_s=0.02) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchFailed, match=f"longer than fetch_timeout_s={TIMEOUT_S}") as caught:
+            fetch_both_ways(server, scheme, http_config())
+        elapsed = time.monotonic() - started
+        assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + MARGIN_S, elapsed
+        assert caught.value.code == "fetch_failed" and caught.value.stage == "fetch"
+        assert len(server.requests) == 1
+        _wait_until(lambda: server.open_connections == 0)  # our side closed it: never pooled
+        assert server.open_connections == 0
+
+
+def test_each_retry_gets_its_own_deadline_and_the_whole_is_bounded():
+    with TrickleServer(TRICKLES["body"], delay_s=0.02) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchFailed, match=r"fetch_timeout_s.*\(after 3 attempts\)"):
+            fetch_both_ways(server, "http", http_config(fetch_retries=2))
+        assert time.monotonic() - started < 3 * TIMEOUT_S + MARGIN_S
+        assert len(server.requests) == 3
+
+
+def test_sixteen_trickling_uris_free_all_fetch_threads_by_the_deadline():
+    config = http_config(fetch_concurrency=16)
+    with TrickleServer(TRICKLES["headers"], delay_s=0.02) as server, Fetcher(config) as fetcher:
+        refs = [parse_uri(server.url(f"/slow/{i}.jpg"), config) for i in range(16)]
+
+        def outcome(ref):
+            try:
+                return fetcher.fetch(ref)
+            except PipelineError as exc:
+                return exc
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(outcome, refs))
+        elapsed = time.monotonic() - started
+        assert elapsed < TIMEOUT_S + MARGIN_S, elapsed
+        assert all(isinstance(r, FetchFailed) and "fetch_timeout_s" in r.message for r in results)
+        assert len(server.requests) == 16
+    assert deadline.WATCHDOG.pending() == 0
+
+
+def test_a_good_fetch_after_a_cut_one_uses_a_fresh_connection():
+    served = iter([TRICKLES["body"](), iter([OK_HEAD + b"hello"])])
+    config = http_config()
+    with TrickleServer(lambda: next(served), delay_s=0.02) as server, Fetcher(config) as fetcher:
+        ref = parse_uri(server.url("/x.jpg"), config)
+        with pytest.raises(FetchFailed, match="fetch_timeout_s"):
+            fetcher.fetch(ref)
+        assert fetcher.fetch(ref).data == b"hello"
+        assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("head, reason", [
+    (b"HTTP/1.1 200 OK\r\n" + b"X-Many: header\r\n" * 10_000, f"more than {MAX_HEADERS} header lines"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000, f"over {MAX_HEAD_BYTES} bytes"),
+    (b"HTTP/1.1 200 " + b"O" * 200_000, f"over {MAX_HEAD_BYTES} bytes"),
+])
+def test_a_flood_of_headers_is_refused_as_it_arrives(scheme, head, reason):
+    with TrickleServer(lambda: iter([head]), delay_s=0) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchFailed, match=reason) as caught:
+            fetch_both_ways(server, scheme, http_config(fetch_retries=2, fetch_timeout_s=5.0))
+        assert time.monotonic() - started < 5.0  # refused, not waited out
+        assert caught.value.code == "fetch_failed" and len(server.requests) == 1  # not retried
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("lengths", [["\u00b2"], ["\u0663"], ["-1"], ["1e3"], ["+5"], ["0x5"], [""], ["5, 6"],
+                                     ["5", "6"], ["5 5"], ["99999999999999999999999"]])
+def test_a_malformed_content_length_is_a_typed_fetch_error(scheme, lengths):
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"Content-Length: {v}\r\n".encode() for v in lengths) + b"\r\n"
+    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
+        with pytest.raises(FetchFailed, match="Content-Length") as caught:
+            fetch_both_ways(server, scheme, http_config(fetch_retries=2))
+    assert caught.value.code == "fetch_failed" and caught.value.stage == "fetch"
+    assert len(server.requests) == 1  # not retried: the server will say the same again
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_agreeing_content_lengths_are_accepted(scheme):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n"
+    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
+        assert fetch_both_ways(server, scheme, http_config()).data == b"hello"
+
+
+@pytest.mark.parametrize("values, chunked, expected", [
+    ([], False, None), (["0"], False, 0), (["12"], False, 12), (["12, 12", " 12 "], False, 12),
+])
+def test_content_length_accepts_plain_agreeing_digits(values, chunked, expected):
+    assert content_length(values, chunked=chunked) == expected
+
+
+@pytest.mark.parametrize("values, chunked", [
+    (["12"], True), (["1 2"], False), (["12,"], False), (["\u00b2"], False), (["-0"], False), (["12", "13"], False),
+])
+def test_content_length_refuses_everything_else(values, chunked):
+    with pytest.raises(ResponseRefused):
+        content_length(values, chunked=chunked)
+
+
+def test_watchdog_cuts_only_the_expired_attempt():
+    import socket
+    left, right = socket.socketpair()
+    other_left, other_right = socket.socketpair()
+    try:
+        with deadline.attempt(0.2) as short:
+            short.watch(left)
+            with deadline.attempt(60) as long:
+                long.watch(other_left)
+                started = time.monotonic()
+                assert left.recv(10) == b""  # blocked until the watchdog shut it down
+                assert time.monotonic() - started < 0.2 + MARGIN_S
+                other_right.sendall(b"ok")
+                assert other_left.recv(10) == b"ok"  # the other attempt's socket still works
+            assert short.expired and not long.expired
+            with pytest.raises(deadline.DeadlineExceeded):
+                short.remaining_s()
+    finally:
+        for sock in (left, right, other_left, other_right):
+            sock.close()
+
+
+def _wait_until(condition, limit_s: float = 3.0) -> None:
+    end = time.monotonic() + limit_s
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.02)
