@@ -11,7 +11,7 @@ import typer
 
 from streaming import jobs, kafka_io
 from streaming.bench.cli import bench_app
-from streaming.config import PipelineConfig, Secret
+from streaming.config import ConfigError, PipelineConfig, Secret
 from streaming.stack import kafka as stack_kafka
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
@@ -45,6 +45,9 @@ def stack_config(layout: StackLayout, settings: list[str] | None = None) -> Pipe
         s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
         allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc, **sasl,
     )
+    bad = [item for item in settings or [] if "=" not in item]
+    if bad:
+        raise ConfigError(bad[0], "--set expects KEY=VALUE")
     overrides = dict(item.split("=", 1) for item in settings or [])
     if not overrides:
         return base
@@ -59,7 +62,21 @@ def stack_up(sasl: bool = typer.Option(False, "--sasl", help="Kafka accepts only
     local_stack.up(layout, log=_echo)
     if sasl and not _layout().kafka_sasl:
         _echo("Kafka runs with SASL: export IMGSTREAM_STACK_KAFKA_SASL=1 so that other imgstream commands log in")
-    typer.echo(json.dumps(local_stack.status(layout), indent=2))
+    typer.echo(json.dumps(_masked(local_stack.status(layout)), indent=2))
+
+
+SECRET_WORDS = ("secret", "password", "credential", "token")
+
+
+def _masked(report: dict) -> dict:
+    """The status report with every secret-looking value (S3 secret key, passwords) as ***."""
+    def mask(key: str, value):
+        if isinstance(value, dict):
+            return {k: mask(k, v) for k, v in value.items()}
+        if any(word in key.lower() for word in SECRET_WORDS) and isinstance(value, str) and value:
+            return "***"
+        return value
+    return {k: mask(k, v) for k, v in report.items()}
 
 
 @stack_app.command("down")
@@ -69,11 +86,14 @@ def stack_down() -> None:
 
 
 @stack_app.command("status")
-def stack_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def stack_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+                 show_secrets: bool = typer.Option(False, "--show-secrets",
+                                                   help="Print the S3 secret key and passwords (else ***).")
+                 ) -> None:
     """Endpoints and health of each service; exit 1 unless all are healthy."""
     report = local_stack.status(_layout())
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(report if show_secrets else _masked(report), indent=2))
     else:
         for name, section in report.items():
             if isinstance(section, dict):
@@ -83,14 +103,31 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="Machine-rea
     raise typer.Exit(0 if report["healthy"] else 1)
 
 
+def _checked_config(layout: StackLayout, settings: list[str] | None, create_topics: bool) -> PipelineConfig:
+    """The job's config, refused (exit 2, the field and the reason on stderr) before anything runs."""
+    try:
+        config = stack_config(layout, settings)
+        created = jobs.check_config(layout, config, create_topics=create_topics)
+    except ValueError as exc:  # ConfigError names the field; netpolicy's checks name it in the message
+        _echo(f"imgstream: invalid configuration: {exc}")
+        raise typer.Exit(2) from None
+    for topic in created:
+        _echo(f"created topic {topic}")
+    return config
+
+
 @job_app.command("submit")
 def job_submit(name: str = "imgstream-classify",
                setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE config override"),
+               create_topics: bool = typer.Option(False, "--create-topics",
+                                                  help="Create requests_topic/results_topic if they do not exist."),
                wait: bool = typer.Option(True, help="Wait until every task runs.")) -> None:
-    """Submit the classify job to the session cluster; prints its id."""
+    """Check the configuration (Kafka topics, Triton model), then submit the classify job to the
+    session cluster; prints its id."""
     layout = _layout()
+    config = _checked_config(layout, setting, create_topics)
     prepared = local_stack.prepare(layout)
-    job_id = jobs.submit(layout, stack_config(layout, setting), prepared.connector_jar, name)
+    job_id = jobs.submit(layout, config, prepared.connector_jar, name)
     if wait:
         jobs.wait_running(layout, job_id)
     typer.echo(job_id)
@@ -103,12 +140,21 @@ def job_list() -> None:
 
 
 @job_app.command("cancel")
-def job_cancel(job_id: Optional[str] = typer.Argument(None), all_jobs: bool = typer.Option(False, "--all")) -> None:
+def job_cancel(job_id: Optional[str] = typer.Argument(None),
+               all_jobs: bool = typer.Option(False, "--all", help="Every job not yet terminal (RESTARTING too)."),
+               name_prefix: str = typer.Option("", "--name-prefix", help="With --all: only jobs whose name starts so.")
+               ) -> None:
+    """Cancel one job, or with --all every job not in a terminal state (FINISHED, CANCELED, FAILED, SUSPENDED)."""
     layout = _layout()
-    ids = [j.id for j in jobs.list_jobs(layout) if j.state == "RUNNING"] if all_jobs else [job_id]
-    for jid in filter(None, ids):
-        jobs.cancel(layout, jid)
-        typer.echo(f"cancelled {jid}")
+    if all_jobs:
+        for job in jobs.cancel_all(layout, name_prefix):
+            typer.echo(f"cancelled {job.id} (was {job.state}) {job.name}")
+    elif job_id:
+        jobs.cancel(layout, job_id)
+        typer.echo(f"cancelled {job_id}")
+    else:
+        _echo("imgstream: give a JOB_ID or --all")
+        raise typer.Exit(2)
 
 
 @job_app.command("savepoint")
@@ -177,7 +223,8 @@ def demo(timeout: float = 300.0) -> None:
         _echo(f"job already running: {running[0].id}")
     else:
         _echo("submitting the job ...")
-        job_id = jobs.submit(layout, stack_config(layout), prepared.connector_jar, "imgstream-classify")
+        job_id = jobs.submit(layout, _checked_config(layout, None, create_topics=True), prepared.connector_jar,
+                             "imgstream-classify")
         jobs.wait_running(layout, job_id)
         _echo(f"job {job_id} running; Flink web UI: {layout.flink_rest}/#/job/running")
     uris = _expand(layout, [f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}"])

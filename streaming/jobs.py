@@ -13,11 +13,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streaming.config import ENV_PREFIX, PipelineConfig
+from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig
 from streaming.stack.flink import FLINK_HOME, flink_env
 from streaming.stack.layout import PROJECT_ROOT, StackLayout
 
 JOB_SCRIPT = PROJECT_ROOT / "flink_jobs" / "classify.py"
+# Flink's terminal job states (SUSPENDED: locally terminal, this JobManager gave the job up); every
+# other state (CREATED, INITIALIZING, RUNNING, FAILING, RESTARTING, CANCELLING, RECONCILING) belongs
+# to a job that may still run or restart.
+TERMINAL_STATES = frozenset({"FINISHED", "CANCELED", "FAILED", "SUSPENDED"})
+CHECK_TIMEOUT_S = 10.0
 
 
 class JobError(RuntimeError):
@@ -40,8 +45,67 @@ def _rest(layout: StackLayout, path: str, method: str = "GET", body: dict | None
     return json.loads(text) if text else {}
 
 
+def check_config(layout: StackLayout, config: PipelineConfig, *, create_topics: bool = False) -> list[str]:
+    """What `job submit` checks before submitting anything: Kafka answers (with the config's security),
+    `requests_topic` and `results_topic` exist (with `create_topics`: missing ones are created, and
+    returned), Triton serves `model_name` for `input_size` images. Raises ConfigError naming the field."""
+    from streaming.infer import TritonClassifier
+
+    created = _check_topics(layout, config, create_topics)
+    classifier = TritonClassifier(config)
+    try:
+        classifier.check_model(timeout_s=CHECK_TIMEOUT_S)
+    finally:
+        classifier.close()
+    return created
+
+
+def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> list[str]:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+    from streaming.kafka_io import client_security
+
+    timeout_ms = int(CHECK_TIMEOUT_S * 1000)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, client_id="imgstream-check",
+                                 bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                                 **client_security(config))
+    except (KafkaError, OSError) as exc:
+        raise ConfigError("kafka_bootstrap", f"Kafka at {config.kafka_bootstrap} did not answer "
+                                             f"({type(exc).__name__})") from None
+    try:
+        existing = set(admin.list_topics())
+        wanted = {"requests_topic": config.requests_topic, "results_topic": config.results_topic}
+        missing = {field: topic for field, topic in wanted.items() if topic not in existing}
+        if not missing:
+            return []
+        if not create:
+            field, topic = next(iter(missing.items()))
+            raise ConfigError(field, f"topic {topic!r} does not exist on {config.kafka_bootstrap} "
+                                     "(create it, or submit with --create-topics)")
+        names = sorted(set(missing.values()))
+        result = admin.create_topics({name: {"num_partitions": max(layout.topic_partitions, config.parallelism),
+                                             "replication_factor": -1}  # -1: the broker's default
+                                      for name in names}, timeout_ms=timeout_ms, raise_errors=False)
+        for topic in result["topics"]:
+            error = for_code(topic["error_code"])
+            if topic["error_code"] != 0 and error is not TopicAlreadyExistsError:
+                field = next(f for f, t in missing.items() if t == topic["name"])
+                raise ConfigError(field, f"creating topic {topic['name']!r}: {error.__name__} "
+                                         f"{topic.get('error_message') or ''}".strip())
+        admin.wait_for_topics(names, timeout_ms=30_000)
+        return names
+    except KafkaError as exc:
+        raise ConfigError("kafka_bootstrap",
+                          f"Kafka at {config.kafka_bootstrap} failed: {type(exc).__name__}") from None
+    finally:
+        admin.close()
+
+
 def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str) -> str:
-    """Submit the job detached through `flink run`; returns the job id."""
+    """Submit the job detached through `flink run`; returns the job id. Checks nothing beyond the
+    config object itself: `job submit` calls `check_config` first."""
     python = sys.executable
     env = {**os.environ, **flink_env(layout),
            **{ENV_PREFIX + k.upper(): v for k, v in config.to_mapping().items()}}
@@ -114,6 +178,28 @@ def wait_running(layout: StackLayout, job_id: str, timeout_s: float = 180) -> No
 
 def cancel(layout: StackLayout, job_id: str) -> None:
     _rest(layout, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+
+def cancellable(found: list[JobInfo], name_prefix: str = "") -> list[JobInfo]:
+    """The jobs `cancel_all` cancels: not in a terminal state, name starting with `name_prefix`."""
+    return [j for j in found if j.state not in TERMINAL_STATES and j.name.startswith(name_prefix)]
+
+
+def cancel_all(layout: StackLayout, name_prefix: str = "", timeout_s: float = 60) -> list[JobInfo]:
+    """Cancel every job not in a terminal state (RESTARTING ones too) whose name starts with
+    `name_prefix`, and wait until each is terminal; returns them as they were found."""
+    doomed = cancellable(list_jobs(layout), name_prefix)
+    for job in doomed:
+        cancel(layout, job.id)
+    deadline = time.monotonic() + timeout_s
+    for job in doomed:
+        state = job.state
+        while state not in TERMINAL_STATES:
+            if time.monotonic() > deadline:
+                raise JobError(f"job {job.id} is still {state} {timeout_s:.0f}s after it was cancelled")
+            time.sleep(0.5)
+            state = job_state(layout, job.id)[0]
+    return doomed
 
 
 def savepoint(layout: StackLayout, job_id: str, *, stop: bool = False, timeout_s: float = 120) -> str:
