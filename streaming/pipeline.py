@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -20,6 +19,7 @@ import numpy as np
 from streaming.batcher import MicroBatcher
 from streaming.cache import DecodedImageCache, fetch_decode
 from streaming.config import PipelineConfig
+from streaming.decoder_pool import DecoderPool
 from streaming.cores import available_cores
 from streaming.errors import PipelineError, RequestTimeout
 from streaming.events import ErrorResult, ImageRequest, Label, Prediction, Result, parse_request, salvage_id
@@ -61,10 +61,15 @@ class ImagePipeline:
         self._fetcher: Fetcher | None = None
         self.cache: DecodedImageCache | None = None
         self.classifier: TritonClassifier | None = None
-        self._decode_slots: threading.Semaphore | None = None
+        self.decoders: DecoderPool | None = None  # the decode slots; None (in-process) until open()
 
     def open(self) -> None:
-        self._decode_slots = threading.BoundedSemaphore(self.config.decode_concurrency or available_cores())
+        # one decoder process per decode slot: a decode past max_decode_ms is killed, its slot freed
+        self.decoders = DecoderPool(self.config.decode_concurrency or available_cores(),
+                                    max_decode_ms=self.config.max_decode_ms,
+                                    max_decode_bytes=self.config.max_decode_bytes,
+                                    max_request_bytes=self.config.max_object_bytes)
+        self.decoders.wait_ready()
         self._fetcher = Fetcher(self.config)
         self.cache = DecodedImageCache(self.config.cache_bytes)
         self.classifier = TritonClassifier(self.config)
@@ -78,13 +83,15 @@ class ImagePipeline:
             self._fetcher.close()
         if self.classifier is not None:
             self.classifier.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
     def prepare(self, request: ImageRequest) -> Prepared:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
         pre = fetch_decode(self._fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
                            cache=self.cache, max_decode_ms=self.config.max_decode_ms,
-                           decode_slots=self._decode_slots)
+                           decoders=self.decoders, max_decode_bytes=self.config.max_decode_bytes)
         return Prepared(request, pre.image.tensor, pre.timings.as_dict())
 
     def classify(self, tensors: list[np.ndarray]) -> list[tuple[Label, ...]]:

@@ -1,6 +1,7 @@
 """The bad-input corpus (tests/corpus/) through the pipeline's real code, without servers:
 events are parsed as the job parses them, images are "fetched" from the corpus folder and
-decoded for real, and only the Triton call is replaced. Each case must give exactly its
+decoded for real (in this process, and in the job's decoder-process pool), and only the
+Triton call is replaced. Each case must give exactly its
 manifest outcome (the integration test does the same through Kafka, Flink and S3)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from streaming.config import PipelineConfig
+from streaming.decoder_pool import DecoderPool
 from streaming.errors import ObjectNotFound
 from streaming.events import Label, result_to_json
 from streaming.fetch import FetchedObject
@@ -38,17 +40,21 @@ class CorpusFetcher:
         pass
 
 
-def engine(files: dict[str, bytes], **overrides) -> ImagePipeline:
+def engine(files: dict[str, bytes], pool: bool = False, **overrides) -> ImagePipeline:
     config = PipelineConfig(allowed_buckets=(BUCKET,), **{**corpus.JOB_SETTINGS, **overrides})
     pipe = ImagePipeline(config)
     pipe._fetcher = CorpusFetcher(files)  # noqa: SLF001 - the test's stand-in for S3
     pipe.classify = lambda tensors: [(Label("label", 1, 0.9),)] * len(tensors)
+    if pool:  # as open() makes them, without the Triton client
+        pipe.decoders = DecoderPool(2, max_decode_ms=config.max_decode_ms, max_decode_bytes=config.max_decode_bytes)
     return pipe
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return engine(corpus.image_files())
+@pytest.fixture(scope="module", params=["in-process", "decoder-pool"])
+def pipe(request):
+    engine_ = engine(corpus.image_files(), pool=request.param == "decoder-pool")
+    yield engine_
+    engine_.close()
 
 
 def test_manifest_lists_exactly_the_files_there_are():
@@ -68,12 +74,16 @@ def test_corpus_case_gives_its_expected_outcome(pipe, case):
     assert result["id"] == case.id
 
 
-def test_decode_time_limit_has_its_own_code():
+@pytest.mark.parametrize("pool", [False, True], ids=["in-process", "decoder-pool"])
+def test_decode_time_limit_has_its_own_code(pool):
     big = io.BytesIO()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(big, "PNG", compress_level=1)
-    pipe = engine({"noise.png": big.getvalue()}, max_decode_ms=1)
-    result = json.loads(result_to_json(pipe.process(json.dumps({"id": "t", "uri": f"s3://{BUCKET}/{PREFIX}noise.png"}))))
+    event = json.dumps({"id": "t", "uri": f"s3://{BUCKET}/{PREFIX}noise.png"})
+    pipe = engine({"noise.png": big.getvalue()}, pool, max_decode_ms=1)
+    result = json.loads(result_to_json(pipe.process(event)))
+    pipe.close()
     assert result["error"]["code"] == "decode_timeout" and result["error"]["stage"] == "decode"
-    relaxed = engine({"noise.png": big.getvalue()}, max_decode_ms=60_000)
-    assert "top_k" in json.loads(result_to_json(relaxed.process(json.dumps({"id": "t", "uri": f"s3://{BUCKET}/{PREFIX}noise.png"}))))
+    relaxed = engine({"noise.png": big.getvalue()}, pool, max_decode_ms=60_000)
+    assert "top_k" in json.loads(result_to_json(relaxed.process(event)))
+    relaxed.close()

@@ -1,0 +1,169 @@
+"""DecoderPool: decodes in worker processes, stops one at max_decode_ms, replaces dead ones,
+leaves no process behind. Real processes, real decoders; no timing assertion beyond generous
+bounds on the mechanism (stopped within the limit + MARGIN_S)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming.decode import decode_to_tensor
+from streaming.decoder_pool import DecoderPool
+from streaming.errors import CorruptImage, DecodeTimeout, ImageTooLarge, UnsupportedImage
+from tests.corpus import make_images
+
+ROOT = Path(__file__).resolve().parents[2]
+MARGIN_S = 2.0  # killing and reaping a process, on a loaded 2-core machine
+MAX_PIXELS = 100_000_000
+SLOW_MAX_PIXELS = 10**9  # lets the slow file past the pixels x scans pre-check: the deadline must stop it
+
+
+def good_jpeg(width: int = 640, height: int = 480) -> bytes:
+    return make_images.save(make_images.picture((width, height)), "JPEG", quality=90)
+
+
+def slow_jpeg() -> bytes:
+    """500 scans (within the scan limit) of a 4000x3000 frame: ~0.9 s of CPU in libjpeg."""
+    return make_images.scan_bomb(499, make_images.picture((4000, 3000)))
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists, zombie included (a zombie is a process not reaped)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture
+def pool():
+    with DecoderPool(2, max_decode_ms=30_000) as decoders:
+        decoders.wait_ready()
+        yield decoders
+
+
+def test_decodes_as_in_process_and_errors_keep_their_codes(pool):
+    data = good_jpeg()
+    here = decode_to_tensor(data, max_pixels=MAX_PIXELS)
+    there = pool.decode(data, max_pixels=MAX_PIXELS)
+    assert np.array_equal(here.tensor, there.tensor) and not there.tensor.flags.writeable
+    assert (there.width, there.height, there.path, there.scale) == (640, 480, here.path, here.scale)
+    cases = [(b"", CorruptImage), (b"not an image at all", UnsupportedImage),
+             (make_images.webp_canvas_bomb(), ImageTooLarge),
+             (make_images.rst0_after_soi(make_images.scan_bomb(2000)), UnsupportedImage)]
+    for data, error in cases:
+        with pytest.raises(error) as caught:
+            pool.decode(data, max_pixels=MAX_PIXELS)
+        assert caught.value.code == error.code and caught.value.stage == "decode"
+    with pytest.raises(ValueError, match="jpeg_backend"):
+        pool.decode(good_jpeg(), max_pixels=MAX_PIXELS, jpeg_backend="opencv")
+    assert pool.replaced == 0
+
+
+def test_a_decode_past_max_decode_ms_is_stopped_and_its_slot_freed():
+    data = slow_jpeg()
+    with DecoderPool(1, max_decode_ms=100) as pool:
+        pool.wait_ready()
+        before = pool.pids()
+        started = time.monotonic()
+        with pytest.raises(DecodeTimeout) as caught:
+            pool.decode(data, max_pixels=SLOW_MAX_PIXELS)
+        assert time.monotonic() - started < 0.1 + MARGIN_S
+        assert caught.value.code == "decode_timeout" and caught.value.stage == "decode"
+        assert pool.replaced == 1 and not alive(before[0])  # killed and reaped
+        assert pool.pids() != before
+        # the one slot is free again, on the fresh worker
+        assert pool.decode(good_jpeg(), max_pixels=MAX_PIXELS).tensor.shape == (224, 224, 3)
+
+
+def test_the_same_file_decodes_when_the_limit_allows_it(pool):
+    """So it is the deadline that stopped it above, not the file being refused."""
+    assert pool.decode(slow_jpeg(), max_pixels=SLOW_MAX_PIXELS).tensor.shape == (224, 224, 3)
+
+
+def test_a_killed_idle_worker_is_replaced(pool):
+    victim = pool.pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(6):  # every worker is used; the dead one is found and replaced
+        assert pool.decode(good_jpeg(), max_pixels=MAX_PIXELS).path == "turbojpeg"
+    assert pool.replaced == 1 and victim not in pool.pids() and not alive(victim)
+
+
+def test_a_worker_killed_mid_decode_costs_no_request():
+    data = slow_jpeg()
+    with DecoderPool(1, max_decode_ms=60_000) as pool:
+        pool.wait_ready()
+        victim = pool.pids()[0]
+        timer = threading.Timer(0.2, os.kill, (victim, signal.SIGKILL))
+        timer.start()
+        try:
+            decoded = pool.decode(data, max_pixels=SLOW_MAX_PIXELS)  # tried again on a fresh worker
+        finally:
+            timer.cancel()
+        assert decoded.tensor.shape == (224, 224, 3)
+        assert pool.replaced == 1 and not alive(victim)
+
+
+def test_the_pool_survives_many_requests_from_many_threads(pool):
+    images = [good_jpeg(320 + 16 * k, 240) for k in range(4)] + [b"junk", b""]
+    expected = [decode_to_tensor(d, max_pixels=MAX_PIXELS).tensor if k < 4 else None
+                for k, d in enumerate(images)]
+    pids = pool.pids()
+
+    def one(k: int) -> bool:
+        index = k % len(images)
+        try:
+            got = pool.decode(images[index], max_pixels=MAX_PIXELS).tensor
+        except (CorruptImage, UnsupportedImage):
+            return expected[index] is None
+        return np.array_equal(got, expected[index])
+
+    with ThreadPoolExecutor(6) as threads:
+        assert all(threads.map(one, range(120)))
+    assert pool.pids() == pids and pool.replaced == 0
+
+
+def test_close_leaves_no_process_and_refuses_more_work():
+    pool = DecoderPool(2, max_decode_ms=5_000)
+    pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+    pids = pool.pids()
+    pool.close()
+    assert pids and not any(alive(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+
+
+def test_a_worker_exits_when_its_parent_goes():
+    """EOF on its stdin ends the worker (the parent here is a short-lived python)."""
+    code = ("from streaming.decoder_pool import DecoderPool\n"
+            "pool = DecoderPool(1, max_decode_ms=5000); pool.wait_ready(); print(pool.pids()[0], flush=True)\n"
+            "import os; os._exit(0)\n")  # no close(): the parent just vanishes
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{worker}/stat").read_text().split()[2] if alive(worker) else "gone"
+    assert state in ("gone", "Z"), state  # exited (a zombie of init's until reaped: still exited)
+
+
+def test_worker_memory_cap_turns_a_runaway_allocation_into_memory_error():
+    code = ("from streaming.decoder_worker import limit_memory\n"
+            "limit_memory(64 << 20)\n"
+            "try:\n    bytearray(1 << 30)\nexcept MemoryError:\n    print('MemoryError')\n"
+            "print(len(bytearray(16 << 20)))\n")  # what fits in the budget still does
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["MemoryError", str(16 << 20)], done.stderr
+
+
+@pytest.mark.parametrize("workers, max_decode_ms", [(0, 100), (1, 0), (1, float("nan"))])
+def test_bad_arguments_are_refused(workers, max_decode_ms):
+    with pytest.raises(ValueError):
+        DecoderPool(workers, max_decode_ms=max_decode_ms)
