@@ -22,11 +22,17 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from streaming.config import PipelineConfig
-from streaming.events import result_to_json
+from streaming.events import MAX_RESULT_BYTES, result_to_json
 from streaming.metrics import PipelineStats
 from streaming.pipeline import AsyncImagePipeline
 
 JOB_NAME = "imgstream-classify"
+# The sink producer's max.request.size, set explicitly: four times the largest result
+# `result_to_json` can return (1 MiB, Kafka's default), so no result can fail the writer (a failed
+# write restores the job, which replays the same event and fails again, for ever). The broker's
+# message.max.bytes and the results topic's max.message.bytes (1 MiB + 12 bytes by default) must
+# not be set lower.
+SINK_MAX_REQUEST_BYTES = 4 * MAX_RESULT_BYTES
 
 
 class ClassifyImages(AsyncFunction):
@@ -80,6 +86,7 @@ def kafka_source(config: PipelineConfig) -> KafkaSource:
 def kafka_sink(config: PipelineConfig) -> KafkaSink:
     builder = (KafkaSink.builder()
                .set_bootstrap_servers(config.kafka_bootstrap)
+               .set_property("max.request.size", str(SINK_MAX_REQUEST_BYTES))
                .set_record_serializer(KafkaRecordSerializationSchema.builder()
                                       .set_topic(config.results_topic)
                                       .set_value_serialization_schema(SimpleStringSchema())
@@ -114,6 +121,7 @@ def environment(config: PipelineConfig) -> StreamExecutionEnvironment:
 def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
     requests = env.from_source(kafka_source(config), WatermarkStrategy.no_watermarks(), "requests",
                                type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    requests.uid("requests")  # a stable operator id: savepoints map the source's offsets back to it
     # Timeout 0: no per-record timer thread; the pipeline enforces request_timeout_s itself
     # and answers with a request_timeout error, so the operator never fails on a slow request.
     results = AsyncDataStream.unordered_wait(requests, ClassifyImages(config), Time.milliseconds(0),

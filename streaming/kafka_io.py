@@ -24,13 +24,16 @@ up locally.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer
 
 from streaming.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 
 def client_security(config: PipelineConfig) -> dict[str, Any]:
@@ -52,19 +55,25 @@ def make_requests(uris: Iterable[str]) -> list[dict]:
     return [{"id": uuid.uuid4().hex, "uri": uri} for uri in uris]
 
 
-def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes], *,
-            security: Mapping[str, Any] | None = None) -> int:
-    """Send events (dicts as JSON, bytes as they are) and wait until the broker has them all.
+def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes | None], *,
+            security: Mapping[str, Any] | None = None, compression: str | None = None,
+            max_request_bytes: int = 1024 * 1024) -> int:
+    """Send events (dicts as JSON keyed by id, bytes as they are, None as a tombstone with an
+    empty key) and wait until the broker has them all.
 
-    `security`: kafka-python settings (`client_security(config)`, or the local stack's)."""
+    `security`: kafka-python settings (`client_security(config)`, or the local stack's).
+    `compression`: "gzip", "lz4", "zstd" or "snappy" batches (None: uncompressed).
+    `max_request_bytes`: the largest record before compression the producer will send."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                             request_timeout_ms=15_000, max_block_ms=30_000, **(security or {}))
+                             request_timeout_ms=15_000, max_block_ms=30_000, compression_type=compression,
+                             max_request_size=max_request_bytes, **(security or {}))
     count = 0
     try:
         for event in events:
-            value = event if isinstance(event, bytes) else json.dumps(event).encode()
-            key = event.get("id", "").encode() if isinstance(event, dict) else None
-            producer.send(topic, value=value, key=key)
+            if isinstance(event, dict):
+                producer.send(topic, value=json.dumps(event).encode(), key=event.get("id", "").encode())
+            else:  # kafka-python needs a key or a value: a tombstone gets the empty key
+                producer.send(topic, value=event, key=b"" if event is None else None)
             count += 1
         producer.flush(timeout=60)
     finally:
@@ -72,13 +81,20 @@ def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes], *,
     return count
 
 
+def _report(description: str) -> None:
+    log.warning("skipped a record that is not a result: %s", description)
+
+
 def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeout_s: float = 60.0,
                  ids: set[str] | None = None, from_beginning: bool = True,
-                 security: Mapping[str, Any] | None = None) -> Iterator[dict]:
+                 security: Mapping[str, Any] | None = None,
+                 on_skipped: Callable[[str], None] = _report) -> Iterator[dict]:
     """Yield results (parsed JSON) until `count` arrived or `timeout_s` passed.
 
     Reads committed data only (`read_committed`), so results of an exactly-once job show up
-    when its checkpoint commits. With `ids`, other requests' results are skipped.
+    when its checkpoint commits. With `ids`, other requests' results are skipped. Tombstones
+    (null values) are skipped silently; records that are not a JSON object are skipped and
+    described to `on_skipped` (by default a warning on this module's logger): neither counts.
     """
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -90,11 +106,8 @@ def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeou
     try:
         while time.monotonic() < deadline and (count is None or seen < count):
             for message in consumer:
-                try:
-                    result = json.loads(message.value)
-                except ValueError:
-                    continue
-                if ids is not None and result.get("id") not in ids:
+                result = _result(message, on_skipped)
+                if result is None or (ids is not None and result.get("id") not in ids):
                     continue
                 seen += 1
                 yield result
@@ -102,3 +115,19 @@ def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeou
                     break
     finally:
         consumer.close()
+
+
+def _result(message: Any, on_skipped: Callable[[str], None]) -> dict | None:
+    """The record's result, or None (a tombstone, or something reported to `on_skipped`)."""
+    if message.value is None:
+        return None
+    where = f"{message.topic}[{message.partition}]@{message.offset}"
+    try:
+        result = json.loads(message.value)
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError is a ValueError) or not JSON
+        on_skipped(f"{where}: {len(message.value)} bytes, not JSON ({type(exc).__name__})")
+        return None
+    if not isinstance(result, dict):
+        on_skipped(f"{where}: JSON {type(result).__name__}, not an object")
+        return None
+    return result
