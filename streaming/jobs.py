@@ -12,8 +12,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig
+from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig, field_types
 from streaming.stack.flink import FLINK_HOME, flink_env
 from streaming.stack.layout import PROJECT_ROOT, StackLayout
 
@@ -103,12 +104,19 @@ def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> 
         admin.close()
 
 
+def job_environment(config: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with the job's settings exactly `config`'s: an `IMGSTREAM_<FIELD>` variable of this
+    process that `config` leaves unset (None) must not reach the job."""
+    inherited = {k: v for k, v in environ.items()
+                 if not (k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in field_types())}
+    return {**inherited, **{ENV_PREFIX + k.upper(): v for k, v in config.to_mapping().items()}}
+
+
 def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str) -> str:
     """Submit the job detached through `flink run`; returns the job id. Checks nothing beyond the
     config object itself: `job submit` calls `check_config` first."""
     python = sys.executable
-    env = {**os.environ, **flink_env(layout),
-           **{ENV_PREFIX + k.upper(): v for k, v in config.to_mapping().items()}}
+    env = job_environment(config, {**os.environ, **flink_env(layout)})
     argv = [str(FLINK_HOME / "bin" / "flink"), "run", "--detached",
             "--jarfile", str(connector_jar),
             f"-Dpipeline.name={name}",
