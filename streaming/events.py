@@ -31,8 +31,8 @@ from streaming.uris import MAX_URI_CHARS, public_uri
 
 MAX_ID_CHARS = 1024  # of a result's id; a longer id is cut and marked "id_truncated"
 MAX_MESSAGE_CHARS = 2048  # of an error message
-# The most UTF-8 bytes of one result. Worst case of the capped fields: ~10k characters, each at
-# most 12 bytes as JSON (an escaped surrogate pair), ~125 KiB; far under the sink's 1 MiB.
+# The most UTF-8 bytes of one result. Worst case of the capped fields: 11,264 characters, each at
+# most 12 bytes as JSON (an escaped surrogate pair), 132 KiB; a quarter of the sink's 1 MiB.
 MAX_RESULT_BYTES = 256 * 1024
 SALVAGE_MAX_BYTES = 64 * 1024  # salvage_id reads no more of an event than this
 RESULT_TOO_LARGE = "result_too_large"  # error code of a result that would exceed MAX_RESULT_BYTES
