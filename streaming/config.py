@@ -125,7 +125,8 @@ class PipelineConfig:
             if Secret in typing.get_args(kind) and not isinstance(getattr(self, name), (Secret, type(None))):
                 raise ConfigError(name, "must be a Secret")
         if self.delivery_guarantee not in ("exactly_once", "at_least_once"):
-            raise ConfigError("delivery_guarantee", f"must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
+            raise ConfigError("delivery_guarantee",
+                              f"must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
         if self.transaction_timeout_ms <= self.checkpoint_interval_ms:
             raise ConfigError("transaction_timeout_ms", "must exceed checkpoint_interval_ms")
         if self.kafka_sasl_username and not self.kafka_sasl_mechanism:
