@@ -9,7 +9,8 @@ when their attempt's deadline passes. A read blocked on such a socket returns at
 transport sees a broken connection, which urllib3 discards instead of pooling, and the
 attempt fails with a transient `DeadlineExceeded`.
 
-The watchdog is a daemon thread, started on first use (and again in a forked child).
+The watchdog is a daemon thread, started on first use (and again in a forked child). It is
+woken only when a new deadline is the earliest; finished attempts leave the heap lazily.
 """
 from __future__ import annotations
 
@@ -96,8 +97,10 @@ class Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="imgstream-fetch-deadline", daemon=True)
                 self._thread.start()
+            earliest = not self._heap or attempt.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (attempt.deadline, next(self._order), attempt))
-            self._cond.notify()
+            if earliest:  # else the thread already wakes up sooner than this deadline
+                self._cond.notify()
 
     def pending(self) -> int:
         with self._cond:

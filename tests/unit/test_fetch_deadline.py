@@ -177,6 +177,22 @@ def test_watchdog_cuts_only_the_expired_attempt():
             sock.close()
 
 
+def test_an_earlier_deadline_wakes_a_watchdog_sleeping_on_a_later_one():
+    import socket
+    left, right = socket.socketpair()
+    try:
+        with deadline.attempt(60):
+            time.sleep(0.05)  # the watchdog now sleeps until the 60 s deadline
+            with deadline.attempt(0.2) as short:
+                short.watch(left)
+                started = time.monotonic()
+                assert left.recv(10) == b""
+                assert time.monotonic() - started < 0.2 + MARGIN_S
+    finally:
+        left.close()
+        right.close()
+
+
 def _wait_until(condition, limit_s: float = 3.0) -> None:
     end = time.monotonic() + limit_s
     while not condition() and time.monotonic() < end:
