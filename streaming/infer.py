@@ -107,18 +107,27 @@ class TritonClassifier:
 
         cfg = self.config
         try:
-            if not self.client.is_server_live(client_timeout=timeout_s):
-                raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} is not live")
-            metadata = self.client.get_model_metadata(cfg.model_name, cfg.model_version, as_json=True,
-                                                      client_timeout=timeout_s)
+            live = self.client.is_server_live(client_timeout=timeout_s)
         except InferenceServerException as exc:
-            if _is_unknown_model(exc):
-                field = "model_version" if cfg.model_version else "model_name"
-                raise ConfigError(field, f"Triton at {cfg.triton_grpc} does not serve model {cfg.model_name!r}"
-                                         + (f" version {cfg.model_version!r}" if cfg.model_version else "")
-                                         + f" ({_served(self.client)})") from None
             raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} did not answer: "
                                              f"{exc.status() or ''} {exc.message()}".strip()) from None
+        if not live:
+            raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} is not live")
+        try:
+            metadata = self.client.get_model_metadata(cfg.model_name, cfg.model_version, as_json=True,
+                                                      client_timeout=timeout_s)
+            ready = self.client.is_model_ready(cfg.model_name, cfg.model_version, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            if not _is_unknown_model(exc):
+                raise ConfigError("model_name", f"Triton at {cfg.triton_grpc} failed on model {cfg.model_name!r}: "
+                                                f"{exc.status() or ''} {exc.message()}".strip()) from None
+            if cfg.model_version and f"version {cfg.model_version} is not found" in exc.message():
+                raise ConfigError("model_version", f"Triton at {cfg.triton_grpc} has no version "
+                                                   f"{cfg.model_version!r} of model {cfg.model_name!r}") from None
+            raise ConfigError("model_name", f"Triton at {cfg.triton_grpc} does not serve model {cfg.model_name!r} "
+                                            f"({_served(self.client)})") from None
+        if not ready:
+            raise ConfigError("model_name", f"model {cfg.model_name!r} is not ready on {cfg.triton_grpc}")
         shapes = {i["name"]: [int(d) for d in i["shape"]] for i in metadata.get("inputs", [])}
         shape = shapes.get(INPUT_NAME)
         if shape is None:

@@ -57,7 +57,8 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("changes, field, words", [
     (dict(model_name="nope"), "model_name", "does not serve model 'nope'"),
-    (dict(model_version="7"), "model_version", "version '7'"),
+    (dict(model_version="7"), "model_version", "no version '7' of model"),
+    (dict(model_name="nope", model_version="7"), "model_name", "does not serve model 'nope'"),
     (dict(input_size=240), "input_size", "takes [224, 224] images"),
     (dict(triton_grpc=f"127.0.0.1:{free_port()}"), "triton_grpc", "did not answer"),
 ])
