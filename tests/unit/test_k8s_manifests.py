@@ -29,6 +29,7 @@ from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, r
     pod_templates, ref, rendered, run_script, schema_errors, triton_pod,
 )
 
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 K8S_VERSIONS = ("1.30", "1.37")  # oldest and newest Kubernetes the manifests are validated for
 # CRDs not in ../shared/crds: test_flink_job_ui_and_monitoring_targets checks their selectors and ports
 NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
@@ -85,8 +86,10 @@ def test_overlays_render_the_whole_system(objects):
     keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(keys) == len(set(keys)), "duplicate objects"
     for obj in objects:
-        if obj["kind"] != "Namespace":
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"].get("namespace") == "imgstream", ref(obj)
+        else:
+            assert "namespace" not in obj["metadata"], ref(obj)
 
 
 @pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
@@ -232,8 +235,15 @@ def test_flink_job_ui_and_monitoring_targets(objects):
     deployment = one(objects, "FlinkDeployment")
     name, conf = deployment["metadata"]["name"], deployment["spec"]["flinkConfiguration"]
     assert int(conf["rest.port"]) == StackLayout().flink_rest_port
+    # the Ingress reaches the read-only proxy, and the proxy the operator's REST Service
     backend = one(objects, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": f"{name}-rest", "port": {"number": StackLayout().flink_rest_port}}
+    proxy = one(objects, "Deployment", backend["name"])
+    assert one(objects, "Service", backend["name"])["spec"]["selector"].items() <= \
+        proxy["spec"]["template"]["metadata"]["labels"].items()
+    nginx = generated(objects, "ConfigMap", "flink-ui-proxy")["data"]["nginx.conf"]
+    upstream = re.search(r"set \$flink_rest (\S+);", nginx).group(1)
+    namespace = deployment["metadata"]["namespace"]
+    assert upstream == f"http://{name}-rest.{namespace}.svc.cluster.local:{StackLayout().flink_rest_port}"
     job_name = next(node.value.value for node in ast.parse((REPO / "flink_jobs" / "classify.py").read_text()).body
                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "JOB_NAME")
     assert deployment["spec"]["job"]["args"][-1] == job_name
