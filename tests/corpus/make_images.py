@@ -132,6 +132,20 @@ def png_rgba_bomb(side: int = 8000) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
+def png_palette_bomb(side: int = 8000) -> bytes:
+    """A side x side palette PNG with a transparent index (~100 KB): 1 byte a pixel decoded,
+    4 once converted to RGBA, which a whole-image conversion does at full size."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" + bytes([(x // 500) % 4 for x in range(side)])
+    parts = [packer.compress(row) for _ in range(side)]
+    parts.append(packer.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 3, 0, 0, 0)
+    palette = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 250])
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"PLTE", palette)
+            + png_chunk(b"tRNS", b"\xff\xff\xff\x00") + png_chunk(b"IDAT", b"".join(parts))
+            + png_chunk(b"IEND", b""))
+
+
 def gif_bomb() -> bytes:
     """A GIF whose logical screen and image are 65535 x 65535 pixels, with one tiny LZW block."""
     header = b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"

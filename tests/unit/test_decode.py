@@ -355,3 +355,48 @@ _SMALL = photo(48, 40, seed=3)
 _SMALL_IMAGES = [encode(_SMALL, quality=80), encode(_SMALL, quality=80, progressive=True),
                  encode(_SMALL, "PNG"), encode(_SMALL.quantize(16), "GIF"),
                  encode(_SMALL, "WEBP"), encode(_SMALL, "BMP"), encode(_SMALL, "TIFF")]
+
+
+# -- memory: the budget, and no full-size copies on the Pillow path ---------------------
+def flattened_reference(image: Image.Image, size: int = 224) -> np.ndarray:
+    """Full size: alpha on white, then the reference crop and resize."""
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return reference(encode(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"), "PNG"), size)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_large_image_with_alpha_is_reduced_then_flattened_like_the_full_size_reference(mode):
+    base = photo(2400, 1800, seed=5).convert("RGBA")
+    base.putalpha(Image.linear_gradient("L").resize(base.size))
+    image = base.convert(mode) if mode != "P" else base.quantize(64)
+    if mode == "P":
+        image.info["transparency"] = 0
+    data = encode(image, "PNG")
+    decoded = decode(data)
+    assert_tensor(decoded)
+    with Image.open(BytesIO(data)) as reopened:
+        want = flattened_reference(reopened)
+    assert mean_abs_diff(decoded.tensor, want) < FAST_PATH_TOLERANCE
+
+
+def test_long_thin_image_is_cropped_before_it_is_converted():
+    image = Image.new("RGBA", (300, 40_000), (0, 0, 255, 255))
+    image.paste((255, 0, 0, 0), (0, 20_000, 300, 40_000))  # lower half transparent
+    decoded = decode(encode(image, "PNG"))
+    assert decoded.tensor[10, 112].tolist() == [0, 0, 255]  # the crop is the middle 262 rows
+    assert decoded.tensor[220, 112].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_max_decode_bytes_is_checked_before_decoding(picture, backend):
+    jpeg, png = encode(picture, quality=90), encode(picture.convert("RGBA"), "PNG")
+    progressive = encode(photo(1600, 1200), quality=90, progressive=True)
+    for data in (jpeg, png, progressive):
+        assert_tensor(decode_to_tensor(data, max_pixels=MAX_PIXELS, jpeg_backend=backend))
+    with pytest.raises(ImageTooLarge, match="max_decode_bytes"):
+        decode_to_tensor(png, max_pixels=MAX_PIXELS, jpeg_backend=backend, max_decode_bytes=20 * 2**20)
+    # a progressive file buffers its whole-image coefficients (6 bytes a pixel at 4:4:4... here 4:2:0: 3)
+    with pytest.raises(ImageTooLarge, match="max_decode_bytes"):
+        decode_to_tensor(progressive, max_pixels=MAX_PIXELS, jpeg_backend=backend, max_decode_bytes=28 * 2**20)
+    assert_tensor(decode_to_tensor(encode(photo(1600, 1200), quality=90), max_pixels=MAX_PIXELS,
+                                   jpeg_backend=backend, max_decode_bytes=28 * 2**20))  # baseline: no buffer

@@ -1,0 +1,155 @@
+"""The JPEG marker walk (streaming/jpeg_markers.py) against libjpeg's own header parse
+(PyTurboJPEG's decode_header) and Pillow's (JpegImagePlugin): markers a decoder skips (RSTn,
+TEM, fill bytes, extraneous bytes) may not hide the frame from the guards, and the scan limit
+holds for every input that starts FF D8, whichever path decodes it."""
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from streaming.decode import decode_to_tensor
+from streaming.errors import CorruptImage, ImageTooLarge, UnsupportedImage
+from streaming.jpeg_markers import count_scans, jpeg_header
+from tests.corpus import make_images
+
+pytestmark = pytest.mark.filterwarnings("error")
+RST = [bytes([0xFF, 0xD0 + n]) for n in range(8)]
+TEM = b"\xff\x01"
+FILL = b"\xff"  # an extra FF before a marker
+JUNK = b"\x00\x17\x42"  # not FF: libjpeg warns (extraneous data) and skips it, Pillow too
+
+
+def jpeg(width: int, height: int, **options: object) -> bytes:
+    return make_images.save(make_images.picture((width, height)), "JPEG", **options)
+
+
+def segment_starts(data: bytes) -> list[int]:
+    """Offsets of the markers before the first scan (the places a producer can insert bytes)."""
+    starts, i = [2], 2
+    while data[i + 1] != 0xDA:
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        starts.append(i)
+    return starts
+
+
+def insert(data: bytes, inserts: list[tuple[int, bytes]]) -> bytes:
+    starts = segment_starts(data)
+    out, last = [], 0
+    for index, blob in sorted(((i % len(starts), b) for i, b in inserts), key=lambda t: t[0]):
+        out += [data[last:starts[index]], blob]
+        last = starts[index]
+    return b"".join(out) + data[last:]
+
+
+def turbo_header(data: bytes) -> tuple[int, int] | None:
+    from turbojpeg import TurboJPEG
+    try:
+        width, height, _, _ = TurboJPEG().decode_header(data)
+    except OSError:
+        return None
+    return width, height
+
+
+def pillow_header(data: bytes) -> tuple[int, int, bool] | None:
+    try:
+        with Image.open(BytesIO(data), formats=("JPEG",)) as image:
+            return image.size[0], image.size[1], bool(image.info.get("progressive"))
+    except (OSError, SyntaxError):
+        return None
+
+
+BASES = [jpeg(64, 48, quality=80), jpeg(64, 48, quality=80, progressive=True),
+         jpeg(200, 120, quality=70, subsampling=0), jpeg(33, 17, quality=90, progressive=True)]
+SKIPPED = st.sampled_from(RST + [TEM, FILL, FILL * 3])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from(BASES), inserts=st.lists(st.tuples(st.integers(0, 20), SKIPPED), min_size=1, max_size=6))
+def test_markers_decoders_skip_do_not_change_what_the_walk_reads(base, inserts):
+    data = insert(base, inserts)
+    header = jpeg_header(data)
+    clean = jpeg_header(base)
+    assert (header.width, header.height, header.progressive) == (clean.width, clean.height, clean.progressive)
+    turbo = turbo_header(data)
+    if turbo is not None:  # libjpeg's own parse, where it accepts the file
+        assert turbo == (header.width, header.height)
+    pillow = pillow_header(data)
+    if pillow is not None:  # Pillow refuses TEM; where it accepts, it agrees
+        assert pillow == (header.width, header.height, header.progressive)
+    assert turbo is not None or pillow is not None or TEM in data
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=st.sampled_from(BASES), inserts=st.lists(st.tuples(st.integers(0, 20), st.just(JUNK)), min_size=1, max_size=3))
+def test_extraneous_bytes_between_segments_are_skipped_as_pillow_does(base, inserts):
+    later = len(segment_starts(base)) - 1
+    data = insert(base, [(1 + i % later, blob) for i, blob in inserts])  # not before the first
+    # segment: Pillow only opens files that start FF D8 FF (the decode guards look at FF D8)
+    header = jpeg_header(data)
+    pillow = pillow_header(data)
+    assert pillow is not None and pillow == (header.width, header.height, header.progressive)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_the_walk_never_raises_and_reads_only_what_is_there(data):
+    header = jpeg_header(b"\xff\xd8" + data)
+    assert 1 <= header.orientation <= 8 and header.width >= 0 and header.height >= 0
+    assert header.coefficient_bytes >= 0
+
+
+@pytest.mark.parametrize("prefix", [RST[0], TEM, FILL * 5, RST[7] + TEM + RST[3], JUNK])
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_the_scan_bomb_is_refused_whatever_hides_its_frame(prefix, backend):
+    bomb = make_images.scan_bomb(2000)
+    hidden = bomb[:2] + prefix + bomb[2:]
+    assert jpeg_header(hidden).progressive
+    with pytest.raises(UnsupportedImage, match="2001 scans"):
+        decode_to_tensor(hidden, max_pixels=64_000_000, jpeg_backend=backend)
+
+
+def test_the_corpus_rst0_bomb_was_decodable_by_pillow():
+    """What made the bypass: Pillow skips the RST0 and would decode every scan."""
+    bomb = make_images.rst0_after_soi(make_images.scan_bomb(2000))
+    assert pillow_header(bomb) == (64, 64, True)
+    assert count_scans(bomb) == 2001
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_a_baseline_file_with_extra_scans_is_refused(backend):
+    data = bytearray(make_images.scan_bomb(700))
+    sof = data.index(b"\xff\xc2")
+    data[sof + 1] = 0xC0  # the same scans behind a baseline frame header
+    assert not jpeg_header(bytes(data)).progressive
+    with pytest.raises(UnsupportedImage, match="701 scans"):
+        decode_to_tensor(bytes(data), max_pixels=64_000_000, jpeg_backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_pixels_times_scans_is_bounded_below_the_scan_limit(backend):
+    data = make_images.scan_bomb(400, make_images.picture((640, 480)))
+    with pytest.raises(UnsupportedImage, match="pixel passes"):  # 307,200 px x 401 scans > 16 x 7 M
+        decode_to_tensor(data, max_pixels=7_000_000, jpeg_backend=backend)
+    assert decode_to_tensor(data, max_pixels=64_000_000, jpeg_backend=backend).tensor.shape == (224, 224, 3)
+
+
+def test_largest_frame_is_the_one_checked():
+    data = bytearray(jpeg(16, 16, quality=90))
+    sof = data.index(b"\xff\xc0")
+    second = bytes(data[sof:sof + 2 + int.from_bytes(data[sof + 2:sof + 4], "big")])
+    big = bytearray(second)
+    big[5:9] = (30_000).to_bytes(2, "big") + (30_000).to_bytes(2, "big")
+    doubled = bytes(data[:sof]) + bytes(big) + bytes(data[sof:])  # a huge SOF, then the real one
+    assert (jpeg_header(doubled).width, jpeg_header(doubled).height) == (30_000, 30_000)
+    with pytest.raises((ImageTooLarge, CorruptImage)):
+        decode_to_tensor(doubled, max_pixels=64_000_000, jpeg_backend="pillow")
+
+
+def test_coefficient_buffer_follows_the_sampling():
+    for options, per_pixel in (({"subsampling": 0}, 6.0), ({"subsampling": 2}, 3.0)):
+        header = jpeg_header(jpeg(800, 640, quality=80, progressive=True, **options))
+        assert header.coefficient_bytes == pytest.approx(800 * 640 * per_pixel, rel=0.02)
