@@ -3,8 +3,9 @@ sockets under the current attempt's deadline (`streaming.deadline`), a bounded r
 a strict Content-Length, and the one size- and deadline-limited body reader (also used for
 files).
 
-* Deadline: every new socket (before TLS) and every reused one (before the request is sent)
-  is watched; connect and read timeouts are set to the time the attempt has left.
+* Deadline: every new socket and every reused one (before the request is sent) is watched;
+  connect and read timeouts are set to the time the attempt has left (which also bounds a TLS
+  handshake as a whole).
 * Head: at most `MAX_HEADERS` header lines and `MAX_HEAD_BYTES` for status line + headers;
   more is refused as it arrives (`ResponseRefused`), never buffered.
 * Content-Length: ASCII digits only; several values (one header listing them, or repeated
@@ -98,7 +99,9 @@ class _Watched:
 
     def _new_conn(self) -> Any:
         sock = super()._new_conn()  # type: ignore[misc]
-        deadline.watch(sock)  # before TLS: the handshake is under the deadline too
+        # TLS wrapping detaches this socket object, so the watchdog cannot cut a handshake; CPython
+        # bounds the whole handshake by the socket timeout instead, which is the time left
+        deadline.watch(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:

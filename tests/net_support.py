@@ -133,13 +133,15 @@ def redirect(location: str, status: int = 302) -> Reply:
 
 
 class TrickleServer:
-    """A raw HTTP server on loopback for hostile-server tests: for every request it writes the
-    pieces `pieces()` yields, sleeping `delay_s` after each, then closes the connection. An
+    """A raw HTTP server on loopback for hostile-server tests: for every request (or, without
+    `read_request`, every connection, at once: a TLS server that never finishes its hello) it
+    writes the pieces `pieces()` yields, sleeping `delay_s` after each, then closes the connection. An
     endless generator trickles until the client hangs up or the server is closed. Records the
     request heads, and how many connections are still open (the client's side not yet closed)."""
 
-    def __init__(self, pieces: Callable[[], Iterable[bytes]], delay_s: float = 0.0, host: str = "127.0.0.1"):
-        self.pieces, self.delay_s = pieces, delay_s
+    def __init__(self, pieces: Callable[[], Iterable[bytes]], delay_s: float = 0.0, host: str = "127.0.0.1",
+                 read_request: bool = True):
+        self.pieces, self.delay_s, self.read_request = pieces, delay_s, read_request
         self.requests: list[bytes] = []
         self.open_connections = 0
         self._lock = threading.Lock()
@@ -175,8 +177,8 @@ class TrickleServer:
             self.open_connections += 1
         try:
             conn.settimeout(5)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
+            head = b"" if self.read_request else b"(not read)"
+            while self.read_request and b"\r\n\r\n" not in head and len(head) < 65536:
                 data = conn.recv(4096)
                 if not data:
                     return

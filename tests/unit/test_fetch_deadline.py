@@ -6,6 +6,7 @@ byte comes well within any read timeout); the fetch must end by fetch_timeout_s 
 """
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from streaming.errors import FetchFailed, PipelineError
 from streaming.fetch import Fetcher
 from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, ResponseRefused, content_length
 from streaming.uris import ObjectRef, parse_uri
-from tests.net_support import TrickleServer, byte_by_byte
+from tests.net_support import TLS_DIR, ScriptedHttpServer, TrickleServer, byte_by_byte
 
 TIMEOUT_S = 0.5
 MARGIN_S = 1.0  # generous: the mechanism, not the machine's speed, is under test
@@ -64,6 +65,37 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(what, scheme):
         assert len(server.requests) == 1
         _wait_until(lambda: server.open_connections == 0)  # our side closed it: never pooled
         assert server.open_connections == 0
+
+
+def test_a_tls_handshake_that_trickles_is_cut_off_at_the_deadline():
+    """The handshake is bounded as a whole by the socket timeout, set to the time left."""
+    hello = b"\x16\x03\x03\x40\x00\x02"  # a ServerHello record header promising 16 KiB
+    with TrickleServer(lambda: byte_by_byte(hello, forever=b"\x00"), delay_s=0.02, read_request=False) as server:
+        config = http_config(allowed_schemes=("https",))
+        started = time.monotonic()
+        with Fetcher(config) as fetcher, pytest.raises(FetchFailed, match="fetch_timeout_s"):
+            fetcher.fetch(parse_uri(f"https://127.0.0.1:{server.port}/x.jpg", config))
+        assert time.monotonic() - started < TIMEOUT_S + MARGIN_S
+        _wait_until(lambda: server.open_connections == 0)
+        assert server.open_connections == 0
+
+
+def test_headers_trickling_over_tls_are_cut_off_at_the_deadline(monkeypatch):
+    def trickle(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for byte in byte_by_byte(forever=b"X-Slow: yes\r\n"):  # until the client hangs up
+            handler.wfile.write(byte)
+            handler.wfile.flush()
+            time.sleep(0.02)
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS_DIR / "ca.pem"))  # trust the test CA
+    config = http_config(allowed_schemes=("https",))
+    resolver = lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    with ScriptedHttpServer({"/slow.jpg": trickle}, tls_cert=TLS_DIR / "server.pem") as server:
+        started = time.monotonic()
+        with Fetcher(config, resolver=resolver) as fetcher, pytest.raises(FetchFailed, match="fetch_timeout_s"):
+            fetcher.fetch(parse_uri(f"https://images.test:{server.port}/slow.jpg", config))
+        assert TIMEOUT_S * 0.9 <= time.monotonic() - started < TIMEOUT_S + MARGIN_S
+        assert len(server.requests) == 1
 
 
 def test_each_retry_gets_its_own_deadline_and_the_whole_is_bounded():
@@ -156,7 +188,6 @@ def test_content_length_refuses_everything_else(values, chunked):
 
 
 def test_watchdog_cuts_only_the_expired_attempt():
-    import socket
     left, right = socket.socketpair()
     other_left, other_right = socket.socketpair()
     try:
@@ -178,7 +209,6 @@ def test_watchdog_cuts_only_the_expired_attempt():
 
 
 def test_an_earlier_deadline_wakes_a_watchdog_sleeping_on_a_later_one():
-    import socket
     left, right = socket.socketpair()
     try:
         with deadline.attempt(60):
