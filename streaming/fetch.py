@@ -5,8 +5,8 @@ config's limits: one retry loop and one deadline per attempt for every scheme.
   `fetch_concurrency` keep-alive connections per host). S3 GETs are signed with botocore's
   SigV4 signer (`streaming.s3_get`); http(s) hops go through the SSRF guard
   (`streaming.http_fetch`).
-* Deadline: `fetch_timeout_s` is the wall-clock limit of one attempt, covering connect, TLS,
-  status line, headers, body and (http) every redirect hop. A watchdog thread shuts the
+* Deadline: `fetch_timeout_s` is the wall-clock limit of one attempt, covering (http) DNS,
+  connect, TLS, status line, headers, body and every redirect hop. A watchdog thread shuts the
   attempt's socket down when it passes (`streaming.deadline`), so a server trickling bytes
   cannot hold a fetch thread; the cut connection is discarded, never pooled. file:// reads
   check the same deadline between pieces.
@@ -90,8 +90,9 @@ class Fetcher:
         return self
 
     def close(self) -> None:
-        """Drop the pooled connections; a later fetch opens new ones."""
+        """Drop the pooled connections and resolver threads; a later fetch makes new ones."""
         self._transport.close()
+        self._http.close()
 
     def __enter__(self) -> "Fetcher":
         return self.open()

@@ -8,13 +8,18 @@ check use the name), so a second DNS answer can never be what we connect to. Red
 policy again (`uris.redirect_target`), at most `max_redirects` of them. No proxy from the
 environment is used, no cookies are kept, no credentials are sent.
 
-The attempt (all hops) runs under one deadline (`streaming.deadline`), over the shared
+The attempt (all hops, DNS lookups included: see `_resolve`) runs under one deadline
+(`streaming.deadline`), over the shared
 transport (`streaming.transport`: bounded head, strict Content-Length, size-limited body).
 The body is taken as sent (``Accept-Encoding: identity``, nothing decompressed, so no gzip
 bomb). 429 and 5xx are `Transient` (retried by `Fetcher`); other statuses are not retried.
 """
 from __future__ import annotations
 
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from streaming import netpolicy
@@ -32,6 +37,15 @@ class HttpGetter:
 
     def __init__(self, config: PipelineConfig, transport: Transport, resolver: netpolicy.Resolver | None = None):
         self._config, self._transport, self._resolver = config, transport, resolver
+        self._lock = threading.Lock()
+        self._dns_pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the resolver threads (a lookup still running finishes on its own)."""
+        with self._lock:
+            pool, self._dns_pool = self._dns_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def get(self, ref: ObjectRef, if_none_match: str | None, attempt: Attempt) -> tuple[bytes, str | None, bool]:
         """(data, etag, not_modified) after up to `max_redirects` checked redirects."""
@@ -49,8 +63,8 @@ class HttpGetter:
         import urllib3.exceptions as ue
 
         authority = netpolicy.parse_authority(ref.bucket, ref.scheme)
-        addresses = netpolicy.resolve_checked(authority, trusted_networks(self._config), self._resolver)
-        attempt.remaining_s()  # DNS cannot be cut short: at least do not start past the deadline
+        addresses = netpolicy.resolve_checked(authority, trusted_networks(self._config),
+                                              lambda *args, **kwargs: self._resolve(attempt, *args, **kwargs))
         headers = {"Host": ref.bucket, "User-Agent": USER_AGENT, "Accept": "image/*",
                    "Accept-Encoding": "identity"}
         if if_none_match:
@@ -93,6 +107,22 @@ class HttpGetter:
         if etag and not etag.startswith("W/"):
             etag = etag.strip('"')
         return data, etag or None, False
+
+    def _resolve(self, attempt: Attempt, *args: Any, **kwargs: Any) -> list:
+        """getaddrinfo within the attempt's deadline. A lookup cannot be interrupted, so it runs
+        on one of at most `fetch_concurrency` resolver threads, and the fetch stops waiting for
+        it when the deadline passes (the thread is free again when the lookup gives up)."""
+        resolve = self._resolver or socket.getaddrinfo
+        with self._lock:
+            if self._dns_pool is None:
+                self._dns_pool = ThreadPoolExecutor(self._config.fetch_concurrency, thread_name_prefix="imgstream-dns")
+            pool = self._dns_pool
+        future = pool.submit(resolve, *args, **kwargs)
+        try:
+            return future.result(timeout=attempt.remaining_s())
+        except FutureTimeout:
+            future.cancel()
+            raise attempt.exceeded() from None
 
     def _pool(self, scheme: str, address: str, authority: netpolicy.Authority) -> Any:
         kwargs = {}

@@ -11,6 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming import deadline
 from streaming.config import PipelineConfig, Secret
@@ -96,6 +98,17 @@ def test_headers_trickling_over_tls_are_cut_off_at_the_deadline(monkeypatch):
             fetcher.fetch(parse_uri(f"https://images.test:{server.port}/slow.jpg", config))
         assert TIMEOUT_S * 0.9 <= time.monotonic() - started < TIMEOUT_S + MARGIN_S
         assert len(server.requests) == 1
+
+
+def test_a_slow_dns_answer_is_cut_off_at_the_deadline():
+    def slow_resolver(host, port, *args, **kwargs):
+        time.sleep(3)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    config = http_config()
+    started = time.monotonic()
+    with Fetcher(config, resolver=slow_resolver) as fetcher, pytest.raises(FetchFailed, match="fetch_timeout_s"):
+        fetcher.fetch(parse_uri("http://slow-dns.test:8080/x.jpg", config))
+    assert time.monotonic() - started < TIMEOUT_S + MARGIN_S
 
 
 def test_each_retry_gets_its_own_deadline_and_the_whole_is_bounded():
@@ -185,6 +198,18 @@ def test_content_length_accepts_plain_agreeing_digits(values, chunked, expected)
 def test_content_length_refuses_everything_else(values, chunked):
     with pytest.raises(ResponseRefused):
         content_length(values, chunked=chunked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12) | st.from_regex(r"\A[0-9]{1,4}( ?, ?[0-9]{1,4})*\Z"), max_size=3), st.booleans())
+def test_content_length_is_an_agreed_ascii_number_or_refused(values, chunked):
+    try:
+        length = content_length(values, chunked=chunked)
+    except ResponseRefused:
+        return
+    parts = [p.strip() for v in values for p in v.split(",")]
+    assert length is None if not values else (not chunked and {int(p) for p in parts} == {length})
+    assert all(p.isascii() and p.isdigit() for p in parts)
 
 
 def test_watchdog_cuts_only_the_expired_attempt():
