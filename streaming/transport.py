@@ -32,7 +32,7 @@ from streaming.deadline import Attempt, Transient
 from streaming.errors import FetchFailed, ObjectTooLarge, PipelineError
 
 CHUNK_BYTES = 256 * 1024  # bodies are read in pieces of at most this much
-MAX_HEADERS = 64  # header lines in a response head
+MAX_HEADERS = 100  # header lines in a response head (http.client, thus boto3, allow no more either)
 MAX_HEAD_BYTES = 32 * 1024  # status line and headers together
 USER_AGENT = "imgstream/0.1"
 _DIGITS = re.compile(r"[0-9]{1,18}")
