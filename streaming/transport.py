@@ -32,7 +32,7 @@ from streaming.deadline import Attempt, Transient
 from streaming.errors import FetchFailed, ObjectTooLarge, PipelineError
 
 CHUNK_BYTES = 256 * 1024  # bodies are read in pieces of at most this much
-MAX_HEADERS = 100  # header lines in a response head (http.client, thus boto3, allow no more either)
+MAX_HEADERS = 99  # header lines in a response head: the most http.client (so boto3 too) ever took
 MAX_HEAD_BYTES = 32 * 1024  # status line and headers together
 USER_AGENT = "imgstream/0.1"
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -53,10 +53,10 @@ class _HeadBudget:
         room = MAX_HEAD_BYTES - self._bytes
         line = self._raw.readline(room + 1 if limit < 0 else min(limit, room + 1))
         self._bytes += len(line)
-        self._lines += 1
+        self._lines += line not in (b"\r\n", b"\n", b"")
         if self._bytes > MAX_HEAD_BYTES:
             raise ResponseRefused(f"response head is over {MAX_HEAD_BYTES} bytes")
-        if self._lines > MAX_HEADERS + 2:  # + status line and the blank line
+        if self._lines > MAX_HEADERS + 1:  # + the status line
             raise ResponseRefused(f"response has more than {MAX_HEADERS} header lines")
         return line
 

@@ -179,6 +179,14 @@ def test_a_malformed_content_length_is_a_typed_fetch_error(scheme, lengths):
 
 
 @pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_head_at_the_limits_is_accepted(scheme):
+    headers = b"".join(b"X-Amz-Meta-K%d: v\r\n" % i for i in range(MAX_HEADERS - 1))
+    head = b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 5\r\n\r\n"
+    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
+        assert fetch_both_ways(server, scheme, http_config()).data == b"hello"
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
 def test_agreeing_content_lengths_are_accepted(scheme):
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n"
     with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
