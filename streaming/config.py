@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "IMGSTREAM_"
+MAX_URI_CHARS = 8192  # results never carry a longer URI: the upper bound of max_uri_chars
 # IMGSTREAM_* variables that are not job settings (the local stack's are declared in
 # streaming/stack/layout.py): read by the test suite.
 TOOL_ENV_VARIABLES = ("IMGSTREAM_SAMPLES_DIR",  # tests/unit/test_model_export.py: the sample photos
@@ -157,6 +158,11 @@ class PipelineConfig:
             raise ConfigError("kafka_ssl_ca_file" if self.kafka_ssl_ca_file else "kafka_ssl_keystore_file",
                               "kafka_ssl_* files need kafka_security_protocol SSL or SASL_SSL")
         _check_half_set(self)
+        if self.max_uri_chars > MAX_URI_CHARS:
+            raise ConfigError("max_uri_chars", f"must be at most {MAX_URI_CHARS} (results never carry a longer URI), "
+                                               f"got {self.max_uri_chars}")
+        if self.s3_endpoint is not None:
+            _check_endpoint(self.s3_endpoint)
 
     def kafka_client_properties(self) -> dict[str, str]:
         """Security settings for the Java Kafka clients (Flink's connector); kafka-python's
@@ -267,6 +273,21 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
     if kind is str:
         return raw
     raise TypeError(f"{name}: no parser for {kind!r}")
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """s3_endpoint: an http(s) URL with a host, no user info, query or fragment."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError("s3_endpoint", f"is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("s3_endpoint", f"must be an http(s) URL with a host, got {endpoint!r}")
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigError("s3_endpoint", "must not carry user info, a query or a fragment")
 
 
 def _check_numbers(config: PipelineConfig) -> None:

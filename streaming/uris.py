@@ -40,7 +40,7 @@ from pathlib import PurePosixPath
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from streaming import netpolicy
-from streaming.config import PipelineConfig
+from streaming.config import MAX_URI_CHARS, PipelineConfig  # noqa: F401 - MAX_URI_CHARS: results cap URIs there
 from streaming.errors import UriNotAllowed, UriTooLong
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -51,7 +51,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AUTHORITY_END = re.compile(r"[/?#]")
 _TARGET_SAFE = "/%:@!$&'()*+,;=-._~?"  # kept as they are in an http request target
 MAX_KEY_BYTES = 1024  # S3's own limit on key length (UTF-8 bytes)
-MAX_URI_CHARS = 8192  # results never carry a longer URI; the upper bound for config.max_uri_chars
 _ENCODED_ESCAPES = re.compile(r"%(2e|2f|5c|25)", re.IGNORECASE)  # '.', '/', '\\', '%' percent-encoded
 _SCHEME_PREFIX = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 

@@ -169,3 +169,18 @@ def test_the_stack_and_tool_variables_are_not_settings_and_not_errors():
     env = {name: "1" for name in (*STACK_ENV_VARIABLES, *TOOL_ENV_VARIABLES)}
     assert PipelineConfig.from_env({**env, "IMGSTREAM_TOP_K": "4"}).top_k == 4
     assert not {name[len("IMGSTREAM_"):].lower() for name in env} & set(field_types())
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://s3.local", "http://", "http://user:pw@s3.local",
+                                      "http://s3.local/?x=1", "http://s3.local:99999", "s3.local:9000"])
+def test_a_bad_s3_endpoint_is_refused_naming_it(endpoint):
+    with pytest.raises(ConfigError, match="s3_endpoint"):
+        PipelineConfig(s3_endpoint=endpoint)
+
+
+def test_max_uri_chars_is_bounded_by_what_results_carry():
+    from streaming.config import MAX_URI_CHARS
+
+    PipelineConfig(max_uri_chars=MAX_URI_CHARS)
+    with pytest.raises(ConfigError, match="max_uri_chars"):
+        PipelineConfig(max_uri_chars=MAX_URI_CHARS + 1)
