@@ -121,3 +121,10 @@ class InferenceFailed(Permanent):
 class ModelNotFound(InferenceFailed):
     """Triton does not serve the configured model_name/model_version (a configuration error: not retried)."""
     code, stage = "model_not_found", "infer"
+
+
+# -- the result itself (stage: result) -------------------------------------------------
+class ResultTooLarge(Permanent):
+    """The result would exceed events.MAX_RESULT_BYTES (e.g. a model with huge labels); a small
+    error result is sent in its place."""
+    code, stage = "result_too_large", "result"

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from streaming.errors import EventTooLarge, InvalidEvent, PipelineError
+from streaming.errors import EventTooLarge, InvalidEvent, PipelineError, ResultTooLarge
 from streaming.uris import MAX_URI_CHARS, public_uri
 
 MAX_ID_CHARS = 1024  # of a result's id; a longer id is cut and marked "id_truncated"
@@ -35,7 +35,7 @@ MAX_MESSAGE_CHARS = 2048  # of an error message
 # most 12 bytes as JSON (an escaped surrogate pair), 132 KiB; a quarter of the sink's 1 MiB.
 MAX_RESULT_BYTES = 256 * 1024
 SALVAGE_MAX_BYTES = 64 * 1024  # salvage_id reads no more of an event than this
-RESULT_TOO_LARGE = "result_too_large"  # error code of a result that would exceed MAX_RESULT_BYTES
+RESULT_TOO_LARGE = ResultTooLarge.code  # a result that would exceed MAX_RESULT_BYTES
 
 
 @dataclass(frozen=True)
