@@ -13,6 +13,10 @@ parent does not unpickle what a process that parses hostile input wrote):
   "scale"}`` then the tensor's bytes, or ``{"ok": false, "code", "stage", "message"}`` then an
   empty body.
 
+With ``--shared-fd`` (a memfd the parent maps too, one per worker), a header with
+``"shared_bytes": n`` means the bytes are the buffer's first n and the body frame is empty,
+both ways; one request at a time, so the buffer is never used by both at once.
+
 The worker caps its own address space (RLIMIT_AS) at what it uses once warm + the decode
 budget + `MEMORY_MARGIN_BYTES`, so a decode that slips past the budget fails with MemoryError
 (reported as `image_too_large`) instead of growing the machine's memory. It exits on EOF on
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import resource
 import struct
@@ -73,7 +78,8 @@ def limit_memory(max_decode_bytes: int) -> int:
     return cap
 
 
-def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_request_bytes: int) -> None:
+def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_request_bytes: int,
+          shared: mmap.mmap | None = None) -> None:
     from streaming.decode import decode_to_tensor
     from streaming.errors import ImageTooLarge, PipelineError
 
@@ -85,6 +91,8 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
         if data is None:
             return
         args = json.loads(header)
+        if shared is not None and "shared_bytes" in args:
+            data = bytes(shared[:args["shared_bytes"]])
         try:
             image = decode_to_tensor(data, args["size"], max_pixels=args["max_pixels"],
                                      crop_fraction=args["crop_fraction"], jpeg_backend=args["jpeg_backend"],
@@ -100,6 +108,9 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
             reply, body = {"ok": False, "code": exc.code, "stage": exc.stage, "message": exc.message}, b""
         except ValueError as exc:  # bad arguments: the caller's bug, raised there as ValueError
             reply, body = {"ok": False, "code": "value_error", "stage": "decode", "message": str(exc)}, b""
+        if shared is not None and body and len(body) <= len(shared):
+            shared[:len(body)] = body
+            reply["shared_bytes"], body = len(body), b""
         write_frame(replies, json.dumps(reply).encode())
         write_frame(replies, body)
         replies.flush()
@@ -120,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-decode-bytes", type=int, required=True)
     parser.add_argument("--max-request-bytes", type=int, default=1 << 30)
+    parser.add_argument("--shared-fd", type=int, default=None, help="a memfd for images in, tensors out")
+    parser.add_argument("--shared-bytes", type=int, default=0)
     args = parser.parse_args(argv)
+    shared = mmap.mmap(args.shared_fd, args.shared_bytes) if args.shared_fd is not None else None
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, never into the protocol
     sys.stdout = sys.stderr
@@ -131,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     write_frame(replies, json.dumps({"ready": True, "pid": os.getpid()}).encode())
     replies.flush()
     try:
-        serve(sys.stdin.buffer, replies, args.max_decode_bytes, args.max_request_bytes)
+        serve(sys.stdin.buffer, replies, args.max_decode_bytes, args.max_request_bytes, shared)
     except (BrokenPipeError, EOFError):
         pass  # the parent went away
 

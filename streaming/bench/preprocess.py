@@ -5,7 +5,9 @@ Speed is images per CPU-second of the measuring process ("per core"): on a machi
 with other work, CPU time is far steadier than wall time. Methods are measured in rounds, in a
 rotated order, so that drift of the machine hits them alike. The fetch-included row also
 reports wall time (the server's latency is part of it) and the scaling runs are wall time
-only, with the CPU share the workers got.
+only, with the CPU share the workers got. The decoder-process pool's row (what the job runs:
+`streaming.decoder_pool`, one worker) counts the CPU of this process and of the worker, so
+`pool_overhead` (per group: 1 - pool / in-process engine, per core) is what the pipes cost.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from streaming.bench.measure import Sample, WorkerPool, measure
 from streaming.bench.photos import GROUPS, BenchPhoto
 from streaming.bench.stores import PhotoStore
 from streaming.decode import JPEG_BACKEND
+from streaming.decoder_pool import DecoderPool
 
 METHODS = (  # key, label; in the table's order
     ("naive", "(a) Pillow naive: full decode + convert('RGB') + resize"),
@@ -34,12 +37,14 @@ METHODS = (  # key, label; in the table's order
     ("engine_turbojpeg", "(d) engine, PyTurboJPEG path, fetch excluded"),
     ("engine_pillow", "(d) engine, Pillow-draft path, fetch excluded"),
     ("engine_fetch", "(d) engine, fetch included"),
+    ("engine_pool", "(d) engine in the decoder-process pool (CPU of both processes)"),
     ("c_limit", "(e) C limit: TurboJPEG loop, same scale"),
 )
 ENGINE = f"engine_{JPEG_BACKEND}"  # the engine's default path, the one the targets apply to
 TARGET_VS_C = 0.85
 TARGET_SCALING = 1.9
 TARGET_MAD = 2.0
+TARGET_POOL_OVERHEAD = 0.03  # the decoder-process pool's CPU cost over the in-process engine
 OPENCV_MISSING = "OpenCV not installed (pip install 'imgstream[bench]')"
 
 
@@ -56,14 +61,20 @@ def run(photos: list[BenchPhoto], store: Callable[[list[BenchPhoto], Path], Phot
         photo_store = store(photos, folder)
         fetcher = photo_store.fetcher()
         c_limit = CLimit()
+        pool = DecoderPool(1, max_decode_ms=60_000)
         try:
-            calls = _calls(photos, photo_store, fetcher)
+            calls = _calls(photos, photo_store, fetcher, pool)
             mad = _correctness(photos, calls, log)
-            samples = _rounds(photos, groups, calls, c_limit, folder, seconds, rounds, log)
+            samples = _rounds(photos, groups, calls, c_limit, folder, seconds, rounds, log, pool)
             scaling = _scaling(photos, groups, folder, workers, scaling_seconds, log)
         finally:
             fetcher.close()
             c_limit.close()
+            pool.close()
+    summaries = {g: _summarise(g, photos, samples, mad, c_limit.unavailable) for g in groups}
+    overhead = {g: _pool_overhead(rows) for g, rows in summaries.items()}
+    log("decoder-process pool overhead (1 - pool / in-process, per core): "
+        + ", ".join(f"{g} {v:.1%}" if v is not None else f"{g} n/a" for g, v in overhead.items()))
     return {
         "benchmark": "preprocess",
         "settings": {"seconds": seconds, "rounds": rounds, "scaling_seconds": scaling_seconds,
@@ -72,13 +83,22 @@ def run(photos: list[BenchPhoto], store: Callable[[list[BenchPhoto], Path], Phot
         "photos": [{"name": p.name, "group": p.group, "width": p.width, "height": p.height,
                     "bytes": len(p.data), "engine_scale": list(m.engine_scale(p.data))} for p in photos],
         "methods": {key: label for key, label in METHODS},
-        "groups": {g: _summarise(g, photos, samples, mad, c_limit.unavailable) for g in groups},
+        "groups": summaries,
+        "pool_overhead": {g: None if v is None else round(v, 4) for g, v in overhead.items()},
         "scaling": scaling,
     }
 
 
+def _pool_overhead(rows: dict[str, Any]) -> float | None:
+    pool, engine = rows.get("engine_pool", {}), rows.get(ENGINE, {})
+    if "images_per_core_s" not in pool or not engine.get("images_per_core_s"):
+        return None
+    return 1.0 - pool["images_per_core_s"] / engine["images_per_core_s"]
+
+
 # -- what each method does, per photo --------------------------------------------------
-def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any) -> dict[str, dict[str, Callable[[], np.ndarray]]]:
+def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any,
+           pool: DecoderPool) -> dict[str, dict[str, Callable[[], np.ndarray]]]:
     from streaming.cache import fetch_decode
 
     calls: dict[str, dict[str, Callable[[], np.ndarray]]] = {key: {} for key, _ in METHODS if key != "c_limit"}
@@ -97,6 +117,8 @@ def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any) -> dict[st
         calls["engine_pillow"][p.name] = lambda data=data: m.engine("pillow")(data)
         calls["engine_fetch"][p.name] = lambda ref=ref: fetch_decode(
             fetcher, ref, size=m.SIZE, max_pixels=m.MAX_PIXELS).image.tensor
+        calls["engine_pool"][p.name] = lambda data=data: pool.decode(
+            data, m.SIZE, max_pixels=m.MAX_PIXELS, jpeg_backend=JPEG_BACKEND).tensor
     return calls
 
 
@@ -116,7 +138,8 @@ def _correctness(photos: list[BenchPhoto], calls: dict, log: Callable[[str], Non
 
 
 def _rounds(photos: list[BenchPhoto], groups: list[str], calls: dict, c_limit: CLimit, folder: Path,
-            seconds: float, rounds: int, log: Callable[[str], None]) -> dict[tuple[str, str], list[Sample]]:
+            seconds: float, rounds: int, log: Callable[[str], None],
+            pool: DecoderPool) -> dict[tuple[str, str], list[Sample]]:
     samples: dict[tuple[str, str], list[Sample]] = {}
     keys = [key for key, _ in METHODS]
     for r in range(rounds):
@@ -130,11 +153,27 @@ def _rounds(photos: list[BenchPhoto], groups: list[str], calls: dict, c_limit: C
                         continue
                 elif key not in calls:
                     continue
+                elif key == "engine_pool":
+                    sample = _pool_sample(pool, [(calls[key][p.name], p.megapixels) for p in members], seconds)
                 else:
                     sample = measure([(calls[key][p.name], p.megapixels) for p in members], seconds)
                 samples.setdefault((group, key), []).append(sample)
         log(f"round {r + 1}/{rounds} done")
     return samples
+
+
+def _pool_sample(pool: DecoderPool, calls: list[tuple[Callable[[], object], float]], seconds: float) -> Sample:
+    """As `measure`, counting the CPU time of the pool's worker with this process's."""
+    images, megapixels = 0, 0.0
+    cpu0, wall0 = time.process_time() + pool.cpu_seconds(), time.perf_counter()
+    while True:
+        for call, mp in calls:
+            call()
+            images += 1
+            megapixels += mp
+        cpu = time.process_time() + pool.cpu_seconds() - cpu0
+        if cpu >= seconds and images >= 2:
+            return Sample(images, megapixels, cpu, time.perf_counter() - wall0)
 
 
 def _c_sample(c_limit: CLimit, members: list[BenchPhoto], folder: Path, seconds: float) -> Sample | None:

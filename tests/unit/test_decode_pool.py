@@ -167,3 +167,16 @@ def test_worker_memory_cap_turns_a_runaway_allocation_into_memory_error():
 def test_bad_arguments_are_refused(workers, max_decode_ms):
     with pytest.raises(ValueError):
         DecoderPool(workers, max_decode_ms=max_decode_ms)
+
+
+def test_images_larger_than_the_shared_buffer_go_through_the_pipe():
+    small, large = good_jpeg(64, 48), good_jpeg(1600, 1200)
+    with DecoderPool(1, max_decode_ms=30_000, shared_bytes=64 * 1024) as pool:
+        assert len(small) < 64 * 1024 < len(large)
+        for data in (small, large, small):  # tensors (150 KB) come back through the pipe too
+            want = decode_to_tensor(data, max_pixels=MAX_PIXELS).tensor
+            assert np.array_equal(pool.decode(data, max_pixels=MAX_PIXELS).tensor, want)
+        assert pool.replaced == 0
+    with DecoderPool(1, max_decode_ms=30_000, max_request_bytes=64 * 1024) as pool:
+        with pytest.raises(ValueError, match="max_request_bytes"):  # the caller's limit, checked here
+            pool.decode(large, max_pixels=MAX_PIXELS)
