@@ -15,7 +15,7 @@ import sys
 from pyflink.common import Configuration, Time, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream import AsyncDataStream, AsyncFunction, CheckpointingMode, RuntimeContext
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import (
     DeliveryGuarantee, KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
     KafkaSink, KafkaSource,
@@ -33,6 +33,7 @@ JOB_NAME = "imgstream-classify"
 # message.max.bytes and the results topic's max.message.bytes (1 MiB + 12 bytes by default) must
 # not be set lower.
 SINK_MAX_REQUEST_BYTES = 4 * MAX_RESULT_BYTES
+REQUEST_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())  # raw event bytes, never pickled
 
 
 class ClassifyImages(AsyncFunction):
@@ -118,16 +119,29 @@ def environment(config: PipelineConfig) -> StreamExecutionEnvironment:
     return env
 
 
-def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
+def read_requests(env: StreamExecutionEnvironment, config: PipelineConfig) -> DataStream:
+    """The Kafka source (uid "requests"): raw request events as bytes."""
     requests = env.from_source(kafka_source(config), WatermarkStrategy.no_watermarks(), "requests",
-                               type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    requests.uid("requests")  # a stable operator id: savepoints map the source's offsets back to it
+                               type_info=REQUEST_TYPE)
+    return requests.uid("requests")  # a stable operator id: savepoints map the source's offsets back to it
+
+
+def classify_and_write(requests: DataStream, config: PipelineConfig) -> None:
+    """The async operator (uid "fetch-decode-infer") and the Kafka sink (uid "results").
+
+    The uids, not the topology, tie a savepoint's state to operators: a changed job (more
+    stateless operators, other names) restores a savepoint of this one as long as these three
+    uids stay (see flink_jobs/classify_passthrough.py and tests/integration/test_savepoint_upgrade.py)."""
     # Timeout 0: no per-record timer thread; the pipeline enforces request_timeout_s itself
     # and answers with a request_timeout error, so the operator never fails on a slow request.
     results = AsyncDataStream.unordered_wait(requests, ClassifyImages(config), Time.milliseconds(0),
                                              capacity=config.max_in_flight, output_type=Types.STRING())
     results.name("fetch-decode-infer").uid("fetch-decode-infer")
     results.sink_to(kafka_sink(config)).name("results").uid("results")
+
+
+def build(env: StreamExecutionEnvironment, config: PipelineConfig) -> None:
+    classify_and_write(read_requests(env, config), config)
 
 
 def main(argv: list[str]) -> None:

@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig, field_types
 from streaming.stack.flink import FLINK_HOME, flink_env
@@ -112,16 +112,29 @@ def job_environment(config: PipelineConfig, environ: Mapping[str, str]) -> dict[
     return {**inherited, **{ENV_PREFIX + k.upper(): v for k, v in config.to_mapping().items()}}
 
 
-def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str) -> str:
+def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str, *,
+           savepoint_path: str | None = None, allow_non_restored_state: bool = False,
+           script: Path = JOB_SCRIPT, args: Sequence[str] = ()) -> str:
     """Submit the job detached through `flink run`; returns the job id. Checks nothing beyond the
-    config object itself: `job submit` calls `check_config` first."""
+    config object itself: `job submit` calls `check_config` first.
+
+    With `savepoint_path` the job starts from that savepoint (or retained checkpoint): every
+    operator state in it must map to an operator of the new topology by uid, unless
+    `allow_non_restored_state` (`flink run -n`) drops what does not. A state that maps nowhere
+    fails the job while it initializes (`wait_running` raises). `script` and `args` (after
+    `name`) run another job module, e.g. a changed topology."""
     python = sys.executable
     env = job_environment(config, {**os.environ, **flink_env(layout)})
+    restore = []
+    if savepoint_path:
+        restore = ["--fromSavepoint", savepoint_path]
+        if allow_non_restored_state:
+            restore.append("--allowNonRestoredState")
     argv = [str(FLINK_HOME / "bin" / "flink"), "run", "--detached",
             "--jarfile", str(connector_jar),
-            f"-Dpipeline.name={name}",
-            "--python", str(JOB_SCRIPT), "--pyExecutable", python, "--pyClientExecutable", python,
-            name]
+            f"-Dpipeline.name={name}", *restore,
+            "--python", str(script), "--pyExecutable", python, "--pyClientExecutable", python,
+            name, *args]
     proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     found = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
