@@ -31,8 +31,10 @@ from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, r
 
 CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 K8S_VERSIONS = ("1.30", "1.37")  # oldest and newest Kubernetes the manifests are validated for
-# CRDs not in ../shared/crds: test_flink_job_ui_and_monitoring_targets checks their selectors and ports
-NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+# CRDs not in ../shared/crds: test_flink_job_ui_and_monitoring_targets checks the monitors' selectors and
+# ports, test_k8s_monitoring.py the PrometheusRule
+NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule")}
 # containers that cannot have a read-only root filesystem, and why
 WRITABLE_ROOT = {
     ("FlinkDeployment/imgstream-classify", "flink-main-container"):
@@ -247,7 +249,7 @@ def test_flink_job_ui_and_monitoring_targets(objects):
     job_name = next(node.value.value for node in ast.parse((REPO / "flink_jobs" / "classify.py").read_text()).body
                     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "JOB_NAME")
     assert deployment["spec"]["job"]["args"][-1] == job_name
-    assert one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"] == {"app": name}
+    assert one(objects, "PodMonitor", "imgstream-flink")["spec"]["selector"]["matchLabels"] == {"app": name}
     main = container_named(deployment["spec"]["podTemplate"]["spec"], "flink-main-container")
     assert {p["name"]: p["containerPort"] for p in main["ports"]}["metrics"] == int(conf["metrics.reporter.prom.port"])
     service = one(objects, "Service", "triton")

@@ -301,6 +301,6 @@ def test_checks_catch_the_defects_they_exist_for(rendered, build_repository, tmp
     assert fs_group_problems(contexts) == [f"{broker}: securityContext without fsGroup: Kafka cannot write its volumes"]
     # 4. a monitor without the release label
     unlabelled = copy.deepcopy(prod)
-    del one(unlabelled, "PodMonitor")["metadata"]["labels"]["release"]
+    del one(unlabelled, "PodMonitor", "imgstream-flink")["metadata"]["labels"]["release"]
     assert monitor_label_problems(unlabelled, documented_prometheus_label()) == [
         "PodMonitor/imgstream-flink: no label release: kube-prometheus-stack"]
