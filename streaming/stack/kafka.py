@@ -4,8 +4,10 @@ With `layout.kafka_sasl` the client listener is SASL_PLAINTEXT with SCRAM-SHA-51
 broker talks to itself over it too); the user is created in the KRaft metadata when the storage
 is formatted, which happens once per data dir, so every data dir is formatted with it and SASL
 can be switched on later. No authorizer is configured: any authenticated user may do anything
-(the local stack tests authentication, not ACLs). TLS is not set up locally; see
-`streaming/kafka_io.py` for the client settings of a TLS cluster.
+(the local stack tests authentication, not ACLs). With `layout.kafka_ssl_keystore_file` (and
+its CA) the client listener also speaks TLS: SASL_SSL with SASL, SSL without; the caller makes
+the key, certificate and CA (`tests/integration/test_kafka_tls.py` makes a throw-away CA with
+the `openssl` CLI); see `streaming/kafka_io.py` for the client settings.
 """
 from __future__ import annotations
 
@@ -105,22 +107,41 @@ def server_properties(layout: StackLayout) -> dict[str, str]:
         "log.retention.hours": "24",
         "log.segment.bytes": str(256 * 1024 * 1024),
     }
-    if layout.kafka_sasl:
-        props.update(_sasl_properties(layout))
+    if layout.kafka_sasl or layout.kafka_tls:
+        props.update(_secured_listener(layout))
     return props
 
 
-def _sasl_properties(layout: StackLayout) -> dict[str, str]:
-    host, mechanism = layout.host, layout.kafka_sasl_mechanism
-    return {
-        "listeners": f"SASL_PLAINTEXT://{host}:{layout.kafka_port},CONTROLLER://{host}:{layout.kafka_controller_port}",
-        "advertised.listeners": f"SASL_PLAINTEXT://{host}:{layout.kafka_port}",
-        "inter.broker.listener.name": "SASL_PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
-        "sasl.enabled.mechanisms": mechanism,
-        "sasl.mechanism.inter.broker.protocol": mechanism,
-        f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": _jaas(layout),
+def _secured_listener(layout: StackLayout) -> dict[str, str]:
+    """The client listener (which the broker also uses to talk to itself) with SASL/SCRAM, TLS or
+    both; the controller listener stays PLAINTEXT on loopback."""
+    host, protocol = layout.host, layout.kafka_security_protocol
+    props = {
+        "listeners": f"{protocol}://{host}:{layout.kafka_port},CONTROLLER://{host}:{layout.kafka_controller_port}",
+        "advertised.listeners": f"{protocol}://{host}:{layout.kafka_port}",
+        "inter.broker.listener.name": protocol,
+        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{protocol}:{protocol}",
     }
+    prefix = f"listener.name.{protocol.lower()}"
+    if layout.kafka_sasl:
+        mechanism = layout.kafka_sasl_mechanism
+        props.update({
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"{prefix}.{mechanism.lower()}.sasl.jaas.config": _jaas(layout),
+        })
+    if layout.kafka_tls:
+        props.update({
+            f"{prefix}.ssl.keystore.type": "PEM",
+            f"{prefix}.ssl.keystore.location": str(layout.kafka_ssl_keystore_file),
+            # the broker's own client (inter-broker) verifies its certificate against the CA and
+            # its name (Kafka's default https endpoint identification)
+            f"{prefix}.ssl.truststore.type": "PEM",
+            f"{prefix}.ssl.truststore.location": str(layout.kafka_ssl_ca_file),
+            f"{prefix}.ssl.client.auth": "none",
+            f"{prefix}.ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        })
+    return props
 
 
 def _jaas(layout: StackLayout) -> str:
@@ -129,12 +150,16 @@ def _jaas(layout: StackLayout) -> str:
 
 
 def client_security(layout: StackLayout) -> dict[str, str]:
-    """kafka-python keyword arguments for this stack's Kafka (empty without SASL)."""
-    if not layout.kafka_sasl:
+    """kafka-python keyword arguments for this stack's Kafka (empty for PLAINTEXT)."""
+    if not (layout.kafka_sasl or layout.kafka_tls):
         return {}
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": layout.kafka_sasl_mechanism,
-            "sasl_plain_username": layout.kafka_sasl_username,
-            "sasl_plain_password": layout.kafka_sasl_password}
+    kwargs = {"security_protocol": layout.kafka_security_protocol}
+    if layout.kafka_sasl:
+        kwargs.update(sasl_mechanism=layout.kafka_sasl_mechanism, sasl_plain_username=layout.kafka_sasl_username,
+                      sasl_plain_password=layout.kafka_sasl_password)
+    if layout.kafka_tls:
+        kwargs.update(ssl_cafile=str(layout.kafka_ssl_ca_file), ssl_check_hostname=True)
+    return kwargs
 
 
 def _render(props: dict[str, str]) -> str:

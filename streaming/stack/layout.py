@@ -39,6 +39,16 @@ class StackLayout:
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_sasl_username: str = "imgstream"
     kafka_sasl_password: str = "imgstream-local-secret"
+    # Kafka with TLS on the client listener (SASL_SSL with kafka_sasl, else SSL): the broker's
+    # private key (PKCS#8, unencrypted) and certificate chain in one PEM file, its certificate
+    # naming `host` (an IP SAN for 127.0.0.1), and the PEM CA that signed it (the broker trusts it
+    # when it talks to itself; clients get it as kafka_ssl_ca_file). Both or neither.
+    kafka_ssl_keystore_file: Path | None = None
+    kafka_ssl_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kafka_ssl_keystore_file is None) != (self.kafka_ssl_ca_file is None):
+            raise ValueError("kafka_ssl_keystore_file and kafka_ssl_ca_file go together (TLS needs both)")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "StackLayout":
@@ -83,8 +93,15 @@ class StackLayout:
         return f"{self.host}:{self.kafka_port}"
 
     @property
+    def kafka_tls(self) -> bool:
+        return self.kafka_ssl_keystore_file is not None
+
+    @property
     def kafka_security_protocol(self) -> str:
-        return "SASL_PLAINTEXT" if self.kafka_sasl else "PLAINTEXT"
+        """The client listener's protocol: PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL."""
+        if self.kafka_sasl:
+            return "SASL_SSL" if self.kafka_tls else "SASL_PLAINTEXT"
+        return "SSL" if self.kafka_tls else "PLAINTEXT"
 
     @property
     def s3_endpoint(self) -> str:
