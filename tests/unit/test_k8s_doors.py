@@ -22,7 +22,8 @@ ANYONE = ("anyone",)
 # Labels the Flink operator (native mode) puts on the pods: Flink's KubernetesJobManagerParameters /
 # KubernetesTaskManagerParameters (`app: <cluster id>`, `component: jobmanager|taskmanager`, `type`).
 FLINK_COMPONENTS = ("jobmanager", "taskmanager")
-FLINK_PORT_KEYS = ("taskmanager.data.port", "taskmanager.rpc.port", "jobmanager.rpc.port", "blob.server.port")
+FLINK_PORT_KEYS = ("taskmanager.data.port", "taskmanager.rpc.port", "jobmanager.rpc.port", "blob.server.port",
+                   "metrics.internal.query-service.port")
 OPERATOR_NAMESPACE = "flink-operator"
 INGRESS_NAMESPACE = "ingress-nginx"
 MONITORING_NAMESPACE = "monitoring"
@@ -85,7 +86,7 @@ def test_the_namespace_denies_ingress_by_default(objects):
 def test_flink_rpc_blob_and_data_ports_are_fixed_and_open_only_to_flink(objects):
     conf = one(objects, "FlinkDeployment")["spec"]["flinkConfiguration"]
     ports = [int(conf[key]) for key in FLINK_PORT_KEYS]  # fixed: a random port cannot be named by a policy
-    assert sorted(ports) == [6121, 6122, 6123, 6124]
+    assert sorted(ports) == [6121, 6122, 6123, 6124, 6125]
     flink = ("pods", (("app", one(objects, "FlinkDeployment")["metadata"]["name"]),))
     for component in FLINK_COMPONENTS:
         for port in ports:
