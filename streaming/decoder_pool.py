@@ -49,6 +49,10 @@ STARTUP_TIMEOUT_S = 60.0  # a fresh worker imports numpy, Pillow and libturbojpe
 SHARED_BYTES = 32 * 1024 * 1024  # per worker's transfer buffer (max_object_bytes' default); larger: the pipe
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size
 CLOSE_TIMEOUT_S = 2.0  # after EOF on its stdin, before it is killed
+# A decoder parses hostile bytes: it gets no credentials (S3 keys, SASL passwords) and no
+# sockets (close_fds), only what Python and the libraries need to start.
+INHERITED_ENV = frozenset({"PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "HOME",
+                           "PYTHONHOME", "VIRTUAL_ENV", "TZ"})
 _LENGTH = struct.Struct(">I")
 _ERRORS = {cls.code: cls for cls in (CorruptImage, UnsupportedImage, ImageTooLarge, DecodeTimeout)}
 
@@ -268,8 +272,9 @@ class DecoderPool:
         worker.ready = True
 
     def _spawn(self) -> _Worker:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-               "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        env = {name: value for name, value in os.environ.items() if name in INHERITED_ENV}
+        env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), MALLOC_ARENA_MAX="2",
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         argv = [sys.executable, "-m", "streaming.decoder_worker",
                 "--max-decode-bytes", str(self.max_decode_bytes),
                 "--max-request-bytes", str(self.max_request_bytes)]

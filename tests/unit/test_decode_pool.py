@@ -180,3 +180,13 @@ def test_images_larger_than_the_shared_buffer_go_through_the_pipe():
     with DecoderPool(1, max_decode_ms=30_000, max_request_bytes=64 * 1024) as pool:
         with pytest.raises(ValueError, match="max_request_bytes"):  # the caller's limit, checked here
             pool.decode(large, max_pixels=MAX_PIXELS)
+
+
+def test_workers_get_no_credentials_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMGSTREAM_S3_SECRET_KEY", "hunter2-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another-secret")
+    with DecoderPool(1, max_decode_ms=5_000) as pool:
+        pool.wait_ready()
+        environ = Path(f"/proc/{pool.pids()[0]}/environ").read_bytes()
+        assert b"PYTHONPATH=" in environ and b"secret" not in environ
+        assert pool.decode(good_jpeg(), max_pixels=MAX_PIXELS).tensor.shape == (224, 224, 3)
