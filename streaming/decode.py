@@ -131,15 +131,15 @@ def decode_to_tensor(data: bytes, size: int = 224, *, max_pixels: int,
         raise CorruptImage("empty image (0 bytes)")
     limits = _Limits(size, max_pixels, max_decode_bytes, crop_fraction)
     backend = JPEG_BACKEND if jpeg_backend == "auto" else jpeg_backend
-    header = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else None
+    header, coefficients = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else (None, 0)
     try:
         if header is not None and data[2:3] == b"\xff" and backend == "turbojpeg":
             turbo = _turbo()
             if turbo is not None:
-                decoded = _decode_turbo(turbo, data, limits, header)
+                decoded = _decode_turbo(turbo, data, limits, header, coefficients)
                 if decoded is not None:
                     return decoded
-        return _decode_pillow(data, limits, header)
+        return _decode_pillow(data, limits, coefficients)
     except PipelineError:
         raise
     except MemoryError:
@@ -150,8 +150,9 @@ def decode_to_tensor(data: bytes, size: int = 224, *, max_pixels: int,
         raise CorruptImage(f"decoding failed: {type(exc).__name__}: {exc}") from None
 
 
-def _check_jpeg(data: bytes, max_pixels: int) -> JpegHeader:
-    """The guards every input starting FF D8 passes, whichever path decodes it."""
+def _check_jpeg(data: bytes, max_pixels: int) -> tuple[JpegHeader, int]:
+    """The guards every input starting FF D8 passes, whichever path decodes it. Returns the
+    header and the bytes of libjpeg's coefficient buffer (0 for a single-scan file)."""
     header = jpeg_header(data)
     scans = count_scans(data)
     if scans > MAX_JPEG_SCANS:
@@ -162,7 +163,7 @@ def _check_jpeg(data: bytes, max_pixels: int) -> JpegHeader:
         raise UnsupportedImage(f"JPEG has {scans} scans of {header.width}x{header.height} pixels; at most "
                                f"{MAX_PIXEL_PASSES} x max_pixels = {MAX_PIXEL_PASSES * max_pixels} "
                                "pixel passes are decoded")
-    return header
+    return header, header.coefficient_bytes if header.progressive or scans > 1 else 0
 
 
 def decode_budget(decoded_pixels: int, bytes_per_pixel: int, *, copies: int = 1,
@@ -181,7 +182,8 @@ def _check_budget(need: int, limit: int, what: str) -> None:
 
 
 # -- the turbojpeg path ----------------------------------------------------------------
-def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader) -> DecodedImage | None:
+def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader,
+                  coefficients: int) -> DecodedImage | None:
     """Decode a JPEG with libjpeg-turbo, or None to let Pillow try."""
     import turbojpeg as tj
 
@@ -197,9 +199,7 @@ def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader) 
     num, den = _scaling_factor(turbo.scaling_factors, crop, limits.size)
     gray = colorspace == tj.TJCS_GRAY
     out_h, out_w = -(-height * num // den), -(-width * num // den)
-    multi_scan = header.progressive or count_scans(data) > 1
-    _check_budget(decode_budget(out_w * out_h, 2 if gray else 3 + 4,
-                                coefficient_bytes=header.coefficient_bytes if multi_scan else 0),
+    _check_budget(decode_budget(out_w * out_h, 2 if gray else 3 + 4, coefficient_bytes=coefficients),
                   limits.max_bytes, f"this {width}x{height} JPEG at {num}/{den}")
     scratch = None if gray else _scratch((out_h, out_w, 3))
     try:
@@ -277,7 +277,7 @@ def _jpeg_orientation(data: bytes) -> int:
 
 
 # -- the Pillow path -------------------------------------------------------------------
-def _decode_pillow(data: bytes, limits: _Limits, header: JpegHeader | None) -> DecodedImage:
+def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedImage:
     _disable_pillow_bomb_check()
     start = time.perf_counter()
     _check_webp_canvas(data, limits)  # Pillow's WebP plugin allocates the canvas in open()
@@ -299,9 +299,6 @@ def _decode_pillow(data: bytes, limits: _Limits, header: JpegHeader | None) -> D
             want = (math.ceil(width * limits.size / crop), math.ceil(height * limits.size / crop))
             if image.draft(None, want) is not None:
                 den = round(width / image.size[0])  # DCT scaling is exactly 1/1, 1/2, 1/4 or 1/8
-        coefficients = 0
-        if header is not None and (header.progressive or count_scans(data) > 1):
-            coefficients = header.coefficient_bytes
         reduced = math.ceil(crop / den / _reduce_factor(crop / den, limits.size)) ** 2
         need = decode_budget(image.size[0] * image.size[1], _stored_bytes_per_pixel(image.mode),
                              copies=DECODER_COPIES.get(image.format, 1), coefficient_bytes=coefficients,

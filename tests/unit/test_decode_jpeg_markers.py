@@ -153,3 +153,9 @@ def test_coefficient_buffer_follows_the_sampling():
     for options, per_pixel in (({"subsampling": 0}, 6.0), ({"subsampling": 2}, 3.0)):
         header = jpeg_header(jpeg(800, 640, quality=80, progressive=True, **options))
         assert header.coefficient_bytes == pytest.approx(800 * 640 * per_pixel, rel=0.02)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.sampled_from([b"\xff", b"\xda", b"\x00", b"\xff\xda", b"x"]), max_size=60).map(b"".join))
+def test_scan_count_is_the_count_of_ff_da(data):
+    assert count_scans(data) == data.count(b"\xff\xda")
