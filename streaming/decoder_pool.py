@@ -35,7 +35,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,8 @@ class _Worker:
     process: subprocess.Popen
     shared: mmap.mmap | None = None  # this worker's transfer buffer (its own memfd)
     ready: bool = False
+    _pending: bytearray = field(default_factory=bytearray)  # read from the pipe, not yet used
+    _poller: Any = None
 
     @property
     def pid(self) -> int:
@@ -102,19 +105,22 @@ class _Worker:
         return self._read(length, deadline)
 
     def _read(self, n: int, deadline: float) -> bytes:
-        fd = self.process.stdout.fileno()
-        poller = select.poll()  # not select(): fds above 1024 are common in a Flink worker
-        poller.register(fd, select.POLLIN)
-        buffer = bytearray()
-        while len(buffer) < n:
+        """n bytes of the reply; what the worker wrote beyond them waits in `_pending` (a whole
+        small reply usually arrives in one read)."""
+        if self._poller is None:
+            self._poller = select.poll()  # not select(): fds above 1024 are common in a Flink worker
+            self._poller.register(self.process.stdout.fileno(), select.POLLIN)
+        while len(self._pending) < n:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not poller.poll(remaining * 1000):
+            if remaining <= 0 or not self._poller.poll(remaining * 1000):
                 raise _Expired()
-            chunk = os.read(fd, min(n - len(buffer), 1 << 20))
+            chunk = os.read(self.process.stdout.fileno(), max(n - len(self._pending), 1 << 16))
             if not chunk:
                 raise _Died("end of file")
-            buffer += chunk
-        return bytes(buffer)
+            self._pending += chunk
+        out = bytes(self._pending[:n])
+        del self._pending[:n]
+        return out
 
     def stop(self, kill: bool) -> None:
         """Kill it (or close its stdin and give it CLOSE_TIMEOUT_S) and reap it: no zombie."""
