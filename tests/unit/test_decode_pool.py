@@ -190,3 +190,25 @@ def test_workers_get_no_credentials_from_the_environment(monkeypatch):
         environ = Path(f"/proc/{pool.pids()[0]}/environ").read_bytes()
         assert b"PYTHONPATH=" in environ and b"secret" not in environ
         assert pool.decode(good_jpeg(), max_pixels=MAX_PIXELS).tensor.shape == (224, 224, 3)
+
+
+def resident_mib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) // 1024
+
+
+def test_a_worker_gives_back_the_memory_of_a_big_decode():
+    """glibc keeps a freed heap; the worker trims it after a decode that grew it (measured:
+    307 MiB held while idle without the trim, 49 MiB with it)."""
+    with DecoderPool(1, max_decode_ms=60_000, max_decode_bytes=320 * 2**20) as pool:
+        pool.wait_ready()
+        pid = pool.pids()[0]
+        picture = make_images.picture((4000, 3000))
+        for options in ({"quality": 90}, {"quality": 90, "progressive": True}):  # a working heap
+            pool.decode(make_images.save(picture, "JPEG", **options), max_pixels=MAX_PIXELS)
+        idle = resident_mib(pid)
+        pool.decode(make_images.png_rgba_bomb(), max_pixels=64_000_000)  # ~250 MiB while decoding
+        deadline = time.monotonic() + 10
+        while resident_mib(pid) > idle + 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert resident_mib(pid) <= idle + 64
