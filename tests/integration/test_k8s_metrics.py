@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
-from streaming import kafka_io
+import yaml
+
+from streaming.ops import kafka_io
+from streaming.stack.process import running_pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
+from k8s_support import K8S_DIR  # noqa: E402
 from test_k8s_monitoring import FLINK_BUILTIN, NOT_LOCAL, TRITON, dashboard, job_metric_names  # noqa: E402
+
+JMX_NAMES = K8S_DIR / "monitoring" / "JmxNames.java"
 
 
 def _get(url: str):
@@ -66,3 +74,35 @@ def test_rule_and_dashboard_metrics_are_exported_by_the_local_flink_and_triton(l
     for regex in set(re.findall(r'__name__=~\\"([^\\]+)\\"', text)):
         assert [n for n in flink if re.fullmatch(regex, n)], regex
     assert not NOT_LOCAL.keys() & (flink | triton), "a NOT_LOCAL name is exported here: check it like the others"
+
+
+def jmx_exporter_names(rules: list[dict], mbeans: list[str]) -> dict[str, set[str]]:
+    """pattern -> the metric names the Prometheus JMX Exporter makes of the MBean attributes it matches
+    (the first matching rule wins; `$n` in the name is the pattern's group n; lowercaseOutputName)."""
+    out: dict[str, set[str]] = {rule["pattern"]: set() for rule in rules}
+    for mbean in mbeans:
+        for rule in rules:
+            found = re.fullmatch(rule["pattern"], mbean)
+            if found:
+                name = re.sub(r"\$(\d+)", lambda m: found.group(int(m.group(1))), rule["name"])
+                out[rule["pattern"]].add(re.sub(r"[^a-zA-Z0-9_:]", "_", name).lower())
+                break
+    return out
+
+
+def test_kafka_jmx_rules_match_the_local_brokers_mbeans(layout, prepared):
+    """Every rule of base/kafka/kafka-metrics.yml (Kafka.spec.kafka.metricsConfig) matches MBeans the
+    local Kafka broker really registers: JmxNames.java lists them from the running broker's JVM."""
+    pid = running_pid(layout.run_dir, "kafka")
+    assert pid, "the stack's Kafka is not running"
+    proc = subprocess.run([shutil.which("java") or "java", str(JMX_NAMES), str(pid)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mbeans = proc.stdout.splitlines()
+    assert len(mbeans) > 1000
+    rules = yaml.safe_load((K8S_DIR / "base" / "kafka" / "kafka-metrics.yml").read_text())["rules"]
+    names = jmx_exporter_names(rules, mbeans)
+    assert not [pattern for pattern, made in names.items() if not made], "rules that match no MBean"
+    made = set().union(*names.values())
+    assert {"kafka_server_replicamanager_underreplicatedpartitions", "kafka_controller_kafkacontroller_offlinepartitionscount",
+            "kafka_server_brokertopicmetrics_messagesin_total", "kafka_network_requestmetrics_totaltimems"} <= made
