@@ -23,21 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from k8s_support import K8S_DIR, REPO, ensure_kustomize, generated, render, run_script  # noqa: E402
 from streaming.events import Prediction  # noqa: E402
 from streaming.pipeline import ImagePipeline  # noqa: E402
-from streaming.stack.triton import triton_service  # noqa: E402
+from streaming.stack.triton import ready, triton_service  # noqa: E402
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def test_dev_triton_pod_builds_serves_and_answers_the_job(layout, prepared, pipeline_config, test_bucket, tmp_path):
@@ -61,12 +53,13 @@ def test_dev_triton_pod_builds_serves_and_answers_the_job(layout, prepared, pipe
              "--allow-gpu-metrics=false"]
     env = {**local.env, "TRITON_MODELS": models["TRITON_MODELS"], "MODEL_REPOSITORY": str(repository),
            "TRITONSERVER": local.argv[0], "HOME": str(tmp_path)}
+    this_pod = dataclasses.replace(layout, host="127.0.0.1", triton_http_port=http)
     log = (tmp_path / "triton.log").open("w")
     proc = subprocess.Popen(["bash", str(tmp_path / "serve.sh"), *extra], env=env, cwd=server, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while not _ready(f"http://127.0.0.1:{http}/v2/health/ready"):
+        while not ready(this_pod):
             assert proc.poll() is None, f"Triton exited {proc.returncode}: {(tmp_path / 'triton.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, "Triton not ready in 180 s"
             time.sleep(1)

@@ -21,6 +21,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from streaming.config import PipelineConfig
 from streaming.stack.layout import StackLayout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -322,6 +323,35 @@ def mutated(obj: dict, path: str, value: Any) -> dict:
     else:
         node[last] = value
     return out
+
+
+def strimzi_pod_templates(objects: list[dict]) -> dict[str, dict]:
+    """The pod template of every pod Strimzi makes for a Kafka cluster: a node pool's template.pod replaces
+    the Kafka resource's spec.kafka.template.pod; the entity operator, exporter and Cruise Control have
+    their own."""
+    found: dict[str, dict] = {}
+    for kafka in find(objects, "Kafka"):
+        spec = kafka["spec"]
+        kafka_pod = spec["kafka"].get("template", {}).get("pod", {})
+        for pool in find(objects, "KafkaNodePool"):
+            if pool["metadata"]["labels"].get("strimzi.io/cluster") == kafka["metadata"]["name"]:
+                found[ref(pool)] = pool["spec"].get("template", {}).get("pod", kafka_pod)
+        for part in ("entityOperator", "cruiseControl", "kafkaExporter"):
+            if part in spec:
+                found[f"{ref(kafka)} {part}"] = spec[part].get("template", {}).get("pod", {})
+    return found
+
+
+def flink(objects: list[dict]) -> tuple[dict, dict]:
+    """The FlinkDeployment and its main container's resolved environment."""
+    deployment = one(objects, "FlinkDeployment")
+    main = container_named(deployment["spec"]["podTemplate"]["spec"], "flink-main-container")
+    return deployment, container_env(objects, main)
+
+
+def job_config(env: dict) -> PipelineConfig:
+    """What PipelineConfig.from_env makes of the pod's environment (Secret values stand in as text)."""
+    return PipelineConfig.from_env({k: "from-a-secret" if isinstance(v, tuple) else v for k, v in env.items()})
 
 
 def triton_pod(objects: list[dict]) -> dict:

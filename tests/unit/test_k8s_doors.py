@@ -13,10 +13,9 @@ from urllib.parse import urlparse
 import pytest
 
 from k8s_support import (  # noqa: F401 (kustomize, objects, rendered: pytest fixtures)
-    container_env, container_named, find, generated, kustomize, objects, one, pod_templates, ref, rendered,
-    triton_pod,
+    container_named, find, flink, generated, job_config, kustomize, objects, one, pod_templates, rendered,
+    strimzi_pod_templates, triton_pod,
 )
-from streaming.config import PipelineConfig
 
 ANYONE = ("anyone",)
 # Labels the Flink operator (native mode) puts on the pods: Flink's KubernetesJobManagerParameters /
@@ -182,18 +181,6 @@ def test_triton_and_taskmanagers_spread_over_zones_and_nodes(objects):
     assert not _spread_problems("triton", triton_pod(objects), template_labels(objects, "triton"))
 
 
-def strimzi_pod_templates(objects: list[dict]) -> dict[str, dict]:
-    out = {}
-    for kafka in find(objects, "Kafka"):
-        kafka_pod = kafka["spec"]["kafka"].get("template", {}).get("pod", {})
-        for pool in find(objects, "KafkaNodePool"):
-            out[ref(pool)] = pool["spec"].get("template", {}).get("pod", kafka_pod)
-        for part in ("entityOperator", "kafkaExporter", "cruiseControl"):
-            if part in kafka["spec"]:
-                out[f"{ref(kafka)} {part}"] = kafka["spec"][part].get("template", {}).get("pod", {})
-    return out
-
-
 def test_every_pod_has_the_pipelines_priority_class(objects):
     classes = {p["metadata"]["name"] for p in find(objects, "PriorityClass")}
     assert classes
@@ -212,14 +199,8 @@ def state_buckets(objects: list[dict]) -> set[str]:
     return {urlparse(v).netloc for v in conf.values() if isinstance(v, str) and v.startswith("s3://")}
 
 
-def job_settings(objects: list[dict]) -> tuple[dict, PipelineConfig]:
-    deployment = one(objects, "FlinkDeployment")
-    env = container_env(objects, container_named(deployment["spec"]["podTemplate"]["spec"], "flink-main-container"))
-    return env, PipelineConfig.from_env({k: "x" if isinstance(v, tuple) else v for k, v in env.items()})
-
-
 def bucket_problems(objects: list[dict]) -> list[str]:
-    _, config = job_settings(objects)
+    config = job_config(flink(objects)[1])
     if not config.allowed_buckets:
         return ["the job may fetch from any bucket"]
     return [f"the job may fetch from {b}, which holds Flink's state" for b in
@@ -230,7 +211,8 @@ def test_the_job_reads_only_its_image_buckets(rendered):
     for overlay, objects in rendered.items():
         assert state_buckets(objects) == {"imgstream-flink"}
         assert not bucket_problems(objects), overlay
-    env, config = job_settings(rendered["prod"])
+    env = flink(rendered["prod"])[1]
+    config = job_config(env)
     assert "IMGSTREAM_S3_REGION" in env and config.s3_region == env["IMGSTREAM_S3_REGION"], "prod names its region"
 
 

@@ -10,8 +10,7 @@ import posixpath
 
 import pytest
 
-from k8s_support import container_env, container_named, find, kustomize, objects, one, rendered  # noqa: F401
-from streaming.config import PipelineConfig
+from k8s_support import container_named, flink, job_config, kustomize, objects, one, rendered  # noqa: F401
 
 
 def flink_main(objects: list[dict]) -> tuple[dict, dict]:
@@ -26,8 +25,7 @@ def tls_problems(objects: list[dict]) -> list[str]:
         if not listener.get("tls"):
             problems.append(f"listener {listener['name']} :{listener['port']} is plaintext")
     pod, main = flink_main(objects)
-    env = container_env(objects, main)
-    config = PipelineConfig.from_env({k: "x" if isinstance(v, tuple) else v for k, v in env.items()})
+    config = job_config(flink(objects)[1])
     if config.kafka_security_protocol != "SASL_SSL":
         problems.append(f"the job uses {config.kafka_security_protocol}")
     ca = config.kafka_ssl_ca_file

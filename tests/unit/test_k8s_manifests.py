@@ -25,8 +25,8 @@ from streaming.stack.artifacts import read_lock
 from streaming.stack.layout import StackLayout
 from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, rendered: pytest fixtures)
     K8S_DIR, REPO, ContainerView, build_repository, builtin_errors, container_env, container_named, containers,
-    crds_dir, find, generated, kustomize, lint, load_crd_schemas, model_config, mutated, objects, one,
-    pod_templates, ref, rendered, run_script, schema_errors, triton_pod,
+    crds_dir, find, flink, generated, job_config, kustomize, lint, load_crd_schemas, model_config, mutated, objects,
+    one, pod_templates, ref, rendered, run_script, schema_errors, triton_pod,
 )
 
 CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
@@ -65,18 +65,6 @@ def crd_schemas() -> dict:
 
 
 _run_script = run_script
-
-
-def flink(objects: list[dict]) -> tuple[dict, dict]:
-    """The FlinkDeployment and its main container's resolved environment."""
-    deployment = one(objects, "FlinkDeployment")
-    main = container_named(deployment["spec"]["podTemplate"]["spec"], "flink-main-container")
-    return deployment, container_env(objects, main)
-
-
-def job_config(env: dict) -> PipelineConfig:
-    """What PipelineConfig.from_env makes of the pod's environment (Secret values stand in as text)."""
-    return PipelineConfig.from_env({k: "from-a-secret" if isinstance(v, tuple) else v for k, v in env.items()})
 
 
 # --- rendering and schemas ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from k8s_support import K8S_DIR, find, generated, kustomize, objects, one, rendered  # noqa: F401
+from k8s_support import K8S_DIR, generated, kustomize, objects, one, rendered  # noqa: F401
 from streaming.metrics import PipelineStats
 
 DASHBOARD = K8S_DIR / "base" / "monitoring" / "grafana-dashboard.json"

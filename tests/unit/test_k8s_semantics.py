@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, rendered: pytest fixtures)
-    K8S_DIR, OVERLAYS, REPO, build_repository, container_named, find, generated, kustomize, model_config, objects,
-    one, pod_templates, ref, render, rendered, run_script, triton_pod,
+    K8S_DIR, OVERLAYS, REPO, build_repository, containers, find, generated, kustomize, model_config, objects, one,
+    pod_templates, ref, render, rendered, strimzi_pod_templates, triton_pod,
 )
 
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -148,16 +148,8 @@ def overlay_images(overlay: Path) -> dict[str, str]:
 
 
 def rendered_images(objects: list[dict]) -> dict[str, str]:
-    """Every image the rendered pods run: container label -> image."""
-    found = {}
-    for obj in objects:
-        if obj["kind"] == "FlinkDeployment":
-            found[f"{ref(obj)} spec.image"] = obj["spec"]["image"]
-        for where, pod in pod_templates(obj):
-            for c in pod.get("initContainers", []) + pod.get("containers", []):
-                if "image" in c:
-                    found[f"{where} {c['name']}"] = c["image"]
-    return found
+    """Every image the rendered pods run (FlinkDeployment: spec.image): container label -> image."""
+    return {f"{c.where} {c.name}": c.image for c in containers(objects) if c.image is not None}
 
 
 def image_problems(images: dict[str, str], pinned: dict[str, str], need_digest: bool) -> list[str]:
@@ -189,7 +181,8 @@ def test_every_image_is_its_overlays_registry_and_tag_and_prod_pins_digests(rend
         registries = {pinned[name].rsplit("/", 1)[0] for name in PROJECT_IMAGES}
         assert len(registries) == 1, f"{overlay}: the project's images from one registry, found {registries}"
         images = rendered_images(objects)
-        assert {"FlinkDeployment/imgstream-classify spec.image"} < images.keys()
+        assert {f"FlinkDeployment/imgstream-classify {role} flink-main-container"
+                for role in ("jobManager", "taskManager")} < images.keys()
         assert not image_problems(images, pinned, need_digest=overlay == "prod"), overlay
         assert set(images.values()) == set(pinned.values()), f"{overlay}: an image entry no pod uses"
 
@@ -209,26 +202,14 @@ def test_kustomize_edit_set_image_rolls_out_what_it_names(kustomize, tmp_path):
         images = rendered_images(render(kustomize, folder))
         project = {where: image for where, image in images.items() if "nginx-unprivileged" not in image}
         assert set(project.values()) == {job, triton}, f"{overlay}: {images}"
-        assert images["FlinkDeployment/imgstream-classify spec.image"] == job
+        assert images["FlinkDeployment/imgstream-classify jobManager flink-main-container"] == job
 
 
 # --- Strimzi pods ---------------------------------------------------------------------------------
 
 def strimzi_pod_security_contexts(objects: list[dict]) -> dict[str, dict | None]:
-    """The pod securityContext each Strimzi-made pod gets from the manifests (None: Strimzi's default).
-    A node pool's template.pod replaces the Kafka resource's spec.kafka.template.pod."""
-    found: dict[str, dict | None] = {}
-    for kafka in find(objects, "Kafka"):
-        spec = kafka["spec"]
-        kafka_pod = spec["kafka"].get("template", {}).get("pod", {})
-        for pool in find(objects, "KafkaNodePool"):
-            if pool["metadata"]["labels"].get("strimzi.io/cluster") == kafka["metadata"]["name"]:
-                pod = pool["spec"].get("template", {}).get("pod", kafka_pod)
-                found[ref(pool)] = pod.get("securityContext")
-        for part in ("entityOperator", "cruiseControl", "kafkaExporter"):
-            if part in spec:
-                found[f"{ref(kafka)} {part}"] = spec[part].get("template", {}).get("pod", {}).get("securityContext")
-    return found
+    """The pod securityContext each Strimzi-made pod gets from the manifests (None: Strimzi's default)."""
+    return {where: pod.get("securityContext") for where, pod in strimzi_pod_templates(objects).items()}
 
 
 def fs_group_problems(contexts: dict[str, dict | None]) -> list[str]:
