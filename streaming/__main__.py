@@ -1,3 +1,3 @@
-from streaming.cli import app
+from streaming.cli.main import app
 
 app(prog_name="imgstream")

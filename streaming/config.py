@@ -166,7 +166,7 @@ class PipelineConfig:
 
     def kafka_client_properties(self) -> dict[str, str]:
         """Security settings for the Java Kafka clients (Flink's connector); kafka-python's
-        keywords come from `streaming.kafka_io.client_security`."""
+        keywords come from `streaming.ops.kafka_io.client_security`."""
         props = {"security.protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             props["sasl.mechanism"] = self.kafka_sasl_mechanism

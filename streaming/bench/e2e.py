@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from streaming import jobs
+from streaming.ops import jobs
 from streaming.bench import load, memory
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.photos import BenchPhoto, sample_photos

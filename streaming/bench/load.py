@@ -18,7 +18,7 @@ from typing import Callable
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streaming import jobs
+from streaming.ops import jobs
 from streaming.config import PipelineConfig
 from streaming.metrics import percentile
 from streaming.stack import kafka

@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streaming import jobs
+from streaming.ops import jobs
 from streaming.bench import memory
 from streaming.bench.load import stop_job
 from streaming.config import PipelineConfig

@@ -7,7 +7,7 @@ can be switched on later. No authorizer is configured: any authenticated user ma
 (the local stack tests authentication, not ACLs). With `layout.kafka_ssl_keystore_file` (and
 its CA) the client listener also speaks TLS: SASL_SSL with SASL, SSL without; the caller makes
 the key, certificate and CA (`tests/integration/test_kafka_tls.py` makes a throw-away CA with
-the `openssl` CLI); see `streaming/kafka_io.py` for the client settings.
+the `openssl` CLI); see `streaming/ops/kafka_io.py` for the client settings.
 """
 from __future__ import annotations
 

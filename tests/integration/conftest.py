@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from streaming import jobs
-from streaming.cli import stack_config
+from streaming.ops import jobs
+from streaming.stack.job_config import stack_config
 from streaming.stack import s3
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout

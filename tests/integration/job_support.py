@@ -11,7 +11,7 @@ from collections import Counter
 
 import psutil
 
-from streaming import jobs, kafka_io
+from streaming.ops import jobs, kafka_io
 from streaming.config import PipelineConfig
 from streaming.stack import kafka, process
 from streaming.stack.layout import StackLayout

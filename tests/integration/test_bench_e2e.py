@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streaming.bench import naive
-from streaming.bench.cli import bench_app
+from streaming.cli.bench import bench_app
 from streaming.stack import process
 
 

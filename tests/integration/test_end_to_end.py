@@ -5,7 +5,7 @@ import sys
 import uuid
 from collections import Counter
 
-from streaming import jobs, kafka_io
+from streaming.ops import jobs, kafka_io
 
 
 def send_and_collect(layout, job, events, timeout_s=180.0):

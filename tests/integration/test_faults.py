@@ -19,7 +19,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from streaming import jobs, kafka_io
+from streaming.ops import jobs, kafka_io
 from streaming.stack import process, s3
 from streaming.stack import stack as local_stack
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from streaming.cache import DecodedImageCache, fetch_decode
-from streaming.cli import stack_config
+from streaming.stack.job_config import stack_config
 from streaming.config import Secret
 from streaming.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, PipelineError
 from streaming.fetch import FetchedObject, Fetcher

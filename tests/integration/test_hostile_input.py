@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from streaming import kafka_io
+from streaming.ops import kafka_io
 from streaming.stack import s3
 from tests.corpus import corpus
 from tests.integration.job_support import (exceptions, num_restarts, outcomes, results_when_complete,

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from streaming.cli import stack_config
+from streaming.stack.job_config import stack_config
 from streaming.config import ConfigError
 from streaming.errors import ModelNotFound
 from streaming.infer import TritonClassifier

@@ -14,8 +14,8 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient
 
-from streaming import jobs
-from streaming.cli import stack_config
+from streaming.ops import jobs
+from streaming.stack.job_config import stack_config
 from streaming.stack import kafka
 from tests.integration.job_support import exceptions
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming import kafka_io
-from streaming.cli import stack_config
+from streaming.ops import kafka_io
+from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
 from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
 from tests.integration.test_sasl import PASSWORD, free_ports, publish_error

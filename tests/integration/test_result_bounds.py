@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from streaming import kafka_io
+from streaming.ops import kafka_io
 from streaming.events import MAX_ID_CHARS, MAX_RESULT_BYTES
 from streaming.stack import kafka
 from tests.integration.job_support import exceptions, num_restarts, results_when_complete, start_job, stop_job

@@ -18,8 +18,8 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from streaming import kafka_io
-from streaming.cli import stack_config
+from streaming.ops import kafka_io
+from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
 from streaming.stack.layout import StackLayout
 from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job

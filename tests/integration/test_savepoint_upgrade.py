@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from streaming import jobs, kafka_io
+from streaming.ops import jobs, kafka_io
 from streaming.stack.layout import PROJECT_ROOT
 from tests.integration.job_support import exceptions, num_restarts, rest
 from tests.integration.test_faults import (  # noqa: F401 - small_photos is a fixture

@@ -23,7 +23,7 @@ import json
 
 import pytest
 
-from streaming import kafka_io
+from streaming.ops import kafka_io
 from tests.corpus import corpus
 from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
 from tests.net_support import CountingListener, Reply, ScriptedHttpServer, redirect

@@ -227,7 +227,7 @@ def test_the_published_report_prints_its_tables():
 
     from typer.testing import CliRunner
 
-    from streaming.bench.cli import bench_app
+    from streaming.cli.bench import bench_app
 
     path = Path(__file__).parents[2] / "streaming" / "bench" / "results" / "e2e-full.json"
     result = CliRunner().invoke(bench_app, ["e2e", "--report", str(path)])

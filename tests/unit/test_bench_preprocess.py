@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streaming.bench import methods
-from streaming.bench.cli import bench_app
+from streaming.cli.bench import bench_app
 from streaming.bench.photos import GROUPS, tiny_photos
 from streaming.bench.preprocess import METHODS
 from streaming.bench.report import targets

@@ -1,5 +1,5 @@
 """`imgstream stack status --json` / `stack up` print their report with secrets masked."""
-from streaming.cli import _masked
+from streaming.cli.main import _masked
 
 
 def test_secret_values_are_masked_at_any_depth_and_nothing_else_changes():

@@ -1,7 +1,7 @@
 """Which jobs `imgstream job cancel --all` cancels (the REST calls are tested in
 tests/integration/test_job_submit.py against the real Flink)."""
 from streaming.config import PipelineConfig
-from streaming.jobs import JobInfo, cancellable, job_environment
+from streaming.ops.jobs import JobInfo, cancellable, job_environment
 
 # Flink's JobStatus values
 ALIVE = ["CREATED", "INITIALIZING", "RUNNING", "FAILING", "RESTARTING", "CANCELLING", "RECONCILING"]

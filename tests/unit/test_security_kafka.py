@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streaming import kafka_io
-from streaming.cli import stack_config
+from streaming.ops import kafka_io
+from streaming.stack.job_config import stack_config
 from streaming.config import KAFKA_SHADED_PREFIX, PipelineConfig, Secret
 from streaming.stack import kafka
 from streaming.stack.layout import StackLayout
@@ -99,7 +99,7 @@ def test_cli_job_config_logs_in_to_a_sasl_stack(tmp_path):
 def test_stack_up_sasl_flag_reaches_the_stack(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from streaming import cli
+    from streaming.cli import main as cli
     seen = []
     monkeypatch.setenv("IMGSTREAM_STACK_DIR", str(tmp_path))
     monkeypatch.delenv("IMGSTREAM_STACK_KAFKA_SASL", raising=False)

@@ -65,7 +65,7 @@ def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> 
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-    from streaming.kafka_io import client_security
+    from streaming.ops.kafka_io import client_security
 
     timeout_ms = int(CHECK_TIMEOUT_S * 1000)
     try:

@@ -88,7 +88,7 @@ def e2e(
 
     from streaming.bench import e2e as bench
     from streaming.bench import e2e_report, plot
-    from streaming.cli import stack_config
+    from streaming.stack.job_config import stack_config
     from streaming.stack import stack as local_stack
     from streaming.stack.layout import StackLayout
 
@@ -150,7 +150,7 @@ def soak(
     import dataclasses
 
     from streaming.bench import soak as bench
-    from streaming.cli import stack_config
+    from streaming.stack.job_config import stack_config
     from streaming.stack import stack as local_stack
     from streaming.stack.layout import StackLayout
 
