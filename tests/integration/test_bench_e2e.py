@@ -57,7 +57,7 @@ def test_table_and_targets_are_printed(smoke):
 
 
 def test_nothing_is_left_running(smoke, layout):
-    from streaming import jobs
+    from streaming.ops import jobs
 
     assert process.running_pid(layout.run_dir, naive.SERVICE_NAME) is None
     assert not [j for j in jobs.list_jobs(layout) if j.name.startswith("bench-e2e-") and j.state == "RUNNING"]
