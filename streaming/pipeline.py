@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from streaming.batcher import MicroBatcher
-from streaming.cache import DecodedImageCache, fetch_decode
+from streaming.cache import DecodedImageCache
 from streaming.config import PipelineConfig
 from streaming.decoder_pool import DecoderPool
 from streaming.cores import available_cores
@@ -25,6 +25,7 @@ from streaming.errors import PipelineError, RequestTimeout
 from streaming.events import ErrorResult, ImageRequest, Label, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
 from streaming.infer import TritonClassifier
+from streaming.prepare import InProcessDecoder, fetch_decode
 from streaming.uris import parse_uri
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ class ImagePipeline:
     def prepare(self, request: ImageRequest) -> Prepared:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
+        decoder = self.decoders or InProcessDecoder(self.config.max_decode_ms, self.config.max_decode_bytes)
         pre = fetch_decode(self._fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
-                           cache=self.cache, max_decode_ms=self.config.max_decode_ms,
-                           decoders=self.decoders, max_decode_bytes=self.config.max_decode_bytes)
-        return Prepared(request, pre.image.tensor, pre.timings.as_dict())
+                           cache=self.cache, decoder=decoder)
+        return Prepared(request, pre.tensor, pre.timings_ms())
 
     def classify(self, tensors: list[np.ndarray]) -> list[tuple[Label, ...]]:
         return self.classifier.classify(np.stack(tensors))
