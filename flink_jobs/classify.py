@@ -41,22 +41,22 @@ class ClassifyImages(AsyncFunction):
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self.engine: AsyncImagePipeline | None = None
+        self.pipeline: AsyncImagePipeline | None = None
         self.stats: PipelineStats | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.engine = AsyncImagePipeline(self.config)
-        self.engine.open()
+        self.pipeline = AsyncImagePipeline(self.config)
+        self.pipeline.open()
         self.stats = PipelineStats()
         group = runtime_context.get_metrics_group().add_group("imgstream")
-        self.stats.register(group, in_flight=lambda: self.engine.in_flight)
+        self.stats.register(group, in_flight=lambda: self.pipeline.in_flight)
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
 
     async def async_invoke(self, value: bytes):
-        result = await self.engine.process(value)
+        result = await self.pipeline.process(value)
         self.stats.record(result)
         return [result_to_json(result)]
 

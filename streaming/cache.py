@@ -6,26 +6,17 @@ object the store gives no ETag for is never cached: without a validator, a same-
 replacement would be served stale (the length was the key once). It is off by default (`max_bytes=0`). Counters: hits,
 misses, evictions (dropped for room) and replaced (an older version of the same object).
 
-`fetch_decode` is the cached path from a ref to a tensor. With the cache on, it asks the store
-for the object only if its ETag changed (S3 `If-None-Match`, a 304 transfers nothing), so a hit
-skips both the transfer and the decode; the round trip to the store remains, which is what
-keeps a changed object from being served stale.
+`streaming.prepare.fetch_decode` is the path through it, from a ref to a model input.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.decode import CROP_FRACTION, DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
-from streaming.decoder_pool import DecoderPool
-from streaming.errors import DecodeTimeout
-from streaming.fetch import FetchedObject, Fetcher
-from streaming.timing import StageTimings
-from streaming.uris import ObjectRef
+from streaming.decode import CROP_FRACTION, DecodedImage
+from streaming.fetch import FetchedObject
 
 DEFAULT_CACHE_BYTES = 0  # off; PipelineConfig.cache_bytes sets it
 ENTRY_OVERHEAD_BYTES = 512  # the record, its key and the index entries, roughly
@@ -152,75 +143,3 @@ class DecodedImageCache:
         if self._latest.get(slot) == key:
             del self._latest[slot]
 
-
-@dataclass(frozen=True)
-class Preprocessed:
-    """One object's model input and how it was obtained."""
-
-    image: DecodedImage
-    etag: str | None
-    timings: StageTimings
-
-
-def fetch_decode(fetcher: Fetcher, ref: ObjectRef, *, size: int, max_pixels: int,
-                 cache: DecodedImageCache | None = None,
-                 crop_fraction: float = CROP_FRACTION, max_decode_ms: float | None = None,
-                 decode_slots: threading.Semaphore | None = None, decoders: DecoderPool | None = None,
-                 max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Preprocessed:
-    """Fetch and decode one object, through the cache when one is given and enabled.
-
-    With `decoders` (the pipeline's), the decode runs in the pool's processes: as many at once
-    as it has workers, stopped at `max_decode_ms` (the pool's) with `DecodeTimeout`. Without,
-    it runs in this thread, holding one of `decode_slots` if given, and `DecodeTimeout` is
-    raised after the fact when it took more than `max_decode_ms` of wall time (tools, tests).
-
-    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`.
-    """
-    decode = _Decode(size, max_pixels, crop_fraction, max_decode_ms, max_decode_bytes, decode_slots, decoders)
-    if cache is None or not cache.enabled:
-        fetched = fetcher.fetch(ref)
-        return decode(fetched, fetched.fetch_ms, None)
-    known = cache.etag_for(ref.uri, size, crop_fraction)
-    fetched = fetcher.fetch(ref, if_none_match=known)
-    fetch_ms = fetched.fetch_ms
-    if fetched.not_modified:
-        image = cache.get(CacheKey(ref.uri, known, size, crop_fraction))
-        if image is not None:
-            return Preprocessed(image, known, StageTimings(fetch_ms, cache_hit=True))
-        fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
-        fetch_ms += fetched.fetch_ms
-        return decode(fetched, fetch_ms, cache)
-    key = CacheKey.of(fetched, size, crop_fraction)
-    image = cache.get(key) if key is not None else None
-    if image is not None:
-        return Preprocessed(image, fetched.etag, StageTimings(fetch_ms, cache_hit=True))
-    return decode(fetched, fetch_ms, cache)
-
-
-@dataclass(frozen=True)
-class _Decode:
-    size: int
-    max_pixels: int
-    crop_fraction: float
-    max_decode_ms: float | None
-    max_decode_bytes: int
-    slots: threading.Semaphore | None
-    decoders: DecoderPool | None
-
-    def __call__(self, fetched: FetchedObject, fetch_ms: float, cache: DecodedImageCache | None) -> Preprocessed:
-        if self.decoders is not None:
-            image = self.decoders.decode(fetched.data, self.size, max_pixels=self.max_pixels,
-                                         crop_fraction=self.crop_fraction)
-        else:
-            with self.slots or contextlib.nullcontext():
-                start = time.perf_counter()
-                image = decode_to_tensor(fetched.data, self.size, max_pixels=self.max_pixels,
-                                         crop_fraction=self.crop_fraction, max_decode_bytes=self.max_decode_bytes)
-                took_ms = (time.perf_counter() - start) * 1000
-            if self.max_decode_ms is not None and took_ms > self.max_decode_ms:
-                raise DecodeTimeout(f"decoding took {took_ms:.0f} ms, limit max_decode_ms={self.max_decode_ms}")
-        key = CacheKey.of(fetched, self.size, self.crop_fraction)
-        if cache is not None and key is not None:
-            cache.put(key, image)
-        return Preprocessed(image, fetched.etag,
-                            StageTimings(fetch_ms, image.decode_ms, image.resize_ms, cache_hit=False))

@@ -109,7 +109,8 @@ class InferenceUnavailable(Retryable):
 
 
 class RequestTimeout(Retryable):
-    """The request as a whole took longer than request_timeout_s."""
+    """The request as a whole took longer than request_timeout_s. Its stage, "pipeline", names the
+    whole path (parse to result), not one step of it."""
     code, stage = "request_timeout", "pipeline"
 
 

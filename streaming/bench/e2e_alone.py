@@ -27,7 +27,7 @@ INFER_CONCURRENCY = 2  # the job's infer_concurrency: batches in flight to Trito
 
 def preprocess(bench: "Bench", photos: list[BenchPhoto]) -> dict[str, Any]:
     """CPU-seconds per image of fetch + decode + resize, this process, round-robin over the photos."""
-    from streaming.cache import fetch_decode
+    from streaming.prepare import fetch_decode
     from streaming.fetch import Fetcher
     from streaming.uris import parse_uri
 

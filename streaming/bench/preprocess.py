@@ -99,7 +99,7 @@ def _pool_overhead(rows: dict[str, Any]) -> float | None:
 # -- what each method does, per photo --------------------------------------------------
 def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any,
            pool: DecoderPool) -> dict[str, dict[str, Callable[[], np.ndarray]]]:
-    from streaming.cache import fetch_decode
+    from streaming.prepare import fetch_decode
 
     calls: dict[str, dict[str, Callable[[], np.ndarray]]] = {key: {} for key, _ in METHODS if key != "c_limit"}
     if not m.have_opencv():
@@ -116,7 +116,7 @@ def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any,
         calls["engine_turbojpeg"][p.name] = lambda data=data: m.engine("turbojpeg")(data)
         calls["engine_pillow"][p.name] = lambda data=data: m.engine("pillow")(data)
         calls["engine_fetch"][p.name] = lambda ref=ref: fetch_decode(
-            fetcher, ref, size=m.SIZE, max_pixels=m.MAX_PIXELS).image.tensor
+            fetcher, ref, size=m.SIZE, max_pixels=m.MAX_PIXELS).tensor
         calls["engine_pool"][p.name] = lambda data=data: pool.decode(
             data, m.SIZE, max_pixels=m.MAX_PIXELS, jpeg_backend=JPEG_BACKEND).tensor
     return calls

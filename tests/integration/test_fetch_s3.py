@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from streaming.cache import DecodedImageCache, fetch_decode
+from streaming.cache import DecodedImageCache
 from streaming.stack.job_config import stack_config
 from streaming.config import Secret
 from streaming.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, PipelineError
 from streaming.fetch import FetchedObject, Fetcher
+from streaming.prepare import fetch_decode
 from streaming.stack import s3
 from streaming.uris import parse_uri
 
@@ -134,8 +135,8 @@ def test_cache_hit_skips_transfer_and_decode(fetcher, config, bucket):
     photo = ref(config, bucket, "photo.jpg")
     first = fetch_decode(fetcher, photo, size=224, max_pixels=config.max_pixels, cache=cache)
     second = fetch_decode(fetcher, photo, size=224, max_pixels=config.max_pixels, cache=cache)
-    assert not first.timings.cache_hit and second.timings.cache_hit
-    assert second.image is first.image and second.etag == first.etag
+    assert not first.cache_hit and second.cache_hit
+    assert second.tensor is first.tensor and second.etag == first.etag
     assert (cache.stats().hits, cache.stats().misses) == (1, 1)
 
 

@@ -1,4 +1,5 @@
-"""The request path without Flink: real S3Proxy and real Triton, one request at a time."""
+"""The job's request path (AsyncImagePipeline, through the blocking ImagePipeline) without Flink:
+real S3Proxy and real Triton, with the decoder pool and cache open() builds, one request at a time."""
 import json
 
 import pytest
@@ -9,10 +10,8 @@ from streaming.pipeline import ImagePipeline
 
 @pytest.fixture(scope="module")
 def pipeline(pipeline_config):
-    pipe = ImagePipeline(pipeline_config)
-    pipe.open()
-    yield pipe
-    pipe.close()
+    with ImagePipeline(pipeline_config) as pipe:
+        yield pipe
 
 
 def event(uri: str, rid: str = "r1") -> bytes:

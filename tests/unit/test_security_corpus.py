@@ -1,7 +1,7 @@
 """The bad-input corpus (tests/corpus/) through the pipeline's real code, without servers:
 events are parsed as the job parses them, images are "fetched" from the corpus folder and
-decoded for real (in this process, and in the job's decoder-process pool), and only the
-Triton call is replaced. Each case must give exactly its
+decoded for real (in this process, and in the job's decoder-process pool), through the code
+the job runs (its async path, cache and micro-batcher); only the Triton call is replaced. Each case must give exactly its
 manifest outcome (the integration test does the same through Kafka, Flink and S3)."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from streaming.config import PipelineConfig
-from streaming.decoder_pool import DecoderPool
 from streaming.errors import ObjectNotFound
 from streaming.events import Label, result_to_json
 from streaming.fetch import FetchedObject
 from streaming.pipeline import ImagePipeline
+from streaming.prepare import InProcessDecoder
 from tests.corpus import corpus
 
 BUCKET, PREFIX = "corpus-bucket", "corpus/"
@@ -36,25 +36,27 @@ class CorpusFetcher:
             raise ObjectNotFound("no such key")
         return FetchedObject(ref.uri, self.files[name], None, 0.1)
 
-    def close(self):
-        pass
+
+class StubClassifier:
+    """Triton's place: every image is "label"."""
+
+    def classify(self, batch):
+        return [(Label("label", 1, 0.9),)] * len(batch)
 
 
-def engine(files: dict[str, bytes], pool: bool = False, **overrides) -> ImagePipeline:
-    config = PipelineConfig(allowed_buckets=(BUCKET,), **{**corpus.JOB_SETTINGS, **overrides})
-    pipe = ImagePipeline(config)
-    pipe._fetcher = CorpusFetcher(files)  # noqa: SLF001 - the test's stand-in for S3
-    pipe.classify = lambda tensors: [(Label("label", 1, 0.9),)] * len(tensors)
-    if pool:  # as open() makes them, without the Triton client
-        pipe.decoders = DecoderPool(2, max_decode_ms=config.max_decode_ms, max_decode_bytes=config.max_decode_bytes)
-    return pipe
+def corpus_pipeline(files: dict[str, bytes], pool: bool = False, **overrides) -> ImagePipeline:
+    """The job's pipeline (open it with `with`), with the corpus as its store and a stand-in for
+    Triton; its decoder is the job's decoder-process pool (built by open()), or this process."""
+    slots = {"decode_concurrency": 2} if pool else {}
+    config = PipelineConfig(allowed_buckets=(BUCKET,), **{**corpus.JOB_SETTINGS, **slots, **overrides})
+    decoder = None if pool else InProcessDecoder(config.max_decode_ms, config.max_decode_bytes)
+    return ImagePipeline(config, fetcher=CorpusFetcher(files), classifier=StubClassifier(), decoder=decoder)
 
 
 @pytest.fixture(scope="module", params=["in-process", "decoder-pool"])
 def pipe(request):
-    engine_ = engine(corpus.image_files(), pool=request.param == "decoder-pool")
-    yield engine_
-    engine_.close()
+    with corpus_pipeline(corpus.image_files(), pool=request.param == "decoder-pool") as pipeline:
+        yield pipeline
 
 
 def test_manifest_lists_exactly_the_files_there_are():
@@ -80,10 +82,8 @@ def test_decode_time_limit_has_its_own_code(pool):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(big, "PNG", compress_level=1)
     event = json.dumps({"id": "t", "uri": f"s3://{BUCKET}/{PREFIX}noise.png"})
-    pipe = engine({"noise.png": big.getvalue()}, pool, max_decode_ms=1)
-    result = json.loads(result_to_json(pipe.process(event)))
-    pipe.close()
+    with corpus_pipeline({"noise.png": big.getvalue()}, pool, max_decode_ms=1) as pipeline:
+        result = json.loads(result_to_json(pipeline.process(event)))
     assert result["error"]["code"] == "decode_timeout" and result["error"]["stage"] == "decode"
-    relaxed = engine({"noise.png": big.getvalue()}, pool, max_decode_ms=60_000)
-    assert "top_k" in json.loads(result_to_json(relaxed.process(event)))
-    relaxed.close()
+    with corpus_pipeline({"noise.png": big.getvalue()}, pool, max_decode_ms=60_000) as relaxed:
+        assert "top_k" in json.loads(result_to_json(relaxed.process(event)))

@@ -1,0 +1,129 @@
+"""The CPU side of one request: fetch an object, decode it to the model's input, through the cache.
+
+`fetch_decode` is the path from a ref to a `PreparedImage`. With the cache on
+(`streaming.cache`), it asks the store for the object only if its ETag changed (S3
+`If-None-Match`, a 304 transfers nothing), so a hit skips both the transfer and the decode; the
+round trip to the store remains, which is what keeps a changed object from being served stale.
+
+The decode runs on a `Decoder`: the pipeline's `DecoderPool` (decoder processes, a decode past
+`max_decode_ms` is killed: `DecodeTimeout` interrupts it), or an `InProcessDecoder` (this
+thread, tools and tests: the limit is only checked after the decode has finished).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import ContextManager, Protocol
+
+import numpy as np
+
+from streaming.cache import CacheKey, DecodedImageCache
+from streaming.decode import CROP_FRACTION, DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
+from streaming.errors import DecodeTimeout
+from streaming.fetch import FetchedObject
+from streaming.uris import ObjectRef
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One object's model input, its version, and the wall time of each stage that made it.
+
+    A decoded-image cache hit has decode_ms = resize_ms = 0."""
+
+    tensor: np.ndarray  # uint8, (size, size, 3), read-only (shared with the cache)
+    etag: str | None
+    fetch_ms: float = 0.0
+    decode_ms: float = 0.0
+    resize_ms: float = 0.0
+    cache_hit: bool = False
+
+    @property
+    def stages_ms(self) -> float:
+        """fetch + decode + resize."""
+        return self.fetch_ms + self.decode_ms + self.resize_ms
+
+    def timings_ms(self) -> dict[str, float]:
+        """The keys the results topic uses: fetch, decode, resize."""
+        return {"fetch": self.fetch_ms, "decode": self.decode_ms, "resize": self.resize_ms}
+
+
+class Fetch(Protocol):
+    """What the stage needs of a fetcher (`streaming.fetch.Fetcher`, or a test's stand-in)."""
+
+    def fetch(self, ref: ObjectRef, *, if_none_match: str | None = None) -> FetchedObject: ...
+
+
+class Decoder(Protocol):
+    """What the stage needs of a decoder (`DecoderPool`, `InProcessDecoder`)."""
+
+    def decode(self, data: bytes, size: int = 224, *, max_pixels: int,
+               crop_fraction: float = CROP_FRACTION) -> DecodedImage: ...
+
+
+@dataclass(frozen=True)
+class InProcessDecoder:
+    """Decodes in the calling thread, holding one of `slots` if given (tools, tests).
+
+    Nothing can stop a decode in this thread: `DecodeTimeout` is raised after the fact when it
+    took more than `max_decode_ms` of wall time. The job uses `DecoderPool`, which does stop it."""
+
+    max_decode_ms: float | None = None
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    slots: ContextManager | None = None
+
+    def decode(self, data: bytes, size: int = 224, *, max_pixels: int,
+               crop_fraction: float = CROP_FRACTION) -> DecodedImage:
+        with self.slots or contextlib.nullcontext():
+            start = time.perf_counter()
+            image = decode_to_tensor(data, size, max_pixels=max_pixels, crop_fraction=crop_fraction,
+                                     max_decode_bytes=self.max_decode_bytes)
+            took_ms = (time.perf_counter() - start) * 1000
+        if self.max_decode_ms is not None and took_ms > self.max_decode_ms:
+            raise DecodeTimeout(f"decoding took {took_ms:.0f} ms, limit max_decode_ms={self.max_decode_ms}")
+        return image
+
+
+def fetch_decode(fetcher: Fetch, ref: ObjectRef, *, size: int, max_pixels: int,
+                 cache: DecodedImageCache | None = None, crop_fraction: float = CROP_FRACTION,
+                 decoder: Decoder | None = None) -> PreparedImage:
+    """Fetch and decode one object, through the cache when one is given and enabled.
+
+    `decoder` defaults to an `InProcessDecoder` without a time limit.
+    Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`.
+    """
+    stage = _Decode(decoder or InProcessDecoder(), size, max_pixels, crop_fraction)
+    if cache is None or not cache.enabled:
+        fetched = fetcher.fetch(ref)
+        return stage(fetched, fetched.fetch_ms, None)
+    known = cache.etag_for(ref.uri, size, crop_fraction)
+    fetched = fetcher.fetch(ref, if_none_match=known)
+    fetch_ms = fetched.fetch_ms
+    if fetched.not_modified:
+        image = cache.get(CacheKey(ref.uri, known, size, crop_fraction))
+        if image is not None:
+            return PreparedImage(image.tensor, known, fetch_ms, cache_hit=True)
+        fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
+        fetch_ms += fetched.fetch_ms
+        return stage(fetched, fetch_ms, cache)
+    key = CacheKey.of(fetched, size, crop_fraction)
+    image = cache.get(key) if key is not None else None
+    if image is not None:
+        return PreparedImage(image.tensor, fetched.etag, fetch_ms, cache_hit=True)
+    return stage(fetched, fetch_ms, cache)
+
+
+@dataclass(frozen=True)
+class _Decode:
+    decoder: Decoder
+    size: int
+    max_pixels: int
+    crop_fraction: float
+
+    def __call__(self, fetched: FetchedObject, fetch_ms: float, cache: DecodedImageCache | None) -> PreparedImage:
+        image = self.decoder.decode(fetched.data, self.size, max_pixels=self.max_pixels,
+                                    crop_fraction=self.crop_fraction)
+        key = CacheKey.of(fetched, self.size, self.crop_fraction)
+        if cache is not None and key is not None:
+            cache.put(key, image)
+        return PreparedImage(image.tensor, fetched.etag, fetch_ms, image.decode_ms, image.resize_ms, cache_hit=False)

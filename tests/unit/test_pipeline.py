@@ -1,0 +1,150 @@
+"""The one request path (`AsyncImagePipeline.process`) with stand-ins for the store, the decoder
+and Triton: timings, micro-batches, the cache on the path, timeouts, internal errors, and the
+blocking `ImagePipeline` as a wrapper over the same path. The corpus test runs it with real
+decoding (test_security_corpus.py), the integration test with the real servers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from streaming.config import PipelineConfig
+from streaming.decode import DecodedImage
+from streaming.events import ErrorResult, Label, Prediction
+from streaming.fetch import FetchedObject
+from streaming.pipeline import AsyncImagePipeline, ImagePipeline
+
+LABELS = (Label("ladybug", 301, 0.9),)
+
+
+class Store:
+    def __init__(self, etag: str | None = None):
+        self.etag, self.fetches, self.closed = etag, 0, False
+
+    def fetch(self, ref, *, if_none_match=None):
+        self.fetches += 1
+        if if_none_match is not None and if_none_match == self.etag:
+            return FetchedObject(ref.uri, b"", self.etag, 0.5, not_modified=True)
+        return FetchedObject(ref.uri, b"image", self.etag, 0.5)
+
+    def close(self):
+        self.closed = True
+
+
+class Decoder:
+    def __init__(self):
+        self.decodes = 0
+
+    def decode(self, data, size=224, *, max_pixels, crop_fraction=0.875):
+        self.decodes += 1
+        tensor = np.zeros((size, size, 3), np.uint8)
+        tensor.setflags(write=False)
+        return DecodedImage(tensor, 640, 480, 2.0, 1.0, "stand-in")
+
+
+class Classifier:
+    def __init__(self, delay_s: float = 0.0, fail: Exception | None = None):
+        self.delay_s, self.fail, self.batches = delay_s, fail, []
+
+    def classify(self, batch):
+        time.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append(len(batch))
+        return [LABELS] * len(batch)
+
+
+def config(**overrides) -> PipelineConfig:
+    return PipelineConfig(**{"allowed_buckets": ("photos",), **overrides})
+
+
+def event(rid: str = "r1", uri: str = "s3://photos/a.jpg") -> str:
+    return json.dumps({"id": rid, "uri": uri})
+
+
+def run(pipeline: AsyncImagePipeline, *raws: str) -> list:
+    async def all_of():
+        return await asyncio.gather(*(pipeline.process(raw) for raw in raws))
+    return asyncio.run(all_of())
+
+
+@pytest.fixture
+def parts():
+    return Store(), Decoder(), Classifier()
+
+
+def test_a_prediction_with_every_stage_timed(parts):
+    store, decoder, classifier = parts
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder)
+    pipeline.open()
+    try:
+        (result,) = run(pipeline, event())
+    finally:
+        pipeline.close()
+    assert isinstance(result, Prediction), result
+    assert (result.id, result.uri, result.top_k, result.batch_size) == ("r1", "s3://photos/a.jpg", LABELS, 1)
+    assert list(result.timings_ms) == ["fetch", "decode", "resize", "queue", "infer", "total"]
+    assert (result.timings_ms["fetch"], result.timings_ms["decode"], result.timings_ms["resize"]) == (0.5, 2.0, 1.0)
+    assert pipeline.in_flight == 0
+    assert not store.closed  # what was passed in is the caller's to close
+
+
+def test_requests_in_flight_share_micro_batches(parts):
+    store, decoder, classifier = parts
+    pipeline = AsyncImagePipeline(config(max_batch_size=8, max_batch_wait_ms=200, infer_concurrency=1),
+                                  fetcher=store, classifier=classifier, decoder=decoder)
+    pipeline.open()
+    try:
+        results = run(pipeline, *(event(f"r{i}") for i in range(8)))
+    finally:
+        pipeline.close()
+    assert [r.id for r in results] == [f"r{i}" for i in range(8)]
+    assert all(isinstance(r, Prediction) for r in results)
+    assert sum(classifier.batches) == 8 and max(classifier.batches) > 1
+    assert {r.batch_size for r in results} == set(classifier.batches)
+
+
+def test_the_cache_is_on_the_path():
+    store, decoder = Store(etag="v1"), Decoder()
+    with ImagePipeline(config(cache_bytes=10**6), fetcher=store, classifier=Classifier(), decoder=decoder) as pipe:
+        first, second = pipe.process(event("r1")), pipe.process(event("r2"))
+    assert isinstance(first, Prediction) and isinstance(second, Prediction)
+    assert (store.fetches, decoder.decodes) == (2, 1)  # the second fetch was a 304: no decode
+    assert second.timings_ms["decode"] == 0
+
+
+def test_a_request_past_request_timeout_s_gets_request_timeout(parts):
+    store, decoder, _ = parts
+    with ImagePipeline(config(request_timeout_s=0.2), fetcher=store, classifier=Classifier(delay_s=1.0),
+                       decoder=decoder) as pipe:
+        result = pipe.process(event("slow"))
+        assert pipe.pipeline.in_flight == 0
+    assert isinstance(result, ErrorResult)
+    assert (result.id, result.code, result.stage, result.retryable) == ("slow", "request_timeout", "pipeline", True)
+    assert result.timings_ms["total"] >= 200
+
+
+def test_a_bug_becomes_an_internal_error_result(parts):
+    store, decoder, _ = parts
+    with ImagePipeline(config(), fetcher=store, classifier=Classifier(fail=ZeroDivisionError("oops")),
+                       decoder=decoder) as pipe:
+        result = pipe.process(event("bug"))
+    assert isinstance(result, ErrorResult)
+    assert (result.id, result.code, result.stage) == ("bug", "internal_error", "unknown")
+    assert "ZeroDivisionError: oops" in result.message
+
+
+@pytest.mark.parametrize("raw, code", [
+    ('{"id": "only-id"}', "invalid_event"),
+    (event("x", "s3://elsewhere/a.jpg"), "uri_not_allowed"),
+])
+def test_bad_events_are_answered_by_the_same_path_before_and_after_open(parts, raw, code):
+    store, decoder, classifier = parts
+    unopened = ImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder)
+    with ImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder) as opened:
+        results = [unopened.process(raw), opened.process(raw)]
+    assert [(r.code, r.id) for r in results] == [(code, results[0].id)] * 2
+    assert store.fetches == 0
