@@ -36,8 +36,8 @@ import shutil
 import time
 from pathlib import Path
 
+from streaming.contract import LABELS_PATH
 from triton_models import model_config
-from triton_models.make_labels import LABELS_PATH
 from triton_models.model_config import CpuTarget, GpuTarget
 from triton_models.variants import ALL_VARIANTS, DEFAULT_VARIANT, LOCAL_VARIANTS, ArtifactStore, Variant, by_name
 

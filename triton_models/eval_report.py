@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streaming.contract import load_labels
 from streaming.stack.layout import StackLayout
 from triton_models import build, evaluate, loadgen, photos
-from triton_models.make_labels import load_labels
 from triton_models.variants import ALL_VARIANTS, Variant
 
 TARGET_INT8_SPEEDUP_BATCH8 = 1.8

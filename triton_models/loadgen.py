@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from streaming.contract import INPUT_DTYPE, INPUT_NAME, INPUT_TRITON_DTYPE, OUTPUT_NAME, input_shape
 from streaming.stack import process, triton
 from streaming.stack.layout import StackLayout
 
@@ -63,9 +64,9 @@ def _worker(url: str, model: str, images: np.ndarray, stop_at: float, latencies:
 
     try:
         with grpcclient.InferenceServerClient(url) as client:
-            inp = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+            inp = grpcclient.InferInput(INPUT_NAME, list(images.shape), INPUT_TRITON_DTYPE)
             inp.set_data_from_numpy(images)
-            out = [grpcclient.InferRequestedOutput("PROBABILITIES", class_count=5)]
+            out = [grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=5)]
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
                 client.infer(model, [inp], outputs=out, client_timeout=120)
@@ -78,7 +79,7 @@ def run_cell(url: str, model: str, image_size: int, batch: int, *, concurrency: 
              seconds: float) -> tuple[list[float], float]:
     """One closed-loop run; returns (request latencies in s, wall seconds)."""
     rng = np.random.default_rng(batch)
-    images = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (batch, *input_shape(image_size)), dtype=INPUT_DTYPE)
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()

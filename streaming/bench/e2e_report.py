@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
+
 TARGET_VS_IDEAL = 0.75
 TARGET_VS_NAIVE = 3.0
 TARGET_P99_OVER_P50 = 2.0
 TARGET_SCALING = 1.6
 TARGET_RSS_GROWTH = 0.10
-TENSOR_BYTES = 224 * 224 * 3  # uint8 NHWC, what the pipeline sends to Triton
+TENSOR_BYTES = math.prod(input_shape(INPUT_SIZE)) * INPUT_DTYPE().itemsize  # what the pipeline sends to Triton
 UTILISATION = 0.7  # plan machines to run at 70% of their measured capacity
 PEAK_TO_AVERAGE = 2.0  # a day's traffic is not flat: provision 10M/day for twice its average
 # Not measured here (no GPU on this machine): EfficientNet-Lite0 INT8 through TensorRT on one

@@ -43,7 +43,7 @@ def consume(bootstrap: str, requests: str, results: str, group: str, s3_endpoint
     from kafka import KafkaConsumer, KafkaProducer
 
     from streaming.bench.methods import naive_pillow
-    from triton_models.make_labels import load_labels
+    from streaming.contract import INPUT_NAME, OUTPUT_NAME, PIXEL_MEAN, PIXEL_STD, load_labels
 
     labels = load_labels()
     consumer = KafkaConsumer(requests, bootstrap_servers=bootstrap, group_id=group,
@@ -61,11 +61,11 @@ def consume(bootstrap: str, requests: str, results: str, group: str, s3_endpoint
             data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             t1 = time.perf_counter()
             pixels = naive_pillow(data)  # full decode, convert('RGB'), crop + bicubic resize
-            tensor = ((pixels.astype(np.float32) - 127.0) / 128.0).transpose(2, 0, 1)[None].copy()
+            tensor = ((pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)[None].copy()
             t2 = time.perf_counter()
-            inp = grpcclient.InferInput("IMAGE", list(tensor.shape), "FP32")
+            inp = grpcclient.InferInput(INPUT_NAME, list(tensor.shape), "FP32")
             inp.set_data_from_numpy(tensor)
-            probs = client.infer(model, [inp], client_timeout=60).as_numpy("PROBABILITIES")[0]
+            probs = client.infer(model, [inp], client_timeout=60).as_numpy(OUTPUT_NAME)[0]
             best = np.argsort(probs)[::-1][:TOP_K]
             t3 = time.perf_counter()
             timings = {"fetch": (t1 - started) * 1000, "decode": (t2 - t1) * 1000, "infer": (t3 - t2) * 1000}

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
+from streaming.contract import LABELS_PATH
 from triton_models import build, export_onnx, model_config
-from triton_models.make_labels import LABELS_PATH
 from triton_models.model_config import CpuTarget, GpuTarget
 from triton_models.variants import ALL_VARIANTS, LOCAL_VARIANTS, Variant
 

@@ -20,8 +20,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from streaming.contract import LABELS_PATH, load_labels
 from triton_models import build, export_onnx
-from triton_models.make_labels import LABELS_PATH, load_labels
 from triton_models.preprocess import center_crop_box, load_image
 from triton_models.pth_reader import load_state_dict
 from triton_models.variants import Variant

@@ -16,9 +16,9 @@ import onnx
 import pytest
 from PIL import Image
 
+from streaming.contract import load_labels
 from triton_models import build, evaluate, photos, qt_rcc
 from triton_models.hand_labels import HAND_LABELS
-from triton_models.make_labels import load_labels
 from triton_models.preprocess import center_crop_box
 from triton_models.variants import Variant
 
