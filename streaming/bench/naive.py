@@ -14,7 +14,6 @@ and tests stay as they are.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -26,7 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
-from streaming.stack import process, triton
+from streaming.bench.side_triton import side_triton
+from streaming.stack import process
 from streaming.stack.layout import StackLayout
 
 PORTS = (28100, 28101, 28102)  # http, grpc, metrics: away from the stack's and `models eval`'s
@@ -93,21 +93,15 @@ def main(argv: list[str] | None = None) -> int:
 def naive_triton(layout: StackLayout, ports: tuple[int, int, int] = PORTS,
                  intra_op_threads: int | None = None) -> Iterator[str]:
     """A Triton serving only the float-input variant; yields its gRPC address, always stops it."""
-    from triton_models.build import build_repository
+    from triton_models.build import build_repository, store_in
     from triton_models.variants import NAIVE_VARIANT
 
     repository = layout.root / "bench" / "naive-repository"
     repository.mkdir(parents=True, exist_ok=True)
-    build_repository(repository, variants=(NAIVE_VARIANT,), intra_op_threads=intra_op_threads,
-                     response_cache=False)
-    own = dataclasses.replace(layout, triton_http_port=ports[0], triton_grpc_port=ports[1],
-                              triton_metrics_port=ports[2])
-    spec = dataclasses.replace(triton.triton_service(own, repository), name=SERVICE_NAME)
-    try:
-        process.start(spec, own.run_dir)
+    build_repository(repository, store=store_in(layout.root), variants=(NAIVE_VARIANT,),
+                     intra_op_threads=intra_op_threads, response_cache=False)
+    with side_triton(layout, repository, ports, SERVICE_NAME) as own:
         yield own.triton_grpc
-    finally:
-        process.stop(own.run_dir, SERVICE_NAME)
 
 
 def triton_pid(layout: StackLayout) -> int | None:
