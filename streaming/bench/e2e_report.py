@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streaming.bench.load import STAGE_ORDER
 from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
 
 TARGET_VS_IDEAL = 0.75
@@ -272,9 +273,6 @@ def cpu_table(report: dict[str, Any]) -> str:
 def _busy(row: dict, report: dict[str, Any]) -> float:
     cores = report.get("machine", {}).get("cpus") or 1
     return 100 * sum(row["cpu_s"].values()) / (row["wall_s"] * cores) if row.get("wall_s") else 0.0
-
-
-STAGE_ORDER = ("queue", "fetch", "decode", "resize", "infer", "operator_other", "outside")
 
 
 def stage_table(report: dict[str, Any]) -> str:
