@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streaming.contract import INPUT_NAME, load_labels
+from streaming.contract import INPUT_DTYPE, INPUT_NAME, input_shape, load_labels
 from triton_models.preprocess import load_image
 
 
@@ -40,7 +40,7 @@ def image_size(session) -> int:
 def bench(session, batch: int, runs: int = 20) -> float:
     """Median seconds per ``session.run`` for a batch of random images."""
     size = image_size(session)
-    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (batch, *input_shape(size)), dtype=INPUT_DTYPE)
     session.run(None, {INPUT_NAME: x})  # warm-up
     times = []
     for _ in range(runs):

@@ -1,4 +1,5 @@
-"""Regenerate ``labels/imagenet_labels.txt`` (``streaming.contract.LABELS_PATH``) from the timm wheel (one-time, offline).
+"""Regenerate ``labels/imagenet_labels.txt`` from the timm wheel (one-time, offline); the list is
+read with ``streaming.contract.load_labels``.
 
 The 1000 ImageNet-1k classes in the standard index order (sorted WordNet
 synset ids, the order every ImageNet-1k classifier including EfficientNet-Lite

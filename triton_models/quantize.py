@@ -54,7 +54,7 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, *, recipe: str
 
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}")
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) < CALIBRATION_BATCH:
+    if images.ndim != 4 or images.dtype != contract.INPUT_DTYPE or len(images) < CALIBRATION_BATCH:
         raise ValueError("calibration images must be uint8 [n >= 8, S, S, 3]")
     images = images[: len(images) - len(images) % CALIBRATION_BATCH]  # equal batches
     symmetric = recipe == "s8s8"
