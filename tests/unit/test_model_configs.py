@@ -180,7 +180,8 @@ def test_rebuild_is_a_no_op_and_removes_dropped_variants(cpu_repo):
     before = {p: p.stat().st_mtime_ns for p in cpu_repo.rglob("*") if p.is_file()}
     build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16)
     assert {p: p.stat().st_mtime_ns for p in cpu_repo.rglob("*") if p.is_file()} == before
-    build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16, variants=(Variant("lite0", "fp32"),))
+    build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16,
+                           variants=(Variant("lite0", "fp32"),))
     assert sorted(p.parent.name for p in cpu_repo.glob("*/config.pbtxt")) == ["efficientnet_lite0"]
     build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16)  # back to all, for the other tests
     assert export_onnx.recorded_fingerprint(cpu_repo / "efficientnet_lite1" / "1" / "model.onnx")[2] == "lite1/fp32"
