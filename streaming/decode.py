@@ -61,12 +61,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from streaming.contract import CROP_FRACTION, INPUT_SIZE, RESIZE_FILTER, crop_box, crop_side
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
 
 log = logging.getLogger(__name__)
 
-CROP_FRACTION = 224 / 256
 JPEG_BACKEND = "turbojpeg"  # "auto" means this; see the benchmark in README.md
 DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024  # PipelineConfig.max_decode_bytes
 # Each thread keeps one decode buffer (up to this size) and reuses it: a fresh one per image
@@ -89,6 +89,7 @@ STRIP_BYTES = 4 * 1024 * 1024  # the Pillow path converts and reduces the crop i
 WORK_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, tables, the output: a fixed allowance
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ORIENTATION_TAG = 0x0112
+_RESIZE = Image.Resampling[RESIZE_FILTER]
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 # EXIF orientation -> the Pillow transpose that makes the image upright (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -116,7 +117,7 @@ class _Limits:
     fraction: float
 
 
-def decode_to_tensor(data: bytes, size: int = 224, *, max_pixels: int,
+def decode_to_tensor(data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
                      crop_fraction: float = CROP_FRACTION, jpeg_backend: str = "auto",
                      max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> DecodedImage:
     """Decode, centre-crop, resize and orient one image. Raises only the typed errors above.
@@ -195,7 +196,7 @@ def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader,
     _check_pixels(width, height, limits.max_pixels)
     if colorspace in (tj.TJCS_CMYK, tj.TJCS_YCCK):
         return None
-    crop = _crop_side(width, height, limits.fraction)
+    crop = crop_side(width, height, limits.fraction)
     num, den = _scaling_factor(turbo.scaling_factors, crop, limits.size)
     gray = colorspace == tj.TJCS_GRAY
     out_h, out_w = -(-height * num // den), -(-width * num // den)
@@ -294,7 +295,7 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
         if width == 0 or height == 0:
             raise CorruptImage(f"image has no pixels ({width}x{height})")
         den = 1
-        crop = _crop_side(width, height, limits.fraction)
+        crop = crop_side(width, height, limits.fraction)
         if image.format in ("JPEG", "MPO") and crop > limits.size:
             want = (math.ceil(width * limits.size / crop), math.ceil(height * limits.size / crop))
             if image.draft(None, want) is not None:
@@ -368,8 +369,8 @@ def _pillow_tensor(image: Image.Image, width: int, height: int, scale: float, si
     """The crop of an image decoded at `scale` of `width` x `height`, cut and converted in
     strips, reduced by a whole factor, alpha flattened on white (on the small image), then
     resized bicubic and oriented: no full-size copy is ever made."""
-    crop = _crop_side(width, height, fraction)
-    left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
+    left, top, right, bottom = crop_box(width, height, fraction)
+    crop = right - left
     x0, y0 = math.floor(left * scale), math.floor(top * scale)
     x1 = min(image.width, max(x0 + 1, math.ceil((left + crop) * scale)))
     y1 = min(image.height, max(y0 + 1, math.ceil((top + crop) * scale)))
@@ -387,7 +388,7 @@ def _pillow_tensor(image: Image.Image, width: int, height: int, scale: float, si
     box = ((left * scale - x0) / factor, (top * scale - y0) / factor,
            ((left + crop) * scale - x0) / factor, ((top + crop) * scale - y0) / factor)
     box = (box[0], box[1], min(box[2], work.width), min(box[3], work.height))
-    return _finish(work.resize((size, size), Image.Resampling.BICUBIC, box=box), orientation)
+    return _finish(work.resize((size, size), _RESIZE, box=box), orientation)
 
 
 def _convert(piece: Image.Image, mode: str) -> Image.Image:
@@ -404,18 +405,14 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
                             f"limit {max_pixels}")
 
 
-def _crop_side(width: int, height: int, fraction: float) -> int:
-    return max(1, int(min(width, height) * fraction))
-
-
 def _crop_resize(image: Image.Image, width: int, height: int, scale: float, size: int,
                  fraction: float, orientation: int) -> np.ndarray:
     """Centre-crop (in the original image's coordinates, as TensorFlow's reference does) the
     image, which was decoded at `scale` of `width` x `height`; bicubic resize; orient."""
-    crop = _crop_side(width, height, fraction)
-    left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
+    left, top, right, bottom = crop_box(width, height, fraction)
+    crop = right - left
     box = (left * scale, top * scale, (left + crop) * scale, (top + crop) * scale)
-    return _finish(image.resize((size, size), Image.Resampling.BICUBIC, box=box), orientation)
+    return _finish(image.resize((size, size), _RESIZE, box=box), orientation)
 
 
 def _finish(out: Image.Image, orientation: int) -> np.ndarray:

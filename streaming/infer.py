@@ -19,11 +19,10 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_rand
 from tritonclient.utils import InferenceServerException
 
 from streaming.config import PipelineConfig
+from streaming.contract import CHANNELS, INPUT_DTYPE, INPUT_NAME, INPUT_TRITON_DTYPE, OUTPUT_NAME, input_shape
 from streaming.errors import InferenceFailed, InferenceUnavailable, ModelNotFound
 from streaming.events import Label
 
-INPUT_NAME = "IMAGE"
-OUTPUT_NAME = "PROBABILITIES"
 # NOT_FOUND: while Triton starts or stops, the model "has no available versions" (retried);
 # a model or version it does not know "is not found" (permanent: see `_is_unknown_model`).
 RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
@@ -132,13 +131,13 @@ class TritonClassifier:
         shape = shapes.get(INPUT_NAME)
         if shape is None:
             raise ConfigError("model_name", f"model {cfg.model_name!r} has no input {INPUT_NAME!r}: {sorted(shapes)}")
-        if shape[-3:] != [cfg.input_size, cfg.input_size, 3]:
+        if shape[-3:] != list(input_shape(cfg.input_size)):
             raise ConfigError("input_size", f"model {cfg.model_name!r} takes {shape[-3:-1]} images, "
                                             f"input_size is {cfg.input_size}")
 
     def classify(self, batch: np.ndarray) -> list[tuple[Label, ...]]:
         """Top-k labels for each image of a (N, H, W, 3) uint8 batch."""
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[-1] != CHANNELS:
             raise InferenceFailed(f"batch must be uint8 (N,H,W,3), got {batch.dtype} {batch.shape}")
         raw = self._infer(batch)
         return [parse_classification(row) for row in raw]
@@ -148,7 +147,7 @@ class TritonClassifier:
                stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> np.ndarray:
-            inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
+            inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_TRITON_DTYPE)
             inp.set_data_from_numpy(batch)
             out = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=self.config.top_k)
             try:

@@ -23,8 +23,10 @@ GPU (every variant on the onnxruntime backend with TensorRT, plus TensorRT plans
     <out>/efficientnet_lite0_fp16_plan/          tensorrt_plan; 1/model.plan is built at deploy time
         config.pbtxt  labels.txt  trtexec.args  1/model.onnx     by build_trt_plan.sh (trtexec)
 
-ONNX files come from :class:`variants.ArtifactStore` (cached by fingerprint under
-``<stack dir>/cache/models``), so a rebuild only compares files. Files are rewritten only
+ONNX files come from the :class:`variants.ArtifactStore` the caller passes (cached by
+fingerprint under ``<work dir>/cache/models``, :func:`store_in`), so a rebuild only compares files.
+The command line's ``--work-dir`` defaults to the local stack's folder (``IMGSTREAM_STACK_DIR``,
+else ``.stack/``); this package takes paths and never imports the stack. Files are rewritten only
 when their bytes change, and model folders of variants no longer built are removed.
 """
 from __future__ import annotations
@@ -36,8 +38,8 @@ import shutil
 import time
 from pathlib import Path
 
+from streaming.contract import LABELS_PATH
 from triton_models import model_config
-from triton_models.make_labels import LABELS_PATH
 from triton_models.model_config import CpuTarget, GpuTarget
 from triton_models.variants import ALL_VARIANTS, DEFAULT_VARIANT, LOCAL_VARIANTS, ArtifactStore, Variant, by_name
 
@@ -48,33 +50,37 @@ TEMPLATE = Path(__file__).resolve().parent / "python_backend" / "model.py"
 DEFAULT_OUT = Path(__file__).resolve().parent / "repository"
 TRTEXEC_ARGS_FILE = "trtexec.args"
 MODEL_PREFIX = "efficientnet_"  # folders this module owns in a repository
+# The command line's default work folder: the local stack's (streaming/stack/layout.py DIR_ENV and
+# StackLayout.root; a unit test checks they agree), read here only, by `main`.
+WORK_DIR_ENV = "IMGSTREAM_STACK_DIR"
+DEFAULT_WORK_DIR = Path(__file__).resolve().parents[1] / ".stack"
 
 
 def default_threads(instances: int) -> int:
     return max(1, (os.cpu_count() or 1) // instances)
 
 
-def default_store() -> ArtifactStore:
-    """Artifacts and photos under the stack folder (``IMGSTREAM_STACK_DIR``, default ``.stack/``)."""
-    from streaming.stack.layout import StackLayout
-
-    layout = StackLayout.from_env()
-    return ArtifactStore(cache_dir=layout.root / "cache" / "models", photos_dir=layout.root / "photos",
-                         samples_dir=layout.samples_dir)
+def store_in(work_dir: Path) -> ArtifactStore:
+    """Artifacts under ``<work_dir>/cache/models``, photos under ``<work_dir>/photos``."""
+    work_dir = Path(work_dir)
+    return ArtifactStore(cache_dir=work_dir / "cache" / "models", photos_dir=work_dir / "photos")
 
 
-def build_repository(out_dir: Path, *, instances: int = 1, max_batch_size: int = 32,
+def default_work_dir(environ: dict[str, str] | None = None) -> Path:
+    """The command line's work folder: ``$IMGSTREAM_STACK_DIR``, else the project's ``.stack/``."""
+    env = os.environ if environ is None else environ
+    return Path(env[WORK_DIR_ENV]).resolve() if env.get(WORK_DIR_ENV) else DEFAULT_WORK_DIR
+
+
+def build_repository(out_dir: Path, *, store: ArtifactStore, instances: int = 1, max_batch_size: int = 32,
                      intra_op_threads: int | None = None, weights: Path | None = None,
-                     variants: tuple[Variant, ...] = LOCAL_VARIANTS, store: ArtifactStore | None = None,
-                     response_cache: bool = True) -> Path:
+                     variants: tuple[Variant, ...] = LOCAL_VARIANTS, response_cache: bool = True) -> Path:
     """Write (or refresh) the local CPU repository under ``out_dir``; returns the default model's folder."""
     threads = default_threads(instances) if intra_op_threads is None else intra_op_threads
     target = CpuTarget(instances=instances, intra_op_threads=threads, max_batch_size=max_batch_size,
                        response_cache=response_cache)
-    store = store or default_store()
     if weights:
-        store = ArtifactStore(cache_dir=store.cache_dir, photos_dir=store.photos_dir,
-                              samples_dir=store.samples_dir, weights={"lite0": Path(weights)})
+        store = ArtifactStore(cache_dir=store.cache_dir, photos_dir=store.photos_dir, weights={"lite0": Path(weights)})
     out_dir = Path(out_dir)
     for variant in variants:
         cfg = model_config.model_config(variant, target)
@@ -84,14 +90,12 @@ def build_repository(out_dir: Path, *, instances: int = 1, max_batch_size: int =
     return out_dir / MODEL_NAME
 
 
-def build_gpu_repository(out_dir: Path, *, gpus: int = 1, instances_per_gpu: int = 1, max_batch_size: int = 32,
-                         variants: tuple[Variant, ...] = ALL_VARIANTS, plans: bool = True,
-                         engine_cache_dir: str = "/var/cache/triton-trt",
-                         store: ArtifactStore | None = None) -> Path:
+def build_gpu_repository(out_dir: Path, *, store: ArtifactStore, gpus: int = 1, instances_per_gpu: int = 1,
+                         max_batch_size: int = 32, variants: tuple[Variant, ...] = ALL_VARIANTS, plans: bool = True,
+                         engine_cache_dir: str = "/var/cache/triton-trt") -> Path:
     """Write (or refresh) the GPU repository under ``out_dir``; returns ``out_dir``."""
     target = GpuTarget(gpus=gpus, instances_per_gpu=instances_per_gpu, max_batch_size=max_batch_size,
                        engine_cache_dir=engine_cache_dir)
-    store = store or default_store()
     out_dir = Path(out_dir)
     names = set()
     for variant in variants:
@@ -164,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances-per-gpu", type=int, default=1, help="gpu: instances on each GPU")
     ap.add_argument("--engine-cache-dir", default="/var/cache/triton-trt", help="gpu: TensorRT engine cache")
     ap.add_argument("--no-plans", action="store_true", help="gpu: skip the tensorrt_plan models")
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help=f"ONNX cache and photos (default ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR})")
     args = ap.parse_args(argv)
     start = time.monotonic()
+    store = store_in(args.work_dir or default_work_dir())
     if args.target == "cpu":
         out = args.out or DEFAULT_OUT
-        build_repository(out, instances=args.instances, max_batch_size=args.max_batch,
+        build_repository(out, store=store, instances=args.instances, max_batch_size=args.max_batch,
                          intra_op_threads=args.threads, variants=parse_variants(args.variants, LOCAL_VARIANTS))
     else:
         if args.out is None:
             ap.error("--target gpu needs --out DIR (the local repository is CPU-only)")
-        out = build_gpu_repository(args.out, gpus=args.gpus, instances_per_gpu=args.instances_per_gpu,
+        out = build_gpu_repository(args.out, store=store, gpus=args.gpus, instances_per_gpu=args.instances_per_gpu,
                                    max_batch_size=args.max_batch, variants=parse_variants(args.variants, ALL_VARIANTS),
                                    plans=not args.no_plans, engine_cache_dir=args.engine_cache_dir)
     models = sorted(p.parent.name for p in Path(out).glob("*/config.pbtxt"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_models.make_labels import load_labels
+from streaming.contract import INPUT_DTYPE, INPUT_NAME, input_shape, load_labels
 from triton_models.preprocess import load_image
 
 
@@ -40,12 +40,12 @@ def image_size(session) -> int:
 def bench(session, batch: int, runs: int = 20) -> float:
     """Median seconds per ``session.run`` for a batch of random images."""
     size = image_size(session)
-    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    session.run(None, {"IMAGE": x})  # warm-up
+    x = np.random.default_rng(0).integers(0, 256, (batch, *input_shape(size)), dtype=INPUT_DTYPE)
+    session.run(None, {INPUT_NAME: x})  # warm-up
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        session.run(None, {"IMAGE": x})
+        session.run(None, {INPUT_NAME: x})
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = load_labels()
     if args.photos:
         batch = np.stack([load_image(p, image_size(session)) for p in args.photos])
-        probs = session.run(None, {"IMAGE": batch})[0]
+        probs = session.run(None, {INPUT_NAME: batch})[0]
         for path, row in zip(args.photos, probs):
             preds = ", ".join(f"{label} {p:.3f}" for label, p in top_k(row, labels, args.top))
             print(f"{path.name}: {preds}")

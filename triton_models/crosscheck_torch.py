@@ -24,9 +24,8 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 
-from triton_models.export_onnx import (  # noqa: E402
-    ARCHS, PIXEL_MEAN, PIXEL_STD, build_model, default_weights_path)
-from triton_models.make_labels import load_labels  # noqa: E402
+from streaming.contract import INPUT_NAME, PIXEL_MEAN, PIXEL_STD, load_labels  # noqa: E402
+from triton_models.export_onnx import ARCHS, build_model, default_weights_path  # noqa: E402
 from triton_models.preprocess import load_image  # noqa: E402
 from triton_models.pth_reader import load_state_dict  # noqa: E402
 
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> int:
     x = (torch.from_numpy(batch).float() - PIXEL_MEAN) / PIXEL_STD
     with torch.no_grad():
         p_torch = torch.softmax(model(x.permute(0, 3, 1, 2).contiguous()), dim=1).numpy()
-    p_onnx = sess.run(None, {"IMAGE": batch})[0]
+    p_onnx = sess.run(None, {INPUT_NAME: batch})[0]
 
     labels = load_labels()
     diff = np.abs(p_torch - p_onnx)

@@ -2,7 +2,8 @@
 
 Steps: fetch the photos (pinned Debian packages), build an evaluation repository with every
 CPU-runnable variant (FP16 included, response cache off), compute accuracy with onnxruntime
-(:mod:`triton_models.evaluate`), start a Triton of its own on ports 28000-28002 and load it
+(:mod:`triton_models.evaluate`), start a Triton serving it (``serve``, given by the caller:
+``imgstream models eval`` starts one of its own on ports 28000-28002) and load it
 (:mod:`triton_models.loadgen`). Prints two tables, writes JSON, and lists missed targets.
 """
 from __future__ import annotations
@@ -13,11 +14,11 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager, Sequence
 
-from streaming.stack.layout import StackLayout
+from streaming.contract import load_labels
 from triton_models import build, evaluate, loadgen, photos
-from triton_models.make_labels import load_labels
-from triton_models.variants import ALL_VARIANTS, Variant
+from triton_models.variants import ALL_VARIANTS, ArtifactStore, Variant
 
 TARGET_INT8_SPEEDUP_BATCH8 = 1.8
 
@@ -32,12 +33,16 @@ class EvalOptions:
     triton: bool = True  # False: accuracy only
 
 
-def run(layout: StackLayout, options: EvalOptions, log=print) -> dict:
-    store = build.default_store()
-    photos.ensure_photos(store.photos_dir, store.samples_dir)
-    eval_photos = photos.eval_photos(store.photos_dir, store.samples_dir)
+def run(store: ArtifactStore, repo: Path, options: EvalOptions, *, sample_folders: Sequence[Path] = (),
+        serve: Callable[[Path], ContextManager[str]] | None = None, log=print) -> dict:
+    """Build the evaluation repository ``repo`` from ``store``, measure accuracy on the eval photos
+    (``sample_folders`` first), and with ``options.triton`` the load on the Triton that
+    ``serve(repo)`` starts (a context manager yielding its gRPC address)."""
+    if options.triton and serve is None:
+        raise ValueError("options.triton needs serve: something that starts a Triton on the repository")
+    photos.ensure_photos(store.photos_dir)
+    eval_photos = photos.eval_photos(store.photos_dir, sample_folders)
     variants = _with_references(options.variants)
-    repo = layout.root / "eval" / "repository"
     start = time.monotonic()
     build.build_repository(repo, variants=variants, response_cache=False, store=store)
     log(f"evaluation repository ({len(variants)} models) ready in {time.monotonic() - start:.1f}s: {repo}")
@@ -53,8 +58,8 @@ def run(layout: StackLayout, options: EvalOptions, log=print) -> dict:
     if options.triton:
         log(f"Triton load: closed loop, concurrency {options.concurrency}, {options.rounds} interleaved rounds "
             f"x {options.seconds:.1f}s per model and batch size")
-        with loadgen.eval_triton(repo, layout) as tl:
-            load = loadgen.measure(tl.triton_grpc, {v.name: v.image_size for v in variants}, options.batches,
+        with serve(repo) as url:
+            load = loadgen.measure(url, {v.name: v.image_size for v in variants}, options.batches,
                                    concurrency=options.concurrency, rounds=options.rounds,
                                    seconds=options.seconds, log=log,
                                    references={v.name: Variant(v.arch, "fp32").name for v in variants

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaming.contract import INPUT_NAME
 from triton_models.photos import Photo
 from triton_models.preprocess import load_image
 from triton_models.variants import Variant
@@ -53,7 +54,7 @@ def predict(onnx_path: Path, images: np.ndarray, threads: int = 0) -> np.ndarray
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {"IMAGE": images[i:i + BATCH]})[0]
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + BATCH]})[0]
                            for i in range(0, len(images), BATCH)])
 
 

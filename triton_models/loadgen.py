@@ -3,28 +3,19 @@
 ``concurrency`` threads each keep one request of ``batch`` images in flight for ``seconds``;
 every (batch size) row measures all models in interleaved rounds (model order rotated each
 round), so load from other processes on a shared machine hits every model alike. Reports
-p50/p95 request latency and images per second.
-
-:func:`eval_triton` starts a Triton of its own (the stack's server binary, other ports, its
-own pid and log files ``triton-eval.*``) and always stops it.
+p50/p95 request latency and images per second. It loads a Triton at a gRPC address;
+starting one (``imgstream models eval``: ``streaming/bench/side_triton.py``) is the caller's.
 """
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from streaming.stack import process, triton
-from streaming.stack.layout import StackLayout
-
-EVAL_PORTS = (28000, 28001, 28002)  # http, grpc, metrics: away from the stack's 8000-8002
-SERVICE_NAME = "triton-eval"
+from streaming.contract import INPUT_DTYPE, INPUT_NAME, INPUT_TRITON_DTYPE, OUTPUT_NAME, input_shape
 
 
 @dataclass(frozen=True)
@@ -43,29 +34,14 @@ class LoadResult:
         return dataclasses.asdict(self)
 
 
-@contextmanager
-def eval_triton(repository: Path, layout: StackLayout | None = None,
-                ports: tuple[int, int, int] = EVAL_PORTS) -> Iterator[StackLayout]:
-    """A Triton serving ``repository`` on ``ports``; yields its layout (``triton_grpc`` is the address)."""
-    base = layout or StackLayout.from_env()
-    eval_layout = dataclasses.replace(base, triton_http_port=ports[0], triton_grpc_port=ports[1],
-                                      triton_metrics_port=ports[2])
-    spec = dataclasses.replace(triton.triton_service(eval_layout, repository), name=SERVICE_NAME)
-    try:
-        process.start(spec, eval_layout.run_dir)
-        yield eval_layout
-    finally:
-        process.stop(eval_layout.run_dir, SERVICE_NAME)
-
-
 def _worker(url: str, model: str, images: np.ndarray, stop_at: float, latencies: list, errors: list) -> None:
     import tritonclient.grpc as grpcclient
 
     try:
         with grpcclient.InferenceServerClient(url) as client:
-            inp = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+            inp = grpcclient.InferInput(INPUT_NAME, list(images.shape), INPUT_TRITON_DTYPE)
             inp.set_data_from_numpy(images)
-            out = [grpcclient.InferRequestedOutput("PROBABILITIES", class_count=5)]
+            out = [grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=5)]
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
                 client.infer(model, [inp], outputs=out, client_timeout=120)
@@ -78,7 +54,7 @@ def run_cell(url: str, model: str, image_size: int, batch: int, *, concurrency: 
              seconds: float) -> tuple[list[float], float]:
     """One closed-loop run; returns (request latencies in s, wall seconds)."""
     rng = np.random.default_rng(batch)
-    images = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (batch, *input_shape(image_size)), dtype=INPUT_DTYPE)
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Regenerate ``labels/imagenet_labels.txt`` from the timm wheel (one-time, offline).
+"""Regenerate ``labels/imagenet_labels.txt`` from the timm wheel (one-time, offline); the list is
+read with ``streaming.contract.load_labels``.
 
 The 1000 ImageNet-1k classes in the standard index order (sorted WordNet
 synset ids, the order every ImageNet-1k classifier including EfficientNet-Lite
@@ -18,7 +19,8 @@ import argparse
 import zipfile
 from pathlib import Path
 
-LABELS_PATH = Path(__file__).resolve().parent / "labels" / "imagenet_labels.txt"
+from streaming.contract import LABELS_PATH, NUM_CLASSES
+
 SYNSETS = "timm/data/_info/imagenet_synsets.txt"
 LEMMAS = "timm/data/_info/imagenet_synset_to_lemma.txt"
 OVERRIDES = {
@@ -35,16 +37,11 @@ def labels_from_wheel(wheel: Path) -> list[str]:
         lemma_lines = zf.read(LEMMAS).decode().splitlines()
     lemmas = dict(line.split("\t", 1) for line in lemma_lines if line.strip())
     labels = [OVERRIDES.get(s) or lemmas[s].split(", ")[0].strip() for s in synsets]
-    if len(labels) != 1000 or synsets != sorted(synsets):
+    if len(labels) != NUM_CLASSES or synsets != sorted(synsets):
         raise ValueError("unexpected synset list in the wheel")
     if len(set(labels)) != len(labels):
         raise ValueError("duplicate labels; extend OVERRIDES")
     return labels
-
-
-def load_labels(path: Path = LABELS_PATH) -> list[str]:
-    """The committed label list, index i = class i."""
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from triton_models import export_onnx
+from streaming import contract
 from triton_models.variants import Variant
 
 PREFERRED_BATCH_SIZES = (8, 16, 32)
@@ -95,14 +95,14 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch] or [max_batch]
     cfg = pb.ModelConfig(name=model_name(variant, runtime), max_batch_size=max_batch)
     input_type = pb.TYPE_FP32 if variant.float_input else pb.TYPE_UINT8
-    cfg.input.add(name=export_onnx.INPUT_NAME, data_type=input_type, dims=variant.input_dims)
-    cfg.output.add(name=export_onnx.OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[export_onnx.NUM_CLASSES],
+    cfg.input.add(name=contract.INPUT_NAME, data_type=input_type, dims=variant.input_dims)
+    cfg.output.add(name=contract.OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[contract.NUM_CLASSES],
                    label_filename=LABELS_FILE)
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     for batch in sorted({1, max_batch} if isinstance(target, GpuTarget) else {1}):
         warm = cfg.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
-        warm.inputs[export_onnx.INPUT_NAME].CopyFrom(
+        warm.inputs[contract.INPUT_NAME].CopyFrom(
             pb.ModelWarmup.Input(data_type=input_type, dims=variant.input_dims, random_data=True))
 
     cfg.response_cache.enable = target.response_cache
@@ -132,9 +132,9 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
         "trt_engine_cache_path": f"{target.engine_cache_dir}/{cfg.name}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": target.engine_cache_dir,
-        "trt_profile_min_shapes": f"{export_onnx.INPUT_NAME}:1x{shape}",
-        "trt_profile_opt_shapes": f"{export_onnx.INPUT_NAME}:{opt}x{shape}",
-        "trt_profile_max_shapes": f"{export_onnx.INPUT_NAME}:{max_batch}x{shape}",
+        "trt_profile_min_shapes": f"{contract.INPUT_NAME}:1x{shape}",
+        "trt_profile_opt_shapes": f"{contract.INPUT_NAME}:{opt}x{shape}",
+        "trt_profile_max_shapes": f"{contract.INPUT_NAME}:{max_batch}x{shape}",
     })
     return cfg
 
@@ -144,7 +144,7 @@ def trtexec_args(variant: Variant, target: GpuTarget) -> list[str]:
     size, max_batch = variant.image_size, target.max_batch_size
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch] or [max_batch]
     shape = f"{size}x{size}x3"
-    name = export_onnx.INPUT_NAME
+    name = contract.INPUT_NAME
     precision = {"fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[variant.precision]
     return [f"--onnx=1/{ONNX_FILE}", f"--saveEngine=1/{PLAN_FILE}", *precision,
             f"--minShapes={name}:1x{shape}", f"--optShapes={name}:{preferred[len(preferred) // 2]}x{shape}",

@@ -5,8 +5,9 @@ Two disjoint sets, never mixed:
 * **calibration** (113 photos): GCompris' ``categorization`` activity: fish, tools,
   renewable-energy sites and household objects (its monuments are left out, since
   ``explore_monuments`` shows some of the same buildings).
-* **evaluation** (138 photos): the stack's sample photos (``mate-backgrounds``,
-  ``python3-skimage``, see ``streaming/stack/samples.py``), the photographic wallpapers of
+* **evaluation** (138 photos): the sample folders the caller passes (the local stack's sample
+  photos, ``mate-backgrounds`` and ``python3-skimage``, ``streaming/stack/samples.py``), the
+  photographic wallpapers of
   ``lomiri-wallpapers-16.04`` / ``-20.04``, and GCompris' animal and monument photos
   (``erase``, ``explore_farm_animals``, ``explore_world_animals``, ``explore_monuments``).
 
@@ -25,9 +26,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from streaming.stack.samples import PACKAGES as SAMPLE_PACKAGES
-from streaming.stack.samples import ensure_samples
 from triton_models import qt_rcc
 from triton_models.hand_labels import HAND_LABELS
 
@@ -80,9 +80,8 @@ SOURCES = (
 )
 
 
-def ensure_photos(root: Path, samples_dir: Path) -> None:
-    """Download and unpack every source (and the stack's samples) unless already there."""
-    ensure_samples(samples_dir)
+def ensure_photos(root: Path) -> None:
+    """Download and unpack every source unless already there."""
     root.mkdir(parents=True, exist_ok=True)
     todo = [s for s in SOURCES if _read(root / f"{s.name}.complete") != s.stamp]
     for package, version in sorted({(s.package, s.version) for s in todo}):
@@ -98,11 +97,12 @@ def calibration_photos(root: Path) -> list[Photo]:
     return _collect(root, [s for s in SOURCES if s.role == "calibration"])
 
 
-def eval_photos(root: Path, samples_dir: Path) -> list[Photo]:
-    """The evaluation set: the stack's sample photos, then the other eval sources."""
+def eval_photos(root: Path, sample_folders: Sequence[Path] = ()) -> list[Photo]:
+    """The evaluation set: the photos of `sample_folders` (ids "<folder name>/<file name>"), then
+    the other eval sources."""
     photos = []
-    for pkg in SAMPLE_PACKAGES:
-        photos += _photos_in(samples_dir / pkg.name, pkg.name)
+    for folder in sample_folders:
+        photos += _photos_in(Path(folder), Path(folder).name)
     return photos + _collect(root, [s for s in SOURCES if s.role == "eval"])
 
 

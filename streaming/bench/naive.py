@@ -14,7 +14,6 @@ and tests stay as they are.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -26,7 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
-from streaming.stack import process, triton
+from streaming.bench.side_triton import side_triton
+from streaming.stack import process
 from streaming.stack.layout import StackLayout
 
 PORTS = (28100, 28101, 28102)  # http, grpc, metrics: away from the stack's and `models eval`'s
@@ -43,7 +43,7 @@ def consume(bootstrap: str, requests: str, results: str, group: str, s3_endpoint
     from kafka import KafkaConsumer, KafkaProducer
 
     from streaming.bench.methods import naive_pillow
-    from triton_models.make_labels import load_labels
+    from streaming.contract import INPUT_NAME, OUTPUT_NAME, PIXEL_MEAN, PIXEL_STD, load_labels
 
     labels = load_labels()
     consumer = KafkaConsumer(requests, bootstrap_servers=bootstrap, group_id=group,
@@ -61,11 +61,11 @@ def consume(bootstrap: str, requests: str, results: str, group: str, s3_endpoint
             data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             t1 = time.perf_counter()
             pixels = naive_pillow(data)  # full decode, convert('RGB'), crop + bicubic resize
-            tensor = ((pixels.astype(np.float32) - 127.0) / 128.0).transpose(2, 0, 1)[None].copy()
+            tensor = ((pixels.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).transpose(2, 0, 1)[None].copy()
             t2 = time.perf_counter()
-            inp = grpcclient.InferInput("IMAGE", list(tensor.shape), "FP32")
+            inp = grpcclient.InferInput(INPUT_NAME, list(tensor.shape), "FP32")
             inp.set_data_from_numpy(tensor)
-            probs = client.infer(model, [inp], client_timeout=60).as_numpy("PROBABILITIES")[0]
+            probs = client.infer(model, [inp], client_timeout=60).as_numpy(OUTPUT_NAME)[0]
             best = np.argsort(probs)[::-1][:TOP_K]
             t3 = time.perf_counter()
             timings = {"fetch": (t1 - started) * 1000, "decode": (t2 - t1) * 1000, "infer": (t3 - t2) * 1000}
@@ -93,21 +93,15 @@ def main(argv: list[str] | None = None) -> int:
 def naive_triton(layout: StackLayout, ports: tuple[int, int, int] = PORTS,
                  intra_op_threads: int | None = None) -> Iterator[str]:
     """A Triton serving only the float-input variant; yields its gRPC address, always stops it."""
-    from triton_models.build import build_repository
+    from triton_models.build import build_repository, store_in
     from triton_models.variants import NAIVE_VARIANT
 
     repository = layout.root / "bench" / "naive-repository"
     repository.mkdir(parents=True, exist_ok=True)
-    build_repository(repository, variants=(NAIVE_VARIANT,), intra_op_threads=intra_op_threads,
-                     response_cache=False)
-    own = dataclasses.replace(layout, triton_http_port=ports[0], triton_grpc_port=ports[1],
-                              triton_metrics_port=ports[2])
-    spec = dataclasses.replace(triton.triton_service(own, repository), name=SERVICE_NAME)
-    try:
-        process.start(spec, own.run_dir)
+    build_repository(repository, store=store_in(layout.root), variants=(NAIVE_VARIANT,),
+                     intra_op_threads=intra_op_threads, response_cache=False)
+    with side_triton(layout, repository, ports, SERVICE_NAME) as own:
         yield own.triton_grpc
-    finally:
-        process.stop(own.run_dir, SERVICE_NAME)
 
 
 def triton_pid(layout: StackLayout) -> int | None:

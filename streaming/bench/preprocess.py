@@ -26,6 +26,7 @@ from streaming.bench.climit import CLimit
 from streaming.bench.measure import Sample, WorkerPool, measure
 from streaming.bench.photos import GROUPS, BenchPhoto
 from streaming.bench.stores import PhotoStore
+from streaming.contract import INPUT_DTYPE, input_shape
 from streaming.decode import JPEG_BACKEND
 from streaming.decoder_pool import DecoderPool
 
@@ -130,7 +131,7 @@ def _correctness(photos: list[BenchPhoto], calls: dict, log: Callable[[str], Non
         want = m.reference(p.data)
         for key, per_photo in calls.items():
             got = per_photo[p.name]()
-            if got.shape != (m.SIZE, m.SIZE, 3) or got.dtype != np.uint8:
+            if got.shape != input_shape(m.SIZE) or got.dtype != INPUT_DTYPE:
                 raise AssertionError(f"{key} made {got.shape} {got.dtype} from {p.name}")
             mad[key][p.name] = m.mean_abs_diff(got, want)
     log("correctness checked (mean absolute difference vs full decode + area resize)")

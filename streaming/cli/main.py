@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from flink_jobs import JOB_NAME
 from streaming.cli.bench import bench_app
 from streaming.cli.models import models_app
 from streaming.config import ConfigError, PipelineConfig
@@ -98,7 +99,7 @@ def _checked_config(layout: StackLayout, settings: list[str] | None, create_topi
 
 
 @job_app.command("submit")
-def job_submit(name: str = "imgstream-classify",
+def job_submit(name: str = JOB_NAME,
                setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE config override"),
                create_topics: bool = typer.Option(False, "--create-topics",
                                                   help="Create requests_topic/results_topic if they do not exist."),
@@ -199,13 +200,13 @@ def demo(timeout: float = 300.0) -> None:
     """Stack up, job submitted, every sample photo published, predictions printed."""
     layout = _layout()
     prepared = local_stack.up(layout, log=_echo)
-    running = [j for j in jobs.list_jobs(layout) if j.state == "RUNNING" and j.name == "imgstream-classify"]
+    running = [j for j in jobs.list_jobs(layout) if j.state == "RUNNING" and j.name == JOB_NAME]
     if running:
         _echo(f"job already running: {running[0].id}")
     else:
         _echo("submitting the job ...")
         job_id = jobs.submit(layout, _checked_config(layout, None, create_topics=True), prepared.connector_jar,
-                             "imgstream-classify")
+                             JOB_NAME)
         jobs.wait_running(layout, job_id)
         _echo(f"job {job_id} running; Flink web UI: {layout.flink_rest}/#/job/running")
     uris = _expand(layout, [f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}"])

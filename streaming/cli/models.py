@@ -27,14 +27,16 @@ def models_build(
     from triton_models import build
     from triton_models.variants import ALL_VARIANTS, LOCAL_VARIANTS
 
+    layout = StackLayout.from_env()
+    store = build.store_in(layout.root)
     if target == "cpu":
-        repo = out or StackLayout.from_env().model_repository
-        build.build_repository(repo, instances=instances, max_batch_size=max_batch,
+        repo = out or layout.model_repository
+        build.build_repository(repo, store=store, instances=instances, max_batch_size=max_batch,
                                variants=build.parse_variants(variants, LOCAL_VARIANTS))
     elif target == "gpu":
         if out is None:
             raise typer.BadParameter("--target gpu needs --out DIR", param_hint="--out")
-        repo = build.build_gpu_repository(out, gpus=gpus, instances_per_gpu=instances_per_gpu,
+        repo = build.build_gpu_repository(out, store=store, gpus=gpus, instances_per_gpu=instances_per_gpu,
                                           max_batch_size=max_batch,
                                           variants=build.parse_variants(variants, ALL_VARIANTS),
                                           plans=plans, engine_cache_dir=engine_cache_dir)
@@ -55,6 +57,8 @@ def models_eval(
     json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default .stack/results/models-eval.json)"),
 ) -> None:
     """Top-1/top-5 agreement with FP32 on every real photo, and Triton latency/throughput per variant."""
+    from streaming.bench.side_triton import eval_triton
+    from streaming.stack.samples import ensure_samples, sample_folders
     from triton_models import build, eval_report
     from triton_models.variants import ALL_VARIANTS
 
@@ -63,7 +67,10 @@ def models_eval(
         variants=build.parse_variants(variants, ALL_VARIANTS),
         batches=tuple(int(b) for b in batches.split(",")), concurrency=concurrency, rounds=rounds,
         seconds=seconds, triton=not no_triton)
-    report = eval_report.run(layout, options, log=typer.echo)
+    ensure_samples(layout.samples_dir)
+    report = eval_report.run(build.store_in(layout.root), layout.root / "eval" / "repository", options,
+                             sample_folders=sample_folders(layout.samples_dir),
+                             serve=lambda repo: eval_triton(repo, layout), log=typer.echo)
     typer.echo("")
     typer.echo(eval_report.format_tables(report))
     path = eval_report.write_json(report, json_out or layout.root / "results" / "models-eval.json")

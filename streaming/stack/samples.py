@@ -29,6 +29,11 @@ PACKAGES = (
 )
 
 
+def sample_folders(dest: Path) -> list[Path]:
+    """The folder of each package under `dest` (`dest/<package>`), in `PACKAGES` order."""
+    return [dest / pkg.name for pkg in PACKAGES]
+
+
 def ensure_samples(dest: Path) -> list[Path]:
     """Download and unpack the sample photos into dest/<package>/ unless already there."""
     photos: list[Path] = []

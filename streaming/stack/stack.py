@@ -29,13 +29,13 @@ class Prepared:
 
 def prepare(layout: StackLayout) -> Prepared:
     """Download and build everything (jars, Triton, model, photos); fast when already done."""
-    from triton_models.build import build_repository
+    from triton_models.build import build_repository, store_in
 
     kafka_jars = artifacts.ensure_jars(layout.jars_dir, "kafka")
     (s3proxy_jar,) = artifacts.ensure_jars(layout.jars_dir, "s3proxy")
     (connector_jar,) = artifacts.ensure_jars(layout.jars_dir, "flink-connector")
     samples = ensure_samples(layout.samples_dir)
-    build_repository(layout.model_repository)
+    build_repository(layout.model_repository, store=store_in(layout.root))
     repository = layout.model_repository
     triton.install_server(layout)
     return Prepared(tuple(kafka_jars), s3proxy_jar, connector_jar, tuple(samples), repository)

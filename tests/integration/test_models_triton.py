@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from triton_models.make_labels import load_labels
+from streaming.contract import load_labels
 from triton_models.preprocess import load_image
 from triton_models.variants import LOCAL_VARIANTS
 

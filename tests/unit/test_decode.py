@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from streaming.decode import (CROP_FRACTION, JPEG_BACKEND, DecodedImage, _jpeg_orientation,
-                              _scaling_factor, decode_to_tensor)
+from streaming.contract import CROP_FRACTION
+from streaming.decode import JPEG_BACKEND, DecodedImage, _jpeg_orientation, _scaling_factor, decode_to_tensor
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from tests.corpus import make_images
 

@@ -11,8 +11,9 @@ import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
+from streaming.contract import LABELS_PATH
+from streaming.stack.layout import StackLayout
 from triton_models import build, export_onnx, model_config
-from triton_models.make_labels import LABELS_PATH
 from triton_models.model_config import CpuTarget, GpuTarget
 from triton_models.variants import ALL_VARIANTS, LOCAL_VARIANTS, Variant
 
@@ -21,17 +22,22 @@ GPU_VARIANTS = (Variant("lite0", "fp32"), Variant("lite0", "fp16"), Variant("lit
 SCRIPT = Path(build.__file__).resolve().parent / "build_trt_plan.sh"
 
 
+def _store():
+    """The ONNX cache and photos of the local stack's folder (IMGSTREAM_STACK_DIR), as `imgstream models build`."""
+    return build.store_in(StackLayout.from_env().root)
+
+
 @pytest.fixture(scope="module")
 def cpu_repo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cpu")
-    build.build_repository(out, instances=2, max_batch_size=16)
+    build.build_repository(out, store=_store(), instances=2, max_batch_size=16)
     return out
 
 
 @pytest.fixture(scope="module")
 def gpu_repo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gpu")
-    return build.build_gpu_repository(out, gpus=2, instances_per_gpu=3, variants=GPU_VARIANTS)
+    return build.build_gpu_repository(out, store=_store(), gpus=2, instances_per_gpu=3, variants=GPU_VARIANTS)
 
 
 def _config(model_dir: Path) -> pb.ModelConfig:
@@ -172,9 +178,10 @@ def test_build_trt_plan_script_builds_and_keeps_plans(gpu_repo, tmp_path):
 
 def test_rebuild_is_a_no_op_and_removes_dropped_variants(cpu_repo):
     before = {p: p.stat().st_mtime_ns for p in cpu_repo.rglob("*") if p.is_file()}
-    build.build_repository(cpu_repo, instances=2, max_batch_size=16)
+    build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16)
     assert {p: p.stat().st_mtime_ns for p in cpu_repo.rglob("*") if p.is_file()} == before
-    build.build_repository(cpu_repo, instances=2, max_batch_size=16, variants=(Variant("lite0", "fp32"),))
+    build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16,
+                           variants=(Variant("lite0", "fp32"),))
     assert sorted(p.parent.name for p in cpu_repo.glob("*/config.pbtxt")) == ["efficientnet_lite0"]
-    build.build_repository(cpu_repo, instances=2, max_batch_size=16)  # back to all, for the other tests
+    build.build_repository(cpu_repo, store=_store(), instances=2, max_batch_size=16)  # back to all, for the other tests
     assert export_onnx.recorded_fingerprint(cpu_repo / "efficientnet_lite1" / "1" / "model.onnx")[2] == "lite1/fp32"

@@ -20,8 +20,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from streaming.contract import LABELS_PATH, load_labels
+from streaming.stack.layout import StackLayout
 from triton_models import build, export_onnx
-from triton_models.make_labels import LABELS_PATH, load_labels
 from triton_models.preprocess import center_crop_box, load_image
 from triton_models.pth_reader import load_state_dict
 from triton_models.variants import Variant
@@ -38,6 +39,11 @@ EXPECTED_TOP1 = {
 }
 
 
+def _store():
+    """The ONNX cache and photos of the local stack's folder (IMGSTREAM_STACK_DIR), as `imgstream models build`."""
+    return build.store_in(StackLayout.from_env().root)
+
+
 @pytest.fixture(scope="session")
 def state_dict() -> dict[str, np.ndarray]:
     return load_state_dict(export_onnx.default_weights_path())
@@ -45,7 +51,7 @@ def state_dict() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return build.build_repository(tmp_path_factory.mktemp("repo"), instances=2, max_batch_size=32)
+    return build.build_repository(tmp_path_factory.mktemp("repo"), store=_store(), instances=2, max_batch_size=32)
 
 
 @pytest.fixture(scope="session")
@@ -195,13 +201,13 @@ def test_build_is_idempotent_and_reexports_stale_onnx(tmp_path, model_dir):
     onnx_path.parent.mkdir(parents=True)
     onnx_path.write_bytes((model_dir / "1" / "model.onnx").read_bytes())
     before = onnx_path.stat().st_mtime_ns
-    build.build_repository(out, max_batch_size=16, variants=only_fp32)
+    build.build_repository(out, store=_store(), max_batch_size=16, variants=only_fp32)
     assert onnx_path.stat().st_mtime_ns == before  # up to date: not rewritten
     cfg = text_format.Parse((out / "efficientnet_lite0" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
 
     onnx_path.write_bytes(b"not an onnx file")
-    build.build_repository(out, variants=only_fp32)
+    build.build_repository(out, store=_store(), variants=only_fp32)
     assert export_onnx.recorded_fingerprint(onnx_path) == export_onnx.fingerprint(
         export_onnx.sha256_file(export_onnx.default_weights_path()))
 

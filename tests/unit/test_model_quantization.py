@@ -16,23 +16,27 @@ import onnx
 import pytest
 from PIL import Image
 
+from streaming.contract import load_labels
+from streaming.stack.layout import StackLayout
+from streaming.stack.samples import ensure_samples, sample_folders
 from triton_models import build, evaluate, photos, qt_rcc
 from triton_models.hand_labels import HAND_LABELS
-from triton_models.make_labels import load_labels
 from triton_models.preprocess import center_crop_box
 from triton_models.variants import Variant
 
 
 @pytest.fixture(scope="module")
 def store():
-    store = build.default_store()
-    photos.ensure_photos(store.photos_dir, store.samples_dir)
+    store = build.store_in(StackLayout.from_env().root)
+    photos.ensure_photos(store.photos_dir)
     return store
 
 
 @pytest.fixture(scope="module")
 def eval_set(store) -> list[photos.Photo]:
-    return photos.eval_photos(store.photos_dir, store.samples_dir)
+    samples_dir = StackLayout.from_env().samples_dir
+    ensure_samples(samples_dir)
+    return photos.eval_photos(store.photos_dir, sample_folders(samples_dir))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""One model contract (`streaming/contract.py`): the decoder, the builders, the client and the
+benchmarks use its geometry, names and labels, and nobody keeps a copy."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming import contract, decode, infer
+from streaming.bench import methods
+from triton_models import export_onnx, preprocess
+from triton_models.variants import Variant
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON_BACKEND = REPO / "triton_models" / "python_backend" / "model.py"
+
+
+def _constants(path: Path) -> dict[str, object]:
+    tree = ast.parse(path.read_text())
+    return {node.targets[0].id: node.value.value for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)}
+
+
+def test_the_values_the_models_and_the_engine_agree_on():
+    assert contract.INPUT_SIZE == 224 and contract.CROP_FRACTION == 224 / 256
+    assert (contract.INPUT_NAME, contract.OUTPUT_NAME) == ("IMAGE", "PROBABILITIES")
+    assert contract.INPUT_DTYPE is np.uint8 and contract.input_shape() == (224, 224, 3)
+    assert (contract.PIXEL_MEAN, contract.PIXEL_STD) == (127.0, 128.0)
+    assert contract.RESIZE_FILTER == "BICUBIC"
+
+
+@pytest.mark.parametrize("width,height,box", [
+    (640, 480, (110, 30, 530, 450)), (256, 256, (16, 16, 240, 240)), (480, 640, (30, 110, 450, 530)),
+    (1, 1, (0, 0, 1, 1)), (3, 1000, (1, 499, 3, 501)),
+])
+def test_centre_crop_geometry_is_one_function(width, height, box):
+    assert contract.crop_box(width, height) == box
+    assert preprocess.center_crop_box(width, height) == box  # the builders' reference, at 224
+    assert methods.crop_box(width, height) == box  # the benchmarks'
+
+
+def test_reference_crop_follows_the_models_size_and_the_engine_keeps_224_over_256():
+    assert contract.reference_crop_fraction(224) == contract.CROP_FRACTION
+    assert contract.reference_crop_fraction(240) == 240 / 272
+    assert preprocess.center_crop_box(640, 480, 240) == contract.crop_box(640, 480, 240 / 272)
+    assert decode.CROP_FRACTION == contract.CROP_FRACTION
+
+
+def test_the_builders_client_and_graph_use_the_contracts_names():
+    assert infer.INPUT_NAME == export_onnx.INPUT_NAME == contract.INPUT_NAME
+    assert infer.OUTPUT_NAME == export_onnx.OUTPUT_NAME == contract.OUTPUT_NAME
+    assert Variant("lite0", "fp32").input_dims == list(contract.input_shape())
+    assert export_onnx.ARCHS["lite0"].image_size == contract.INPUT_SIZE
+
+
+def test_the_triton_python_backend_keeps_the_same_tensor_names():
+    """model.py runs inside Triton, where `streaming` cannot be imported: it has its own copy."""
+    names = _constants(PYTHON_BACKEND)
+    assert (names["INPUT_NAME"], names["OUTPUT_NAME"]) == (contract.INPUT_NAME, contract.OUTPUT_NAME)
+
+
+def test_labels_one_per_class():
+    labels = contract.load_labels()
+    assert len(labels) == contract.NUM_CLASSES == len(set(labels))
+    assert labels[301] == "ladybug"
+
+
+def _python_files() -> list[Path]:
+    return [p for folder in ("streaming", "triton_models", "flink_jobs") for p in sorted((REPO / folder).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("literal", ["IMAGE", "PROBABILITIES"])
+def test_no_module_but_the_contract_spells_a_tensor_name(literal):
+    allowed = {REPO / "streaming" / "contract.py", PYTHON_BACKEND}
+    spelled = [str(p.relative_to(REPO)) for p in _python_files() if p not in allowed
+               and any(isinstance(n, ast.Constant) and n.value == literal for n in ast.walk(ast.parse(p.read_text())))]
+    assert not spelled, f"{literal!r} written outside streaming/contract.py: {spelled}"
+
+
+def test_no_module_but_the_contract_writes_the_crop_fraction():
+    spelled = [str(p.relative_to(REPO)) for p in _python_files() if p.name != "contract.py"
+               and "224 / 256" in p.read_text()]
+    assert not spelled, f"224 / 256 written outside streaming/contract.py: {spelled}"
