@@ -1,6 +1,6 @@
 """Loopback servers for the SSRF and http(s) fetch tests: a listener that only counts the
 connections it accepts, a small scripted HTTP server, and a raw one that trickles (or floods)
-whatever bytes a test gives it, and a fetch from one (`fetch_both_ways`). All bind to a loopback address given by the test
+whatever bytes a test gives it, a fetch from one (`fetch_both_ways`), and free ports. All bind to a loopback address given by the test
 (127.0.0.x), on a free port."""
 from __future__ import annotations
 
@@ -242,3 +242,19 @@ def fetch_both_ways(server: TrickleServer, scheme: str, config: PipelineConfig, 
         ref = parse_uri(server.url(path), config)
     with Fetcher(config, sleep=lambda s: None) as fetcher:
         return fetcher.fetch(ref)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (bound together, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (a moment ago)."""
+    return free_ports(1)[0]
