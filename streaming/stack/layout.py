@@ -5,14 +5,13 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from streaming.config import PipelineConfig
+from streaming.config import STACK_ENV_VARIABLES, PipelineConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The local stack's variables (PipelineConfig.from_env knows them: any other IMGSTREAM_* is an error).
-DIR_ENV = "IMGSTREAM_STACK_DIR"  # logs, data, downloads
-PORT_OFFSET_ENV = "IMGSTREAM_STACK_PORT_OFFSET"  # added to every port, so a second stack can run beside
-KAFKA_SASL_ENV = "IMGSTREAM_STACK_KAFKA_SASL"  # 1: Kafka with SASL/SCRAM
-ENV_VARIABLES = (DIR_ENV, PORT_OFFSET_ENV, KAFKA_SASL_ENV)
+# The local stack's variables, declared in streaming.config (PipelineConfig.from_env knows them: any
+# other IMGSTREAM_* is an error): the stack folder, a port offset, Kafka with SASL.
+ENV_VARIABLES = STACK_ENV_VARIABLES
+DIR_ENV, PORT_OFFSET_ENV, KAFKA_SASL_ENV = ENV_VARIABLES
 # The stack serves what the job connects to by default: its host, Kafka and Triton ports and topics
 # are PipelineConfig's defaults, not a copy of them (`job_config.stack_config` derives the rest).
 _JOB = PipelineConfig()
