@@ -16,8 +16,12 @@ from typing import Any, Mapping
 
 ENV_PREFIX = "IMGSTREAM_"
 MAX_URI_CHARS = 8192  # results never carry a longer URI: the upper bound of max_uri_chars
-# IMGSTREAM_* variables that are not job settings (the local stack's are declared in
-# streaming/stack/layout.py): read by the test suite.
+# IMGSTREAM_* variables that are not job settings, declared here so that the engine imports no tooling:
+# the local stack's (read by streaming/stack/layout.py) ...
+STACK_ENV_VARIABLES = ("IMGSTREAM_STACK_DIR",  # logs, data, downloads
+                       "IMGSTREAM_STACK_PORT_OFFSET",  # added to every port, so a second stack can run beside
+                       "IMGSTREAM_STACK_KAFKA_SASL")  # 1: Kafka with SASL/SCRAM
+# ... and the test suite's.
 TOOL_ENV_VARIABLES = ("IMGSTREAM_SAMPLES_DIR",  # tests/unit/test_model_export.py: the sample photos
                       "IMGSTREAM_CRDS_DIR",  # tests/unit/k8s_support.py: Kubernetes CRDs
                       "IMGSTREAM_FUZZ_SELFTEST")  # tests/fuzz/fuzz_decode.py: the fuzzer's self-test
@@ -200,8 +204,6 @@ class PipelineConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "PipelineConfig":
         """Read `IMGSTREAM_<FIELD>` variables; keyword overrides win. Any other `IMGSTREAM_*`
         variable is an error naming the closest field, unless the local stack or the tests read it."""
-        from streaming.stack.layout import ENV_VARIABLES as STACK_ENV_VARIABLES
-
         env = os.environ if environ is None else environ
         types = field_types()
         others = set(STACK_ENV_VARIABLES) | set(TOOL_ENV_VARIABLES)

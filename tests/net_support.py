@@ -1,6 +1,6 @@
 """Loopback servers for the SSRF and http(s) fetch tests: a listener that only counts the
 connections it accepts, a small scripted HTTP server, and a raw one that trickles (or floods)
-whatever bytes a test gives it. All bind to a loopback address given by the test
+whatever bytes a test gives it, a fetch from one (`fetch_both_ways`), and free ports. All bind to a loopback address given by the test
 (127.0.0.x), on a free port."""
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from streaming.config import PipelineConfig, Secret
+from streaming.fetch import Fetcher
+from streaming.uris import ObjectRef, parse_uri
+
 TLS_DIR = Path(__file__).resolve().parent / "tls"  # a test CA and a certificate for images.test (not secrets)
+FETCH_TIMEOUT_S = 0.5  # http_config's fetch deadline: short, these servers trickle or flood
 
 
 class CountingListener:
@@ -217,3 +222,39 @@ def byte_by_byte(*parts: bytes, forever: bytes = b"") -> Iterator[bytes]:
     while forever:
         for i in range(len(forever)):
             yield forever[i:i + 1]
+
+
+def http_config(**overrides) -> PipelineConfig:
+    """A config that fetches http and S3 from loopback servers, no retries, a FETCH_TIMEOUT_S deadline."""
+    values = dict(allowed_schemes=("s3", "http"), allowed_hosts=("*:*",), http_trusted_networks=("127.0.0.1/32",),
+                  fetch_retries=0, fetch_timeout_s=FETCH_TIMEOUT_S, max_object_bytes=2_000_000,
+                  s3_access_key=Secret("AKIATESTACCESSKEY123"), s3_secret_key=Secret("s3cr3t"))
+    return PipelineConfig(**{**values, **overrides})
+
+
+def fetch_both_ways(server: TrickleServer, scheme: str, config: PipelineConfig, path: str = "/bucket/key.jpg"):
+    """Fetch `path` from `server` as an http URI or as S3 (the server as the S3 endpoint)."""
+    if scheme == "s3":
+        config = PipelineConfig(**{**config.__dict__, "s3_endpoint": server.endpoint})
+        bucket, _, key = path[1:].partition("/")
+        ref = ObjectRef("s3", bucket, key)
+    else:
+        ref = parse_uri(server.url(path), config)
+    with Fetcher(config, sleep=lambda s: None) as fetcher:
+        return fetcher.fetch(ref)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (bound together, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (a moment ago)."""
+    return free_ports(1)[0]

@@ -157,18 +157,23 @@ class RunningJob:
 
 
 def submit_on_fresh_topics(layout: StackLayout, config: PipelineConfig, connector_jar: Path,
-                           name: str) -> RunningJob:
+                           name: str, *, kafka_layout: StackLayout | None = None) -> RunningJob:
     """Run the job on request/result topics, consumer group and transactional ids of its own
-    (`<name>-<random>-...`), reading from the start; waits until it runs."""
+    (`<name>-<random>-...`), reading from the start; waits until it runs (cancels it if it does
+    not). The topics are created on `kafka_layout`'s broker (a second, secured one), else `layout`'s."""
     from streaming.stack import kafka
 
     prefix = f"{name}-{uuid.uuid4().hex[:8]}"
     config = dataclasses.replace(config, requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
                                  consumer_group=prefix, transactional_id_prefix=prefix, start_from="earliest")
-    kafka.ensure_topics(layout, [config.requests_topic, config.results_topic],
+    kafka.ensure_topics(kafka_layout or layout, [config.requests_topic, config.results_topic],
                         max(layout.topic_partitions, config.parallelism))
     job_id = submit(layout, config, connector_jar, prefix)
-    wait_running(layout, job_id)
+    try:
+        wait_running(layout, job_id)
+    except BaseException:
+        cancel_quietly(layout, job_id)
+        raise
     return RunningJob(job_id, config)
 
 
@@ -199,6 +204,14 @@ def wait_running(layout: StackLayout, job_id: str, timeout_s: float = 180) -> No
 
 def cancel(layout: StackLayout, job_id: str) -> None:
     _rest(layout, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+
+def cancel_quietly(layout: StackLayout, job_id: str) -> None:
+    """Cancel the job if Flink answers; a cluster already gone (restarted, stopped) is no error."""
+    try:
+        cancel(layout, job_id)
+    except OSError:
+        pass
 
 
 def cancellable(found: list[JobInfo], name_prefix: str = "") -> list[JobInfo]:

@@ -1,7 +1,8 @@
 """Publishing requests and reading results with kafka-python (tools and tests; the job uses Flink's connector).
 
 Security. The job's Kafka clients (Flink's KafkaSource/KafkaSink, Java) get their settings from
-`PipelineConfig.kafka_client_properties()`; kafka-python clients here from `client_security`.
+`PipelineConfig.kafka_client_properties()`; kafka-python clients here from `client_security`
+(the local stack's too: `streaming.stack.kafka.client_security` hands it the stack's job config).
 Both read the same config fields:
 
 | field | SASL/SCRAM | TLS | mutual TLS |

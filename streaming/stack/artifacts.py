@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 LOCK_PATH = Path(__file__).with_name("jars.lock")
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 ROLES = ("kafka", "s3proxy", "flink-connector")
@@ -114,31 +116,41 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _retryable(error: Exception) -> bool:
+def _retryable(error: BaseException) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code == 429 or error.code >= 500
     return isinstance(error, (urllib.error.URLError, http.client.HTTPException, OSError))
 
 
 def download(url: str, target: Path, *, attempts: int = 4, backoff_s: float = 1.0, timeout_s: float = 60.0) -> None:
-    """Fetch `url` into `target` via a temp file in the same folder and an atomic rename; retry network errors."""
+    """Fetch `url` into `target` via a temp file in the same folder and an atomic rename; retry network
+    errors (tenacity, as `streaming.infer`: `attempts` in all, waits of `backoff_s` doubling)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as response:
-                shutil.copyfileobj(response, out, _CHUNK)
-            tmp.chmod(0o644)
-            os.replace(tmp, target)
-            return
-        except Exception as error:  # noqa: BLE001 - classified below
-            tmp.unlink(missing_ok=True)
-            if not _retryable(error) or attempt == attempts:
-                raise DownloadError(f"{url}: {error}") from error
-            delay = backoff_s * 2 ** (attempt - 1)
-            print(f"  retrying {target.name} in {delay:.0f}s after: {error}", file=sys.stderr)
-            time.sleep(delay)
+
+    def report(state: RetryCallState) -> None:
+        print(f"  retrying {target.name} in {state.next_action.sleep:.0f}s after: {state.outcome.exception()}",
+              file=sys.stderr)
+
+    try:
+        for attempt in Retrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(attempts),
+                                wait=wait_exponential(multiplier=backoff_s), before_sleep=report, reraise=True):
+            with attempt:
+                _download_once(url, target, timeout_s)
+    except Exception as error:  # noqa: BLE001 - every failure of the last (or a permanent) attempt
+        raise DownloadError(f"{url}: {error}") from error
+
+
+def _download_once(url: str, target: Path, timeout_s: float) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as response:
+            shutil.copyfileobj(response, out, _CHUNK)
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fetch(spec: JarSpec, target: Path) -> None:

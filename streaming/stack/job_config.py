@@ -1,24 +1,42 @@
 """The job's configuration for the local stack: `PipelineConfig` with the stack's endpoints,
-credentials and Kafka security filled in."""
+credentials and Kafka security filled in.
+
+One story: `StackLayout` takes its topics, host and ports from `PipelineConfig`'s defaults; the
+settings below are the only place where the stack's layout becomes job settings, and the stack's
+own kafka-python clients get theirs from the same config (`kafka_config` ->
+`streaming.ops.kafka_io.client_security`)."""
 from __future__ import annotations
+
+from typing import Any
 
 from streaming.config import ConfigError, PipelineConfig, Secret
 from streaming.stack.layout import StackLayout
 
 
-def stack_config(layout: StackLayout, settings: list[str] | None = None) -> PipelineConfig:
-    """The job's configuration for the local stack; `key=value` settings override."""
-    security = dict(kafka_security_protocol=layout.kafka_security_protocol)
+def kafka_settings(layout: StackLayout) -> dict[str, Any]:
+    """The `PipelineConfig` fields that reach the stack's Kafka: bootstrap, topics and security."""
+    settings: dict[str, Any] = dict(kafka_bootstrap=layout.kafka_bootstrap, requests_topic=layout.requests_topic,
+                                    results_topic=layout.results_topic,
+                                    kafka_security_protocol=layout.kafka_security_protocol)
     if layout.kafka_sasl:
-        security.update(kafka_sasl_mechanism=layout.kafka_sasl_mechanism, kafka_sasl_username=layout.kafka_sasl_username,
+        settings.update(kafka_sasl_mechanism=layout.kafka_sasl_mechanism, kafka_sasl_username=layout.kafka_sasl_username,
                         kafka_sasl_password=Secret(layout.kafka_sasl_password))
     if layout.kafka_ssl_ca_file is not None:
-        security["kafka_ssl_ca_file"] = str(layout.kafka_ssl_ca_file)
+        settings["kafka_ssl_ca_file"] = str(layout.kafka_ssl_ca_file)
+    return settings
+
+
+def kafka_config(layout: StackLayout) -> PipelineConfig:
+    """A config holding only the stack's Kafka settings (defaults elsewhere; no environment read)."""
+    return PipelineConfig(**kafka_settings(layout))
+
+
+def stack_config(layout: StackLayout, settings: list[str] | None = None) -> PipelineConfig:
+    """The job's configuration for the local stack; `key=value` settings override."""
     base = PipelineConfig.from_env(
-        kafka_bootstrap=layout.kafka_bootstrap, requests_topic=layout.requests_topic,
-        results_topic=layout.results_topic, s3_endpoint=layout.s3_endpoint,
+        **kafka_settings(layout), s3_endpoint=layout.s3_endpoint,
         s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
-        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc, **security,
+        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc,
     )
     bad = [item for item in settings or [] if "=" not in item]
     if bad:

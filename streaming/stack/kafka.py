@@ -16,9 +16,11 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from streaming.ops import kafka_io
 from streaming.stack.artifacts import classpath, java_executable
+from streaming.stack.job_config import kafka_config
 from streaming.stack.layout import StackLayout
 from streaming.stack.process import ServiceSpec
 
@@ -149,17 +151,12 @@ def _jaas(layout: StackLayout) -> str:
             f'username="{layout.kafka_sasl_username}" password="{layout.kafka_sasl_password}";')
 
 
-def client_security(layout: StackLayout) -> dict[str, str]:
-    """kafka-python keyword arguments for this stack's Kafka (empty for PLAINTEXT)."""
+def client_security(layout: StackLayout) -> dict[str, Any]:
+    """kafka-python keyword arguments for this stack's Kafka (empty for PLAINTEXT): those of its
+    job config (`job_config.kafka_config`), computed by `streaming.ops.kafka_io.client_security`."""
     if not (layout.kafka_sasl or layout.kafka_tls):
         return {}
-    kwargs = {"security_protocol": layout.kafka_security_protocol}
-    if layout.kafka_sasl:
-        kwargs.update(sasl_mechanism=layout.kafka_sasl_mechanism, sasl_plain_username=layout.kafka_sasl_username,
-                      sasl_plain_password=layout.kafka_sasl_password)
-    if layout.kafka_tls:
-        kwargs.update(ssl_cafile=str(layout.kafka_ssl_ca_file), ssl_check_hostname=True)
-    return kwargs
+    return kafka_io.client_security(kafka_config(layout))
 
 
 def _render(props: dict[str, str]) -> str:

@@ -5,12 +5,18 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from streaming.config import STACK_ENV_VARIABLES, PipelineConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The local stack's variables (PipelineConfig.from_env knows them: any other IMGSTREAM_* is an error).
-DIR_ENV = "IMGSTREAM_STACK_DIR"  # logs, data, downloads
-PORT_OFFSET_ENV = "IMGSTREAM_STACK_PORT_OFFSET"  # added to every port, so a second stack can run beside
-KAFKA_SASL_ENV = "IMGSTREAM_STACK_KAFKA_SASL"  # 1: Kafka with SASL/SCRAM
-ENV_VARIABLES = (DIR_ENV, PORT_OFFSET_ENV, KAFKA_SASL_ENV)
+# The local stack's variables, declared in streaming.config (PipelineConfig.from_env knows them: any
+# other IMGSTREAM_* is an error): the stack folder, a port offset, Kafka with SASL.
+ENV_VARIABLES = STACK_ENV_VARIABLES
+DIR_ENV, PORT_OFFSET_ENV, KAFKA_SASL_ENV = ENV_VARIABLES
+# The stack serves what the job connects to by default: its host, Kafka and Triton ports and topics
+# are PipelineConfig's defaults, not a copy of them (`job_config.stack_config` derives the rest).
+_JOB = PipelineConfig()
+_HOST, _KAFKA_PORT = _JOB.kafka_bootstrap.rsplit(":", 1)
+_TRITON_GRPC_PORT = _JOB.triton_grpc.rsplit(":", 1)[1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,17 +24,17 @@ class StackLayout:
     """Folders and endpoints of the single-node local stack (everything on loopback)."""
 
     root: Path = PROJECT_ROOT / ".stack"
-    host: str = "127.0.0.1"
-    kafka_port: int = 9092
+    host: str = _HOST
+    kafka_port: int = int(_KAFKA_PORT)
     kafka_controller_port: int = 9093
     s3_port: int = 9000
     triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
+    triton_grpc_port: int = int(_TRITON_GRPC_PORT)
     triton_metrics_port: int = 8002
     flink_rest_port: int = 8081
     flink_rpc_port: int = 6123
-    requests_topic: str = "image-requests"
-    results_topic: str = "image-results"
+    requests_topic: str = _JOB.requests_topic
+    results_topic: str = _JOB.results_topic
     topic_partitions: int = 2
     bucket: str = "samples"
     s3_access_key: str = "local-access-key"

@@ -14,6 +14,7 @@ from streaming.stack.job_config import stack_config
 from streaming.stack import s3
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
+from tests.integration.job_support import stop_job
 
 
 def pytest_collection_modifyitems(items):
@@ -59,7 +60,4 @@ def running_job(layout, prepared, pipeline_config) -> jobs.RunningJob:
     config = dataclasses.replace(pipeline_config, checkpoint_interval_ms=2000)
     job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "it-classify")
     yield job
-    try:
-        jobs.cancel(layout, job.id)
-    except OSError:
-        pass  # the lifecycle test may have restarted the cluster already
+    stop_job(layout, job)  # the lifecycle test may have restarted the cluster already

@@ -6,24 +6,21 @@ import dataclasses
 import json
 import time
 import urllib.request
-import uuid
 from collections import Counter
 
 import psutil
 
 from streaming.ops import jobs, kafka_io
 from streaming.config import PipelineConfig
-from streaming.stack import kafka, process
+from streaming.stack import process
 from streaming.stack.layout import StackLayout
 
 
 @dataclasses.dataclass(frozen=True)
-class OwnJob:
-    id: str
-    requests_topic: str
-    results_topic: str
-    config: PipelineConfig
-    workers: tuple[int, ...]  # pids of the job's Python worker processes
+class OwnJob(jobs.RunningJob):
+    """A job of `jobs.submit_on_fresh_topics` and the pids of its Python worker processes."""
+
+    workers: tuple[int, ...] = ()
 
 
 def rest(layout: StackLayout, path: str) -> dict | list:
@@ -48,34 +45,26 @@ def python_workers(layout: StackLayout) -> set[int]:
 
 def start_job(layout: StackLayout, prepared, config: PipelineConfig, name: str, *,
               kafka_layout: StackLayout | None = None) -> OwnJob:
-    """Submit the classify job with `config` on fresh topics (created on `kafka_layout`'s broker)."""
-    suffix = uuid.uuid4().hex[:10]
-    requests_topic, results_topic = f"{name}-{suffix}-requests", f"{name}-{suffix}-results"
-    kafka.ensure_topics(kafka_layout or layout, [requests_topic, results_topic], layout.topic_partitions)
-    config = dataclasses.replace(config, requests_topic=requests_topic, results_topic=results_topic,
-                                 consumer_group=f"{name}-{suffix}", start_from="earliest",
-                                 checkpoint_interval_ms=2000, delivery_guarantee="exactly_once",
-                                 transactional_id_prefix=f"{name}-{suffix}")
+    """`jobs.submit_on_fresh_topics` (topics created on `kafka_layout`'s broker) with exactly-once
+    results and 2 s checkpoints; waits up to a minute for the job's new Python workers."""
+    config = dataclasses.replace(config, checkpoint_interval_ms=2000, delivery_guarantee="exactly_once")
     before = python_workers(layout)
-    job_id = jobs.submit(layout, config, prepared.connector_jar, f"{name}-{suffix}")
+    job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, name, kafka_layout=kafka_layout)
     try:
-        jobs.wait_running(layout, job_id)
         deadline = time.monotonic() + 60
         workers = python_workers(layout) - before
         while not workers and time.monotonic() < deadline:
             time.sleep(1)
             workers = python_workers(layout) - before
     except BaseException:
-        jobs.cancel(layout, job_id)
+        stop_job(layout, job)
         raise
-    return OwnJob(job_id, requests_topic, results_topic, config, tuple(sorted(workers)))
+    return OwnJob(job.id, job.config, tuple(sorted(workers)))
 
 
-def stop_job(layout: StackLayout, job: OwnJob) -> None:
-    try:
-        jobs.cancel(layout, job.id)
-    except OSError:
-        pass
+def stop_job(layout: StackLayout, job: jobs.RunningJob) -> None:
+    """Cancel the job; a cluster already gone (a test restarted it) is no error."""
+    jobs.cancel_quietly(layout, job.id)
 
 
 def num_restarts(layout: StackLayout, job_id: str, timeout_s: float = 45.0) -> int:

@@ -22,6 +22,7 @@ from PIL import Image
 from streaming.ops import jobs, kafka_io
 from streaming.stack import process, s3
 from streaming.stack import stack as local_stack
+from tests.integration.job_support import stop_job
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,7 @@ def job(layout, prepared, pipeline_config):
                                  max_batch_size=16)
     job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "fault")
     yield job
-    try:
-        jobs.cancel(layout, job.id)
-    except OSError:
-        pass
+    stop_job(layout, job)
 
 
 def publish_in_background(layout, topic, events, seconds):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ from streaming.stack.job_config import stack_config
 from streaming.config import ConfigError
 from streaming.errors import ModelNotFound
 from streaming.infer import TritonClassifier
+from tests.net_support import free_port
 
 WINDOW_S = 60.0  # the retry window the unknown model must not wait out
 
@@ -47,12 +47,6 @@ def test_the_served_model_classifies_and_passes_the_check(config):
         assert len(labels) == 1 and len(labels[0]) == config.top_k
     finally:
         classifier.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("changes, field, words", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from streaming.ops import jobs
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka
 from tests.integration.job_support import exceptions
+from tests.net_support import free_port
 
 CLI = [sys.executable, "-m", "streaming", "job"]
 
@@ -37,12 +37,6 @@ def topics(layout) -> set[str]:
 
 def job_names(layout) -> set[str]:
     return {j.name for j in jobs.list_jobs(layout)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique(what: str) -> str:

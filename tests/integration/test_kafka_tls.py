@@ -24,7 +24,8 @@ from streaming.ops import kafka_io
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
 from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
-from tests.integration.test_sasl import PASSWORD, free_ports, publish_error
+from tests.integration.broker_support import PASSWORD, publish_error
+from tests.net_support import free_ports
 
 OTHER_CA = Path(__file__).resolve().parents[1] / "tls" / "ca.pem"  # a CA that signed nothing here
 

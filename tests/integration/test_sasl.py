@@ -10,31 +10,18 @@ is in no result, no Flink or Kafka log, no worker log.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from streaming.ops import kafka_io
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
 from streaming.stack.layout import StackLayout
+from tests.integration.broker_support import PASSWORD, publish_error
 from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
-
-PASSWORD = "sasl-Canary-7c1e9b2a4f"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from tests.net_support import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +37,6 @@ def sasl_layout(layout, prepared, tmp_path_factory):
         yield sasl
     finally:
         process.stop(sasl.run_dir, "kafka")
-
-
-def publish_error(bootstrap: str, **security) -> Exception | None:
-    """None if a record gets through with these settings, else the Kafka error that stopped it."""
-    try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=3000, max_block_ms=4000,
-                                 request_timeout_ms=6000, **security)
-    except KafkaError as exc:  # the login failed while bootstrapping
-        return exc
-    try:
-        producer.send("sasl-probe", b"x").get(timeout=10)
-        return None
-    except KafkaError as exc:
-        return exc
-    finally:
-        producer.close(timeout=2)
 
 
 def test_sasl_broker_takes_only_the_right_login(sasl_layout):

@@ -2,9 +2,10 @@ import math
 
 import pytest
 
-from streaming.config import (MAX_SECONDS, POSITIVE_FIELDS, TOOL_ENV_VARIABLES, ConfigError, PipelineConfig, Secret,
-                              field_types)
+from streaming.config import (KAFKA_SHADED_PREFIX, MAX_SECONDS, POSITIVE_FIELDS, TOOL_ENV_VARIABLES, ConfigError,
+                              PipelineConfig, Secret, field_types)
 from streaming.stack.layout import ENV_VARIABLES as STACK_ENV_VARIABLES
+from tests.kafka_support import PASSWORD, sasl
 
 NUMBERS = {name: kind for name, kind in field_types().items() if kind in (int, float)}
 FLOATS = sorted(name for name, kind in NUMBERS.items() if kind is float)
@@ -184,3 +185,38 @@ def test_max_uri_chars_is_bounded_by_what_results_carry():
     PipelineConfig(max_uri_chars=MAX_URI_CHARS)
     with pytest.raises(ConfigError, match="max_uri_chars"):
         PipelineConfig(max_uri_chars=MAX_URI_CHARS + 1)
+
+
+# -- Kafka security settings (kafka-python's keywords: test_ops_kafka_io.py) ------------------
+def test_scram_over_tls_properties_for_the_flink_connector():
+    props = sasl(kafka_ssl_ca_file="/etc/kafka/ca.pem").kafka_client_properties()
+    assert props["security.protocol"] == "SASL_SSL" and props["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert props["sasl.jaas.config"] == (
+        f'{KAFKA_SHADED_PREFIX}org.apache.kafka.common.security.scram.ScramLoginModule required '
+        f'username="svc-imgstream" password="{PASSWORD}";')
+    assert props["ssl.truststore.type"] == "PEM" and props["ssl.truststore.location"] == "/etc/kafka/ca.pem"
+    assert "ssl.keystore.location" not in props
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(kafka_security_protocol="SASL_TLS"), "must be PLAINTEXT"),
+    (dict(kafka_sasl_mechanism=None), "needs kafka_sasl_mechanism"),
+    (dict(kafka_sasl_mechanism="GSSAPI"), "SASL needs"),
+    (dict(kafka_sasl_password=None), "SASL needs"),
+    (dict(kafka_sasl_password=Secret('x" admin="true')), "quotes"),
+    (dict(kafka_sasl_username="a\\b"), "backslashes"),
+    (dict(kafka_sasl_username="a\nb"), "control"),
+    (dict(kafka_security_protocol="PLAINTEXT", kafka_sasl_mechanism=None, kafka_sasl_username=None,
+          kafka_sasl_password=None, kafka_ssl_ca_file="/ca.pem"), "need kafka_security_protocol SSL"),
+])
+def test_bad_kafka_security_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        sasl(**overrides)
+    assert PASSWORD not in str(caught.value) and "admin" not in str(caught.value)
+
+
+def test_secrets_stay_out_of_repr_but_travel_to_the_job():
+    config = sasl(kafka_ssl_key_password=Secret("kp-Canary"), kafka_ssl_ca_file="/ca.pem")
+    assert PASSWORD not in repr(config) and "kp-Canary" not in repr(config)
+    round_trip = PipelineConfig.from_mapping(config.to_mapping())
+    assert round_trip.kafka_sasl_password.value == PASSWORD and round_trip == config

@@ -1,9 +1,9 @@
 """Fetcher on file:// objects, its lifecycle and pickling, and its retry backoff.
 
 S3 (signing, error mapping, retries) is tested against a stand-in S3 in
-test_fetch_s3_stand_in.py and against the real S3 server in tests/integration/test_fetch_s3.py;
-http(s) in test_fetch_http.py; the per-attempt deadline and the response limits in
-test_fetch_deadline.py.
+test_s3_get.py and against the real S3 server in tests/integration/test_fetch_s3.py;
+http(s) in test_http_fetch.py; the per-attempt deadline in test_deadline.py, the response limits in
+test_transport.py.
 """
 from __future__ import annotations
 

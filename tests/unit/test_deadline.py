@@ -1,5 +1,5 @@
-"""One wall-clock deadline per attempt, enforced on the socket, and the response-head limits,
-against raw loopback servers that trickle or flood: for http and for S3 alike.
+"""One wall-clock deadline per attempt, enforced on the socket, against raw loopback servers that
+trickle: for http and for S3 alike (the response-head limits: test_transport.py).
 
 Every server here would hold a client that only has per-read socket timeouts for ever (each
 byte comes well within any read timeout); the fetch must end by fetch_timeout_s + MARGIN_S.
@@ -11,18 +11,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from streaming import deadline
-from streaming.config import PipelineConfig, Secret
 from streaming.errors import FetchFailed, PipelineError
 from streaming.fetch import Fetcher
-from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, ResponseRefused, content_length
-from streaming.uris import ObjectRef, parse_uri
-from tests.net_support import TLS_DIR, ScriptedHttpServer, TrickleServer, byte_by_byte
+from streaming.uris import parse_uri
+from tests.net_support import (FETCH_TIMEOUT_S, TLS_DIR, ScriptedHttpServer, TrickleServer, byte_by_byte,
+                               fetch_both_ways, http_config)
 
-TIMEOUT_S = 0.5
+TIMEOUT_S = FETCH_TIMEOUT_S  # http_config's fetch_timeout_s
 MARGIN_S = 1.0  # generous: the mechanism, not the machine's speed, is under test
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
 
@@ -33,25 +30,6 @@ TRICKLES = {  # each endless, one byte every 20 ms
     "chunked body": lambda: byte_by_byte(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                                          forever=b"1\r\nx\r\n"),
 }
-
-
-def http_config(**overrides) -> PipelineConfig:
-    values = dict(allowed_schemes=("s3", "http"), allowed_hosts=("*:*",), http_trusted_networks=("127.0.0.1/32",),
-                  fetch_retries=0, fetch_timeout_s=TIMEOUT_S, max_object_bytes=2_000_000,
-                  s3_access_key=Secret("AKIATESTACCESSKEY123"), s3_secret_key=Secret("s3cr3t"))
-    return PipelineConfig(**{**values, **overrides})
-
-
-def fetch_both_ways(server: TrickleServer, scheme: str, config: PipelineConfig, path: str = "/bucket/key.jpg"):
-    """Fetch `path` from `server` as an http URI or as S3 (the server as the S3 endpoint)."""
-    if scheme == "s3":
-        config = PipelineConfig(**{**config.__dict__, "s3_endpoint": server.endpoint})
-        bucket, _, key = path[1:].partition("/")
-        ref = ObjectRef("s3", bucket, key)
-    else:
-        ref = parse_uri(server.url(path), config)
-    with Fetcher(config, sleep=lambda s: None) as fetcher:
-        return fetcher.fetch(ref)
 
 
 @pytest.mark.parametrize("scheme", ["http", "s3"])
@@ -149,75 +127,6 @@ def test_a_good_fetch_after_a_cut_one_uses_a_fresh_connection():
             fetcher.fetch(ref)
         assert fetcher.fetch(ref).data == b"hello"
         assert len(server.requests) == 2
-
-
-@pytest.mark.parametrize("scheme", ["http", "s3"])
-@pytest.mark.parametrize("head, reason", [
-    (b"HTTP/1.1 200 OK\r\n" + b"X-Many: header\r\n" * 10_000, f"more than {MAX_HEADERS} header lines"),
-    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000, f"over {MAX_HEAD_BYTES} bytes"),
-    (b"HTTP/1.1 200 " + b"O" * 200_000, f"over {MAX_HEAD_BYTES} bytes"),
-])
-def test_a_flood_of_headers_is_refused_as_it_arrives(scheme, head, reason):
-    with TrickleServer(lambda: iter([head]), delay_s=0) as server:
-        started = time.monotonic()
-        with pytest.raises(FetchFailed, match=reason) as caught:
-            fetch_both_ways(server, scheme, http_config(fetch_retries=2, fetch_timeout_s=5.0))
-        assert time.monotonic() - started < 5.0  # refused, not waited out
-        assert caught.value.code == "fetch_failed" and len(server.requests) == 1  # not retried
-
-
-@pytest.mark.parametrize("scheme", ["http", "s3"])
-@pytest.mark.parametrize("lengths", [["\u00b2"], ["\u0663"], ["-1"], ["1e3"], ["+5"], ["0x5"], [""], ["5, 6"],
-                                     ["5", "6"], ["5 5"], ["99999999999999999999999"]])
-def test_a_malformed_content_length_is_a_typed_fetch_error(scheme, lengths):
-    head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"Content-Length: {v}\r\n".encode() for v in lengths) + b"\r\n"
-    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
-        with pytest.raises(FetchFailed, match="Content-Length") as caught:
-            fetch_both_ways(server, scheme, http_config(fetch_retries=2))
-    assert caught.value.code == "fetch_failed" and caught.value.stage == "fetch"
-    assert len(server.requests) == 1  # not retried: the server will say the same again
-
-
-@pytest.mark.parametrize("scheme", ["http", "s3"])
-def test_a_head_at_the_limits_is_accepted(scheme):
-    headers = b"".join(b"X-Amz-Meta-K%d: v\r\n" % i for i in range(MAX_HEADERS - 1))
-    head = b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 5\r\n\r\n"
-    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
-        assert fetch_both_ways(server, scheme, http_config()).data == b"hello"
-
-
-@pytest.mark.parametrize("scheme", ["http", "s3"])
-def test_agreeing_content_lengths_are_accepted(scheme):
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n"
-    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
-        assert fetch_both_ways(server, scheme, http_config()).data == b"hello"
-
-
-@pytest.mark.parametrize("values, chunked, expected", [
-    ([], False, None), (["0"], False, 0), (["12"], False, 12), (["12, 12", " 12 "], False, 12),
-])
-def test_content_length_accepts_plain_agreeing_digits(values, chunked, expected):
-    assert content_length(values, chunked=chunked) == expected
-
-
-@pytest.mark.parametrize("values, chunked", [
-    (["12"], True), (["1 2"], False), (["12,"], False), (["\u00b2"], False), (["-0"], False), (["12", "13"], False),
-])
-def test_content_length_refuses_everything_else(values, chunked):
-    with pytest.raises(ResponseRefused):
-        content_length(values, chunked=chunked)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(max_size=12) | st.from_regex(r"\A[0-9]{1,4}( ?, ?[0-9]{1,4})*\Z"), max_size=3), st.booleans())
-def test_content_length_is_an_agreed_ascii_number_or_refused(values, chunked):
-    try:
-        length = content_length(values, chunked=chunked)
-    except ResponseRefused:
-        return
-    parts = [p.strip() for v in values for p in v.split(",")]
-    assert length is None if not values else (not chunked and {int(p) for p in parts} == {length})
-    assert all(p.isascii() and p.isdigit() for p in parts)
 
 
 def test_watchdog_cuts_only_the_expired_attempt():

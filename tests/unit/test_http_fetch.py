@@ -1,5 +1,5 @@
 """http(s) fetching (limits, retries, redirects, the SSRF guard, TLS) against scripted loopback
-web servers. Deadlines against trickling servers: test_fetch_deadline.py."""
+web servers. Deadlines against trickling servers: test_deadline.py."""
 from __future__ import annotations
 
 import gzip

@@ -1,6 +1,6 @@
 """S3 GETs (SigV4 signing, credentials, XML error mapping, retries, size limits) against a
 scripted stand-in S3 on loopback. The real S3 server is exercised by
-tests/integration/test_fetch_s3.py; deadlines against trickling servers by test_fetch_deadline.py."""
+tests/integration/test_fetch_s3.py; deadlines against trickling servers by test_deadline.py."""
 from __future__ import annotations
 
 import socket
