@@ -21,12 +21,12 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSink, KafkaSource,
 )
 
+from flink_jobs import JOB_NAME
 from streaming.config import PipelineConfig
 from streaming.events import MAX_RESULT_BYTES, result_to_json
 from streaming.metrics import PipelineStats
 from streaming.pipeline import AsyncImagePipeline
 
-JOB_NAME = "imgstream-classify"
 # The sink producer's max.request.size, set explicitly: four times the largest result
 # `result_to_json` can return (1 MiB, Kafka's default), so no result can fail the writer (a failed
 # write restores the job, which replays the same event and fails again, for ever). The broker's

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.decode import CROP_FRACTION, DecodedImage
+from streaming.contract import CROP_FRACTION
+from streaming.decode import DecodedImage
 from streaming.fetch import FetchedObject
 
 DEFAULT_CACHE_BYTES = 0  # off; PipelineConfig.cache_bytes sets it

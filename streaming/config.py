@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from streaming.contract import INPUT_SIZE
+
 ENV_PREFIX = "IMGSTREAM_"
 MAX_URI_CHARS = 8192  # results never carry a longer URI: the upper bound of max_uri_chars
 # IMGSTREAM_* variables that are not job settings, declared here so that the engine imports no tooling:
@@ -107,7 +109,7 @@ class PipelineConfig:
     triton_grpc: str = "127.0.0.1:8001"
     model_name: str = "efficientnet_lite0"
     model_version: str = ""
-    input_size: int = 224
+    input_size: int = INPUT_SIZE
     top_k: int = 5
     infer_timeout_s: float = 30.0
     infer_retry_window_s: float = 90.0  # while Triton is unreachable, keep retrying this long

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from streaming.decode import CROP_FRACTION, DEFAULT_MAX_DECODE_BYTES, DecodedImage
+from streaming.contract import CROP_FRACTION, INPUT_SIZE
+from streaming.decode import DEFAULT_MAX_DECODE_BYTES, DecodedImage
 from streaming.decoder_worker import MAX_HEADER_BYTES
 from streaming.errors import CorruptImage, DecodeTimeout, ImageTooLarge, PipelineError, UnsupportedImage
 
@@ -170,7 +171,7 @@ class DecoderPool:
             self._idle.put(self._spawn())
 
     # -- the caller's side ------------------------------------------------------------
-    def decode(self, data: bytes, size: int = 224, *, max_pixels: int, crop_fraction: float = CROP_FRACTION,
+    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int, crop_fraction: float = CROP_FRACTION,
                jpeg_backend: str = "auto") -> DecodedImage:
         """As `decode_to_tensor`, in a worker; also raises `DecodeTimeout` (after max_decode_ms)."""
         if len(data) > self.max_request_bytes:

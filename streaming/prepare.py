@@ -19,7 +19,8 @@ from typing import ContextManager, Protocol
 import numpy as np
 
 from streaming.cache import CacheKey, DecodedImageCache
-from streaming.decode import CROP_FRACTION, DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
+from streaming.contract import CROP_FRACTION, INPUT_SIZE
+from streaming.decode import DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
 from streaming.errors import DecodeTimeout
 from streaming.fetch import FetchedObject
 from streaming.uris import ObjectRef
@@ -57,7 +58,7 @@ class Fetch(Protocol):
 class Decoder(Protocol):
     """What the stage needs of a decoder (`DecoderPool`, `InProcessDecoder`)."""
 
-    def decode(self, data: bytes, size: int = 224, *, max_pixels: int,
+    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
                crop_fraction: float = CROP_FRACTION) -> DecodedImage: ...
 
 
@@ -72,7 +73,7 @@ class InProcessDecoder:
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     slots: ContextManager | None = None
 
-    def decode(self, data: bytes, size: int = 224, *, max_pixels: int,
+    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
                crop_fraction: float = CROP_FRACTION) -> DecodedImage:
         with self.slots or contextlib.nullcontext():
             start = time.perf_counter()

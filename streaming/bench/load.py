@@ -57,10 +57,7 @@ class LoadResult:
 def stop_job(layout: StackLayout, job_id: str, config: PipelineConfig | None = None,
              timeout_s: float = 60.0) -> None:
     """Cancel the job, wait until its slots are free again, and drop its topics."""
-    try:
-        jobs.cancel(layout, job_id)
-    except OSError:
-        pass
+    jobs.cancel_quietly(layout, job_id)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

@@ -17,7 +17,7 @@ SAMPLES_PREFIX = "samples/"
 
 
 @dataclass(frozen=True)
-class Prepared:
+class StackArtifacts:
     """What the stack needs on disk before anything starts."""
 
     kafka_jars: tuple[Path, ...]
@@ -27,7 +27,7 @@ class Prepared:
     model_repository: Path
 
 
-def prepare(layout: StackLayout) -> Prepared:
+def prepare(layout: StackLayout) -> StackArtifacts:
     """Download and build everything (jars, Triton, model, photos); fast when already done."""
     from triton_models.build import build_repository, store_in
 
@@ -38,10 +38,10 @@ def prepare(layout: StackLayout) -> Prepared:
     build_repository(layout.model_repository, store=store_in(layout.root))
     repository = layout.model_repository
     triton.install_server(layout)
-    return Prepared(tuple(kafka_jars), s3proxy_jar, connector_jar, tuple(samples), repository)
+    return StackArtifacts(tuple(kafka_jars), s3proxy_jar, connector_jar, tuple(samples), repository)
 
 
-def specs(layout: StackLayout, prepared: Prepared) -> list[process.ServiceSpec]:
+def specs(layout: StackLayout, prepared: StackArtifacts) -> list[process.ServiceSpec]:
     return [
         kafka.kafka_service(layout, list(prepared.kafka_jars)),
         s3.s3_service(layout, prepared.s3proxy_jar),
@@ -50,12 +50,12 @@ def specs(layout: StackLayout, prepared: Prepared) -> list[process.ServiceSpec]:
     ]
 
 
-def service(layout: StackLayout, prepared: Prepared, name: str) -> process.ServiceSpec:
+def service(layout: StackLayout, prepared: StackArtifacts, name: str) -> process.ServiceSpec:
     """One service's spec by name (to restart it alone)."""
     return next(spec for spec in specs(layout, prepared) if spec.name == name)
 
 
-def up(layout: StackLayout, log=print) -> Prepared:
+def up(layout: StackLayout, log=print) -> StackArtifacts:
     prepared = prepare(layout)
     kafka.prepare_kafka(layout, list(prepared.kafka_jars))
     for spec in specs(layout, prepared):

@@ -29,7 +29,7 @@ def layout() -> StackLayout:
 
 
 @pytest.fixture(scope="session")
-def prepared(layout) -> local_stack.Prepared:
+def prepared(layout) -> local_stack.StackArtifacts:
     """`up` is idempotent: a running stack is only health-checked."""
     return local_stack.up(layout, log=lambda message: None)
 
