@@ -154,6 +154,11 @@ def soak(
     from streaming.stack import stack as local_stack
     from streaming.stack.layout import StackLayout
 
+    import streaming
+
+    checkout = Path(streaming.__file__).resolve().parents[1]  # the corpus ships with a source checkout
+    if (checkout / "tests" / "corpus").is_dir() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     try:
         from tests.corpus import corpus
     except ImportError:
