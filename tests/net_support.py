@@ -21,10 +21,11 @@ TLS_DIR = Path(__file__).resolve().parent / "tls"  # a test CA and a certificate
 FETCH_TIMEOUT_S = 0.5  # http_config's fetch deadline: short, these servers trickle or flood
 
 
-class CountingListener:
-    """Accepts TCP connections on `host`, counts them and closes each at once."""
+class _LoopbackServer:
+    """A TCP listener on loopback whose accept loop runs on a thread until `close()`; each
+    accepted connection goes to `_handle`."""
 
-    def __init__(self, host: str = "127.0.0.2", port: int = 0):
+    def __init__(self, host: str, port: int = 0):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,12 +33,11 @@ class CountingListener:
         self.sock.listen(64)
         self.sock.settimeout(0.05)
         self.host, self.port = host, self.sock.getsockname()[1]
-        self.count = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _accept(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
@@ -45,19 +45,33 @@ class CountingListener:
                 continue
             except OSError:
                 return
-            self.count += 1
-            conn.close()
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
         self.sock.close()
 
-    def __enter__(self) -> "CountingListener":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CountingListener(_LoopbackServer):
+    """Accepts TCP connections on `host`, counts them and closes each at once."""
+
+    def __init__(self, host: str = "127.0.0.2", port: int = 0):
+        self.count = 0
+        super().__init__(host, port)
+
+    def _handle(self, conn: socket.socket) -> None:
+        self.count += 1
+        conn.close()
 
 
 @dataclass
@@ -137,7 +151,7 @@ def redirect(location: str, status: int = 302) -> Reply:
     return Reply(status, b"", {"Location": location})
 
 
-class TrickleServer:
+class TrickleServer(_LoopbackServer):
     """A raw HTTP server on loopback for hostile-server tests: for every request (or, without
     `read_request`, every connection, at once: a TLS server that never finishes its hello) it
     writes the pieces `pieces()` yields, sleeping `delay_s` after each, then closes the connection. An
@@ -150,15 +164,7 @@ class TrickleServer:
         self.requests: list[bytes] = []
         self.open_connections = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.05)
-        self.host, self.port = host, self.sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__(host)
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -167,15 +173,8 @@ class TrickleServer:
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with self._lock:
@@ -201,17 +200,6 @@ class TrickleServer:
             conn.close()
             with self._lock:
                 self.open_connections -= 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-    def __enter__(self) -> "TrickleServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def byte_by_byte(*parts: bytes, forever: bytes = b"") -> Iterator[bytes]:

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from streaming.ops import kafka_io
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
-from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
-from tests.integration.broker_support import PASSWORD, publish_error
+from tests.integration.broker_support import PASSWORD, classify_through, publish_error
 from tests.net_support import free_ports
 
 OTHER_CA = Path(__file__).resolve().parents[1] / "tls" / "ca.pem"  # a CA that signed nothing here
@@ -112,16 +110,4 @@ def test_job_reads_and_writes_through_sasl_ssl(layout, prepared, pipeline_config
                                  kafka_ssl_ca_file=str(tls_layout.kafka_ssl_ca_file),
                                  allowed_buckets=pipeline_config.allowed_buckets)
     assert config.kafka_client_properties()["ssl.truststore.location"] == str(tls_layout.kafka_ssl_ca_file)
-    job = start_job(layout, prepared, config, "sasl-ssl", kafka_layout=tls_layout)
-    try:
-        security = kafka_io.client_security(job.config)
-        events = [{"id": f"tls-{i}", "uri": f"s3://{test_bucket}/photos/LadyBird.jpg"} for i in range(5)]
-        events.append({"id": "tls-missing", "uri": f"s3://{test_bucket}/photos/none.jpg"})
-        kafka_io.publish(tls_layout.kafka_bootstrap, job.requests_topic, events, security=security)
-        results = results_when_complete(tls_layout.kafka_bootstrap, job.results_topic, len(events),
-                                        security=security)
-        assert outcomes(results) == {**{(f"tls-{i}", "prediction"): 1 for i in range(5)},
-                                     ("tls-missing", "object_not_found"): 1}
-        assert num_restarts(layout, job.id) == 0
-    finally:
-        stop_job(layout, job)
+    classify_through(layout, prepared, config, tls_layout, test_bucket, "sasl-ssl")

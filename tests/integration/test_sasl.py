@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from streaming.ops import kafka_io
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka, process
 from streaming.stack.layout import StackLayout
-from tests.integration.broker_support import PASSWORD, publish_error
-from tests.integration.job_support import num_restarts, outcomes, results_when_complete, start_job, stop_job
+from tests.integration.broker_support import PASSWORD, classify_through, publish_error
 from tests.net_support import free_ports
 
 
@@ -53,19 +51,7 @@ def test_job_reads_and_writes_through_sasl(layout, prepared, pipeline_config, sa
     config = stack_config(sasl_layout)  # what `imgstream job submit` builds for a SASL stack
     assert config.kafka_security_protocol == "SASL_PLAINTEXT" and config.kafka_bootstrap == sasl_layout.kafka_bootstrap
     config = dataclasses.replace(config, allowed_buckets=pipeline_config.allowed_buckets)
-    job = start_job(layout, prepared, config, "sasl", kafka_layout=sasl_layout)
-    try:
-        security = kafka_io.client_security(job.config)
-        events = [{"id": f"sasl-{i}", "uri": f"s3://{test_bucket}/photos/LadyBird.jpg"} for i in range(5)]
-        events.append({"id": "sasl-missing", "uri": f"s3://{test_bucket}/photos/none.jpg"})
-        kafka_io.publish(sasl_layout.kafka_bootstrap, job.requests_topic, events, security=security)
-        results = results_when_complete(sasl_layout.kafka_bootstrap, job.results_topic, len(events),
-                                        security=security)
-        assert outcomes(results) == {**{(f"sasl-{i}", "prediction"): 1 for i in range(5)},
-                                     ("sasl-missing", "object_not_found"): 1}
-        assert num_restarts(layout, job.id) == 0
-    finally:
-        stop_job(layout, job)
+    results = classify_through(layout, prepared, config, sasl_layout, test_bucket, "sasl")
     assert PASSWORD not in repr(config) and PASSWORD not in " ".join(map(str, results))
     leaks = [str(path) for path in logs_since(started, layout, sasl_layout) if PASSWORD.encode() in _read(path)]
     assert not leaks, f"the SASL password is in {leaks}"
