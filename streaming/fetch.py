@@ -133,7 +133,7 @@ class Fetcher:
                 message = redact(exc.message, self._config)
                 if attempt == attempts:
                     raise FetchFailed(message + (f" (after {attempts} attempts)" if attempts > 1 else "")) from None
-                log.debug("retrying %s://%s after attempt %d: %s", ref.scheme, ref.bucket, attempt, message)
+                log.debug("retrying %s://%s after attempt %d: %s", ref.scheme, ref.authority, attempt, message)
                 self._sleep(self.backoff_s(attempt))
         raise AssertionError("unreachable")
 

@@ -62,14 +62,14 @@ class HttpGetter:
         """The result, or the Location of a redirect."""
         import urllib3.exceptions as ue
 
-        authority = netpolicy.parse_authority(ref.bucket, ref.scheme)
+        authority = netpolicy.parse_authority(ref.authority, ref.scheme)
         addresses = netpolicy.resolve_checked(authority, trusted_networks(self._config),
                                               lambda *args, **kwargs: self._resolve(attempt, *args, **kwargs))
-        headers = {"Host": ref.bucket, "User-Agent": USER_AGENT, "Accept": "image/*",
+        headers = {"Host": ref.authority, "User-Agent": USER_AGENT, "Accept": "image/*",
                    "Accept-Encoding": "identity"}
         if if_none_match:
             headers["If-None-Match"] = if_none_match if if_none_match.startswith("W/") else f'"{if_none_match}"'
-        where = f"{ref.scheme}://{ref.bucket}"
+        where = f"{ref.scheme}://{ref.authority}"
         with transport_errors(where):
             for index, address in enumerate(addresses):
                 pool = self._pool(ref.scheme, address, authority)

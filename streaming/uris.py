@@ -57,19 +57,27 @@ _SCHEME_PREFIX = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """Where an image lives. For ``file`` the bucket is empty and the key is the real path;
-    for ``http(s)`` the bucket is ``host[:port]`` and the key the request target minus its ``/``."""
+    """Where an image lives. `authority` is the bucket for ``s3``, ``host[:port]`` for ``http(s)``
+    and empty for ``file``; `key` is the object key, the request target minus its ``/``, or the
+    real path."""
 
     scheme: str
-    bucket: str
+    authority: str
     key: str
+
+    @property
+    def bucket(self) -> str:
+        """The S3 bucket (``s3`` refs only: other schemes have no bucket)."""
+        if self.scheme != "s3":
+            raise AttributeError(f"a {self.scheme} ref has no bucket (its authority is {self.authority!r})")
+        return self.authority
 
     @property
     def uri(self) -> str:
         """The canonical URI of this object."""
         if self.scheme == "file":
             return "file://" + quote(self.key)
-        return f"{self.scheme}://{self.bucket}/{self.key}"
+        return f"{self.scheme}://{self.authority}/{self.key}"
 
 
 def parse_uri(uri: str, config: PipelineConfig) -> ObjectRef:

@@ -315,7 +315,7 @@ def test_http_paths_with_dot_segments_or_backslashes_are_refused(uri):
 @pytest.mark.parametrize("uri", ["https://images.example.com/a..b/c.jpg?x=../y", "https://images.example.com/p%2Fq",
                                  "https://images.example.com//a.jpg"])
 def test_http_paths_without_dot_segments_pass(uri):
-    assert parse_uri(uri, HTTP).bucket == "images.example.com"
+    assert parse_uri(uri, HTTP).authority == "images.example.com"
 
 
 # -- user info is refused whatever form it takes (issue 12 item 8) -----------------------
@@ -390,8 +390,15 @@ def test_http_uris_are_refused_or_canonical_and_not_forbidden(uri):
     except UriNotAllowed as exc:
         assert exc.message and exc.code in ("uri_not_allowed", "uri_too_long", "address_not_allowed")
         return
-    assert ref.scheme in ("http", "https") and "@" not in ref.bucket and "\\" not in ref.bucket
+    assert ref.scheme in ("http", "https") and "@" not in ref.authority and "\\" not in ref.authority
     assert parse_uri(ref.uri, _HTTP_PROPERTY) == ref
-    host = netpolicy.parse_authority(ref.bucket, ref.scheme)
+    host = netpolicy.parse_authority(ref.authority, ref.scheme)
     if host.ip is not None:
         assert netpolicy.forbidden_reason(host.ip) is None
+
+
+def test_only_an_s3_ref_has_a_bucket():
+    assert parse_uri("s3://images/a.jpg", PipelineConfig(allowed_buckets=("images",))).bucket == "images"
+    ref = parse_uri("https://images.example.com/a.jpg", HTTP)
+    with pytest.raises(AttributeError, match="no bucket"):
+        ref.bucket  # noqa: B018
