@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from streaming.config import ENV_PREFIX
 from streaming.stack.flink import FLINK_HOME as WHEEL_FLINK_HOME
 from streaming.stack.job_config import kafka_config
 from streaming.stack.layout import StackLayout
+from tests.net_support import free_ports
 
 IMAGE_PREFIX = "/opt/imgstream"  # deploy/docker/Dockerfile: install.sh --prefix
 IMAGE_FLINK_HOME = "/opt/flink"  # the official Flink image's FLINK_HOME
@@ -33,12 +33,6 @@ LOOPBACK = "127.0.0.1"
 ADDRESS_KEYS = ("jobmanager.rpc.address", "jobmanager.bind-host", "taskmanager.bind-host", "taskmanager.host",
                 "rest.address", "rest.bind-address")
 LOG_TAIL_CHARS = 4000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 # --- the Flink distribution -------------------------------------------------------------------------
@@ -128,11 +122,17 @@ def local_flink(deployment: dict, *, flink_home: Path, prefix: Path, work: Path,
         replaced["high-availability.storageDir"] = (wanted.pop("high-availability.storageDir", ""), "(none)")
         wanted["high-availability.type"] = "NONE"
 
+    port_keys = sorted(key for key in wanted if key.endswith(".port"))
+    per_process = [key for key in PER_PROCESS_PORTS if key in wanted]
+    ports = free_ports(len(port_keys) + len(per_process))  # distinct, all at once
+    local_ports = dict(zip(port_keys, ports))
+    taskmanager_ports = dict(zip(per_process, ports[len(port_keys):]))
+
     def here(key: str, value: str) -> str:
         if value.startswith("s3://"):
             return (work / "s3" / value[len("s3://"):]).as_uri()
-        if key.endswith(".port"):
-            return str(free_port())
+        if key in local_ports:
+            return str(local_ports[key])
         if key == "s3.endpoint":
             return layout.s3_endpoint  # MinIO in the dev cluster; unused here (no S3 plugin in the wheel)
         return image_path(value, prefix, flink_home)
@@ -148,7 +148,6 @@ def local_flink(deployment: dict, *, flink_home: Path, prefix: Path, work: Path,
     conf["env.pid.dir"] = str(work / "pid")  # not /tmp, which the session cluster's scripts use
     for folder in ("tmp", "pid", "log"):
         (work / folder).mkdir(parents=True, exist_ok=True)
-    taskmanager_ports = {key: free_port() for key in PER_PROCESS_PORTS if key in conf}
     return LocalFlink(flink_home, prefix, work, conf, replaced, taskmanager_ports)
 
 

@@ -24,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
-from app_mode_support import (  # noqa: E402
-    IMAGE_FLINK_HOME, image_path, job_environment, leftovers, local_flink, private_flink_home, process_environment,
-    start, stop,
-)
 from k8s_support import K8S_DIR, REPO, ensure_kustomize, flink, render  # noqa: E402
 from streaming.config import PipelineConfig  # noqa: E402
 from streaming.ops import jobs, kafka_io  # noqa: E402
 from streaming.stack import kafka  # noqa: E402
 from streaming.stack.artifacts import read_lock  # noqa: E402
 from streaming.stack.job_config import kafka_config  # noqa: E402
+from tests.integration.app_mode_support import (  # noqa: E402
+    IMAGE_FLINK_HOME, image_path, job_environment, leftovers, local_flink, private_flink_home, process_environment,
+    start, stop,
+)
 
 INSTALL_SCRIPT = REPO / "deploy" / "docker" / "install.sh"
 INSTALL_TIMEOUT_S = 600
