@@ -58,6 +58,16 @@ done
 for file in pyproject.toml requirements.lock flink_jobs/classify.py streaming/stack/jars.lock; do
   [[ -f $src/$file ]] || die "$src is not the imgstream repository (no $file)"
 done
+# the Kafka connector's row in jars.lock, checked before anything is installed
+mapfile -t rows < <(awk -F'\t' '$6 == "flink-connector" {print $1 "\t" $2 "\t" $3 "\t" $5}' \
+  "$src/streaming/stack/jars.lock")
+((${#rows[@]} == 1)) || die "streaming/stack/jars.lock has ${#rows[@]} flink-connector rows, not 1"
+IFS=$'\t' read -r group artifact version sha256 <<<"${rows[0]}"
+[[ -z ${KAFKA_CONNECTOR_VERSION:-} || $KAFKA_CONNECTOR_VERSION == "$version" ]] \
+  || die "KAFKA_CONNECTOR_VERSION=$KAFKA_CONNECTOR_VERSION but jars.lock pins $version"
+[[ -z ${KAFKA_CONNECTOR_SHA256:-} || $KAFKA_CONNECTOR_SHA256 == "$sha256" ]] \
+  || die "KAFKA_CONNECTOR_SHA256 differs from jars.lock's $sha256"
+[[ -z $flink_home || -d $flink_home/lib ]] || die "$flink_home is not a Flink distribution (no lib/)"
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 venv=$prefix/venv
@@ -68,7 +78,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # --- Python 3.11 in PREFIX/venv ---------------------------------------------------------------------
-is_python_series() { "$1" -I -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYTHON_SERIES'.split('.'))))"; }
+is_python_series() {
+  "$1" -I -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYTHON_SERIES'.split('.'))))"
+}
 
 if [[ -x $venv/bin/python ]] && is_python_series "$venv/bin/python"; then
   log "keeping $venv ($("$venv/bin/python" -V))"
@@ -85,7 +97,8 @@ else
   [[ ! $python =~ ^[0-9.]+$ ]] || die "--python $python is a version: that needs uv; give an interpreter instead"
   "$python" -m venv "$venv"
 fi
-is_python_series "$venv/bin/python" || die "$venv/bin/python is $("$venv/bin/python" -V 2>&1), not Python $PYTHON_SERIES"
+is_python_series "$venv/bin/python" \
+  || die "$venv/bin/python is $("$venv/bin/python" -V 2>&1), not Python $PYTHON_SERIES"
 
 # --- the package and exactly the locked versions of its dependencies --------------------------------
 # from a copy of what the image's build context holds, so the install never writes into the sources
@@ -130,7 +143,8 @@ if unlocked:
     sys.exit("installed but not as requirements.lock pins them: " + ", ".join(unlocked))
 PY
 (cd / && "$venv/bin/python" -I -c "import pyflink, streaming.config, triton_models.build, flink_jobs")
-log "installed $("$venv/bin/python" -I -c 'import importlib.metadata as m; print("imgstream", m.version("imgstream"))') into $venv"
+installed=$("$venv/bin/python" -I -c 'import importlib.metadata as m; print(m.version("imgstream"))')
+log "installed imgstream $installed into $venv"
 
 # --- the job script, at the path the FlinkDeployment's PythonDriver arguments name ------------------
 install -D -m 0644 "$src/flink_jobs/classify.py" "$prefix/flink_jobs/classify.py"
@@ -138,7 +152,6 @@ install -D -m 0644 "$src/flink_jobs/classify.py" "$prefix/flink_jobs/classify.py
 [[ -n $flink_home ]] || { log "no --flink-home: the Kafka connector and the S3 plugin are not installed"; exit 0; }
 
 # --- Flink: the distribution must be the PyFlink version of the venv ---------------------------------
-[[ -d $flink_home/lib ]] || die "$flink_home is not a Flink distribution (no lib/)"
 flink_version=$("$venv/bin/python" -I -c 'import importlib.metadata as m; print(m.version("apache-flink"))')
 [[ -z ${FLINK_VERSION:-} || $FLINK_VERSION == "$flink_version" ]] \
   || die "FLINK_VERSION=$FLINK_VERSION but the venv has PyFlink $flink_version"
@@ -146,13 +159,6 @@ flink_version=$("$venv/bin/python" -I -c 'import importlib.metadata as m; print(
   || die "$flink_home has no opt/flink-python-$flink_version.jar (PythonDriver): not Flink $flink_version"
 
 # --- the Kafka connector in lib/, verified against jars.lock ----------------------------------------
-mapfile -t rows < <(awk -F'\t' '$6 == "flink-connector" {print $1 "\t" $2 "\t" $3 "\t" $5}' "$src/streaming/stack/jars.lock")
-((${#rows[@]} == 1)) || die "streaming/stack/jars.lock has ${#rows[@]} flink-connector rows, not 1"
-IFS=$'\t' read -r group artifact version sha256 <<<"${rows[0]}"
-[[ -z ${KAFKA_CONNECTOR_VERSION:-} || $KAFKA_CONNECTOR_VERSION == "$version" ]] \
-  || die "KAFKA_CONNECTOR_VERSION=$KAFKA_CONNECTOR_VERSION but jars.lock pins $version"
-[[ -z ${KAFKA_CONNECTOR_SHA256:-} || $KAFKA_CONNECTOR_SHA256 == "$sha256" ]] \
-  || die "KAFKA_CONNECTOR_SHA256 differs from jars.lock's $sha256"
 [[ $version == *-"${flink_version%.*}" ]] || die "$artifact $version is not built for Flink ${flink_version%.*}"
 target=$flink_home/lib/$artifact-$version.jar
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
@@ -177,8 +183,9 @@ import urllib.request
 import certifi
 
 context = ssl.create_default_context(cafile=certifi.where())
-with urllib.request.urlopen(sys.argv[1], timeout=60, context=context) as response, open(sys.argv[2], "wb") as out:
-    shutil.copyfileobj(response, out)
+with urllib.request.urlopen(sys.argv[1], timeout=60, context=context) as response:
+    with open(sys.argv[2], "wb") as out:
+        shutil.copyfileobj(response, out)
 PY
     fi
   fi
@@ -195,7 +202,8 @@ if [[ -f $plugin ]]; then
   install -D -m 0644 "$plugin" "$flink_home/plugins/s3-fs-presto/$(basename "$plugin")"
   log "installed the S3 plugin $flink_home/plugins/s3-fs-presto"
 elif ((with_s3_plugin)); then
-  die "$flink_home has no opt/flink-s3-fs-presto-$flink_version.jar (use --without-s3-plugin where S3 is not needed)"
+  die "$flink_home has no opt/flink-s3-fs-presto-$flink_version.jar" \
+    "(use --without-s3-plugin where S3 is not needed)"
 else
   log "no S3 plugin: $flink_home has no opt/flink-s3-fs-presto-$flink_version.jar (--without-s3-plugin)"
 fi

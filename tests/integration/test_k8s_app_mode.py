@@ -61,6 +61,14 @@ def _install(prefix: Path, flink_home: Path, connector_jar: Path, log: Path) -> 
     assert proc.returncode == 0, f"install.sh failed ({proc.returncode}), {log}:\n{log.read_text()[-4000:]}"
 
 
+def _distributions(prefix: Path) -> list[str]:
+    """`name==version` of everything in the prefix's venv."""
+    code = "import importlib.metadata as m; [print(f'{d.name}=={d.version}') for d in m.distributions()]"
+    out = subprocess.run([str(prefix / "venv" / "bin" / "python"), "-I", "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return sorted(out.stdout.split())
+
+
 def test_dev_flinkdeployment_runs_in_application_mode_from_the_installed_image_files(layout, prepared, test_bucket,
                                                                                        tmp_path):
     clock = time.monotonic()
@@ -78,12 +86,20 @@ def test_dev_flinkdeployment_runs_in_application_mode_from_the_installed_image_f
     assert installed_jar.is_file() and not installed_jar.is_symlink()
     assert hashlib.sha256(installed_jar.read_bytes()).hexdigest() == connector.sha256
     assert (prefix / "flink_jobs" / "classify.py").read_bytes() == (REPO / "flink_jobs" / "classify.py").read_bytes()
+    # idempotent: a second run keeps the venv, its distributions and the connector as they are
+    before, jar_mtime = _distributions(prefix), installed_jar.stat().st_mtime_ns
+    _install(prefix, flink_home, prepared.connector_jar, tmp_path / "install-again.log")
+    again = (tmp_path / "install-again.log").read_text()
+    assert f"keeping {prefix / 'venv'}" in again and f"keeping {installed_jar}" in again, again[-3000:]
+    assert _distributions(prefix) == before and installed_jar.stat().st_mtime_ns == jar_mtime
+    clock = _phase("install.sh again", clock)
 
     # --- the FlinkDeployment as an application cluster here --------------------------------------------
     local = local_flink(deployment, flink_home=flink_home, prefix=prefix, work=work, layout=layout)
     local.write_conf()
     job = spec["job"]
-    python_jar = Path(image_path(job["jarURI"], prefix, flink_home))  # found by the entry point in opt/, as in the image
+    # PythonDriver's jar: the entry point finds it in opt/, where the image has it
+    python_jar = Path(image_path(job["jarURI"], prefix, flink_home))
     assert job["jarURI"].startswith(f"local://{IMAGE_FLINK_HOME}/opt/") and python_jar.is_file(), job["jarURI"]
     args = [image_path(arg, prefix, flink_home) for arg in job["args"]]
     for flag in ("-pyclientexec", "-py"):
