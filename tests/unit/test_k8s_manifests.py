@@ -29,6 +29,7 @@ from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, r
 )
 
 CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
+INSTALL_SCRIPT = REPO / "deploy" / "docker" / "install.sh"
 K8S_VERSIONS = ("1.30", "1.37")  # oldest and newest Kubernetes the manifests are validated for
 # CRDs not in ../shared/crds: test_flink_job_ui_and_monitoring_targets checks the monitors' selectors and
 # ports, test_k8s_monitoring.py the PrometheusRule
@@ -401,9 +402,11 @@ def test_job_image_matches_the_project_and_the_flinkdeployment(rendered):
     assert (args["KAFKA_CONNECTOR_VERSION"], args["KAFKA_CONNECTOR_SHA256"]) == (connector.version, connector.sha256)
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert args["PYTHON_VERSION"] in SpecifierSet(requires)
-    assert "--constraint requirements.lock" in text
+    # deploy/docker/install.sh installs the job's files under the prefix the Dockerfile gives it
+    # (tests/unit/test_k8s_install_script.py checks the script itself)
+    assert "--prefix /opt/imgstream" in text
+    assert 'install -D -m 0644 "$src/flink_jobs/classify.py" "$prefix/flink_jobs/classify.py"' in INSTALL_SCRIPT.read_text()
     script = "/opt/imgstream/flink_jobs/classify.py"
-    assert f"COPY flink_jobs/classify.py {script}" in text
     for objects in rendered.values():
         spec = one(objects, "FlinkDeployment")["spec"]
         assert spec["flinkVersion"] == "v{}_{}".format(*flink_version.split(".")[:2])
