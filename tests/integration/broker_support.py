@@ -2,6 +2,11 @@
 that tells whether a record gets through with given client settings."""
 from __future__ import annotations
 
+import dataclasses
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -44,3 +49,23 @@ def classify_through(layout, prepared, config, broker, bucket: str, name: str) -
     finally:
         stop_job(layout, job)
     return results
+
+
+@contextmanager
+def second_broker(layout, prepared, root: Path, **settings) -> Iterator:
+    """A SASL Kafka of its own beside the stack under test (S3, Triton and Flink stay the stack's):
+    `layout` moved to `root` and free ports, with `settings` (TLS files, ...); yields its layout and
+    stops it afterwards."""
+    from streaming.stack import kafka, process
+    from tests.net_support import free_ports
+
+    kafka_port, controller_port = free_ports(2)
+    broker = dataclasses.replace(layout, root=root, kafka_port=kafka_port, kafka_controller_port=controller_port,
+                                 kafka_sasl=True, kafka_sasl_password=PASSWORD, **settings)
+    jars = list(prepared.kafka_jars)
+    kafka.prepare_kafka(broker, jars)
+    try:
+        process.start(kafka.kafka_service(broker, jars), broker.run_dir)
+        yield broker
+    finally:
+        process.stop(broker.run_dir, "kafka")

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from streaming.stack.job_config import stack_config
-from streaming.stack import kafka, process
-from tests.integration.broker_support import PASSWORD, classify_through, publish_error
-from tests.net_support import free_ports
+from streaming.stack import kafka
+from tests.integration.broker_support import classify_through, publish_error, second_broker
 
 OTHER_CA = Path(__file__).resolve().parents[1] / "tls" / "ca.pem"  # a CA that signed nothing here
 
@@ -57,18 +56,10 @@ def make_ca_and_broker_cert(folder: Path, host: str) -> tuple[Path, Path]:
 def tls_layout(layout, prepared, tmp_path_factory):
     certs = tmp_path_factory.mktemp("kafka-tls-certs")
     ca, keystore = make_ca_and_broker_cert(certs, layout.host)
-    kafka_port, controller_port = free_ports(2)
-    tls = dataclasses.replace(layout, root=tmp_path_factory.mktemp("tls-stack"), kafka_port=kafka_port,
-                              kafka_controller_port=controller_port, kafka_sasl=True, kafka_sasl_password=PASSWORD,
-                              kafka_ssl_keystore_file=keystore, kafka_ssl_ca_file=ca)
-    assert tls.kafka_security_protocol == "SASL_SSL"
-    jars = list(prepared.kafka_jars)
-    kafka.prepare_kafka(tls, jars)
-    try:
-        process.start(kafka.kafka_service(tls, jars), tls.run_dir)
+    with second_broker(layout, prepared, tmp_path_factory.mktemp("tls-stack"), kafka_ssl_keystore_file=keystore,
+                       kafka_ssl_ca_file=ca) as tls:
+        assert tls.kafka_security_protocol == "SASL_SSL"
         yield tls
-    finally:
-        process.stop(tls.run_dir, "kafka")
 
 
 def tls_handshake(layout, cafile: Path) -> ssl.SSLError | None:

@@ -16,25 +16,15 @@ from pathlib import Path
 import pytest
 
 from streaming.stack.job_config import stack_config
-from streaming.stack import kafka, process
+from streaming.stack import kafka
 from streaming.stack.layout import StackLayout
-from tests.integration.broker_support import PASSWORD, classify_through, publish_error
-from tests.net_support import free_ports
+from tests.integration.broker_support import PASSWORD, classify_through, publish_error, second_broker
 
 
 @pytest.fixture(scope="module")
 def sasl_layout(layout, prepared, tmp_path_factory):
-    kafka_port, controller_port = free_ports(2)
-    # the stack under test with a second, SASL-only Kafka (S3, Triton and Flink stay the stack's own)
-    sasl = dataclasses.replace(layout, root=tmp_path_factory.mktemp("sasl-stack"), kafka_port=kafka_port,
-                               kafka_controller_port=controller_port, kafka_sasl=True, kafka_sasl_password=PASSWORD)
-    jars = list(prepared.kafka_jars)
-    kafka.prepare_kafka(sasl, jars)
-    try:
-        process.start(kafka.kafka_service(sasl, jars), sasl.run_dir)
+    with second_broker(layout, prepared, tmp_path_factory.mktemp("sasl-stack")) as sasl:
         yield sasl
-    finally:
-        process.stop(sasl.run_dir, "kafka")
 
 
 def test_sasl_broker_takes_only_the_right_login(sasl_layout):
