@@ -236,8 +236,11 @@ def run(layout: StackLayout, config: PipelineConfig, connector_jar: Path, good_u
         peak_hwm = max(peak_hwm, _hwm_mib(groups))
         samples = sampler.stop()
         sampler = None
-        restarts = _restarts(layout, job.id)
-        exceptions = len(jobs._rest(layout, f"/jobs/{job.id}/exceptions")["exceptionHistory"]["entries"])
+        try:
+            restarts = jobs.num_restarts(layout, job.id)
+        except jobs.JobError:
+            restarts = -1  # Flink never reported it: the check fails
+        exceptions = len(jobs.exceptions(layout, job.id))
     finally:
         if sampler is not None:
             sampler.stop()
@@ -269,18 +272,6 @@ def _paced(rate_per_s: float, seconds: float, send: Callable, *, with_index: boo
         if delay > 0:
             time.sleep(delay)
         send(i) if with_index else send()
-
-
-def _restarts(layout: StackLayout, job_id: str, timeout_s: float = 45.0) -> int:
-    """Flink's numRestarts (the REST API fills job metrics lazily: ask until it answers)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metrics = jobs._rest(layout, f"/jobs/{job_id}/metrics?get=numRestarts")
-        if metrics:
-            return int(metrics[0]["value"])
-        if time.monotonic() > deadline:
-            return -1
-        time.sleep(1)
 
 
 def upload(layout: StackLayout, bucket: str, files: dict[str, bytes]) -> None:

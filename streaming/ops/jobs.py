@@ -206,6 +206,24 @@ def cancel(layout: StackLayout, job_id: str) -> None:
     _rest(layout, f"/jobs/{job_id}?mode=cancel", method="PATCH")
 
 
+def num_restarts(layout: StackLayout, job_id: str, timeout_s: float = 45.0) -> int:
+    """Flink's restart count of the job. The REST API fills job metrics lazily (every ~10 s),
+    so an empty answer means "not fetched yet": ask again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = _rest(layout, f"/jobs/{job_id}/metrics?get=numRestarts")
+        if metrics:
+            return int(metrics[0]["value"])
+        if time.monotonic() > deadline:
+            raise JobError(f"Flink reported no numRestarts metric for job {job_id} in {timeout_s:.0f}s")
+        time.sleep(1)
+
+
+def exceptions(layout: StackLayout, job_id: str) -> list:
+    """The job's exception history (what made it fail or restart)."""
+    return _rest(layout, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+
+
 def cancel_quietly(layout: StackLayout, job_id: str) -> None:
     """Cancel the job if Flink answers; a cluster already gone (restarted, stopped) is no error."""
     try:

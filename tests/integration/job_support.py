@@ -67,21 +67,7 @@ def stop_job(layout: StackLayout, job: jobs.RunningJob) -> None:
     jobs.cancel_quietly(layout, job.id)
 
 
-def num_restarts(layout: StackLayout, job_id: str, timeout_s: float = 45.0) -> int:
-    """Flink's restart count of the job. The REST API fills job metrics lazily (every ~10 s),
-    so an empty answer means "not fetched yet": ask again."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metrics = rest(layout, f"/jobs/{job_id}/metrics?get=numRestarts")
-        if metrics:
-            return int(metrics[0]["value"])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Flink reported no numRestarts metric for job {job_id} in {timeout_s:.0f}s")
-        time.sleep(1)
-
-
-def exceptions(layout: StackLayout, job_id: str) -> list:
-    return rest(layout, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+num_restarts, exceptions = jobs.num_restarts, jobs.exceptions  # as the benchmarks read them
 
 
 def results_when_complete(bootstrap: str, topic: str, expected: int, timeout_s: float = 240, *,
