@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import sys
 
-from pyflink.common import Configuration, Time, Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.common import Configuration, Row, Time, Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema, SerializationSchema, SimpleStringSchema
 from pyflink.datastream import AsyncDataStream, AsyncFunction, CheckpointingMode, RuntimeContext
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import (
     DeliveryGuarantee, KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaRecordSerializationSchema,
     KafkaSink, KafkaSource,
 )
+from pyflink.datastream.formats.json import JsonRowSerializationSchema
+from pyflink.java_gateway import get_gateway
 
 from flink_jobs import JOB_NAME
 from streaming.config import PipelineConfig
-from streaming.events import MAX_RESULT_BYTES, result_to_json
+from streaming.events import MAX_RESULT_BYTES, result_key, result_to_json
 from streaming.metrics import PipelineStats
 from streaming.pipeline import AsyncImagePipeline
 
@@ -34,6 +36,12 @@ from streaming.pipeline import AsyncImagePipeline
 # not be set lower.
 SINK_MAX_REQUEST_BYTES = 4 * MAX_RESULT_BYTES
 REQUEST_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())  # raw event bytes, never pickled
+# A result leaves the operator as (key, JSON). The Kafka record's key is `{"id": "<request id>"}`
+# (JSON; `{"id": null}` for an event without a readable id), its value the result's JSON: a
+# compacted results topic or any consumer can dedupe by key what at-least-once delivery repeats,
+# and a request's results land on one partition.
+RESULT_TYPE = Types.ROW_NAMED(["id", "result"], [Types.STRING(), Types.STRING()])
+KEY_TYPE = Types.ROW_NAMED(["id"], [Types.STRING()])  # JSON of the row's first field only
 
 
 class ClassifyImages(AsyncFunction):
@@ -58,7 +66,7 @@ class ClassifyImages(AsyncFunction):
     async def async_invoke(self, value: bytes):
         result = await self.pipeline.process(value)
         self.stats.record(result)
-        return [result_to_json(result)]
+        return [Row(result_key(result), result_to_json(result))]
 
 
 def kafka_source(config: PipelineConfig) -> KafkaSource:
@@ -84,13 +92,21 @@ def kafka_source(config: PipelineConfig) -> KafkaSource:
     return builder.build()
 
 
+def result_value_schema() -> SerializationSchema:
+    """The row's second field (the result's JSON) as UTF-8: PyFlink's own column serializer."""
+    second_column = get_gateway().jvm.org.apache.flink.python.util.PythonConnectorUtils.SecondColumnSerializationSchema
+    return SerializationSchema(second_column(SimpleStringSchema()._j_serialization_schema))
+
+
 def kafka_sink(config: PipelineConfig) -> KafkaSink:
     builder = (KafkaSink.builder()
                .set_bootstrap_servers(config.kafka_bootstrap)
                .set_property("max.request.size", str(SINK_MAX_REQUEST_BYTES))
                .set_record_serializer(KafkaRecordSerializationSchema.builder()
                                       .set_topic(config.results_topic)
-                                      .set_value_serialization_schema(SimpleStringSchema())
+                                      .set_key_serialization_schema(
+                                          JsonRowSerializationSchema.builder().with_type_info(KEY_TYPE).build())
+                                      .set_value_serialization_schema(result_value_schema())
                                       .build()))
     if config.delivery_guarantee == "exactly_once":
         builder = (builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
@@ -135,7 +151,7 @@ def classify_and_write(requests: DataStream, config: PipelineConfig) -> None:
     # Timeout 0: no per-record timer thread; the pipeline enforces request_timeout_s itself
     # and answers with a request_timeout error, so the operator never fails on a slow request.
     results = AsyncDataStream.unordered_wait(requests, ClassifyImages(config), Time.milliseconds(0),
-                                             capacity=config.max_in_flight, output_type=Types.STRING())
+                                             capacity=config.max_in_flight, output_type=RESULT_TYPE)
     results.name("fetch-decode-infer").uid("fetch-decode-infer")
     results.sink_to(kafka_sink(config)).name("results").uid("results")
 

@@ -14,7 +14,6 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from streaming.contract import INPUT_SIZE
 
 ENV_PREFIX = "IMGSTREAM_"
 MAX_URI_CHARS = 8192  # results never carry a longer URI: the upper bound of max_uri_chars
@@ -31,7 +30,7 @@ TOOL_ENV_VARIABLES = ("IMGSTREAM_SAMPLES_DIR",  # tests/unit/test_model_export.p
 # (`_s` fields 86,400, `_ms` fields 86,400,000): beyond that, timers overflow or never fire.
 POSITIVE_FIELDS = frozenset({
     "max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels", "max_decode_ms", "max_decode_bytes",
-    "fetch_timeout_s", "fetch_concurrency", "input_size", "top_k", "infer_timeout_s", "max_batch_size",
+    "fetch_timeout_s", "fetch_concurrency", "infer_timeout_s", "max_batch_size",
     "infer_concurrency", "request_timeout_s", "max_in_flight", "parallelism", "checkpoint_interval_ms",
     "bundle_size", "bundle_time_ms", "transaction_timeout_ms"})
 MAX_SECONDS = 86_400
@@ -109,8 +108,8 @@ class PipelineConfig:
     triton_grpc: str = "127.0.0.1:8001"
     model_name: str = "efficientnet_lite0"
     model_version: str = ""
-    input_size: int = INPUT_SIZE
-    top_k: int = 5
+    # The input size, resize rule and output kind come from the model's contract, read from Triton.
+    top_k: int = 0  # labels per classes result; 0: the model contract's top_k
     infer_timeout_s: float = 30.0
     infer_retry_window_s: float = 90.0  # while Triton is unreachable, keep retrying this long
     max_batch_size: int = 16

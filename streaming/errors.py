@@ -124,6 +124,18 @@ class ModelNotFound(InferenceFailed):
     code, stage = "model_not_found", "infer"
 
 
+class ModelChanged(Retryable):
+    """The served model's contract changed (a new version with another input size or output) while
+    this request was prepared for the old one; the pipeline prepares it again once, then gives up."""
+    code, stage = "model_changed", "infer"
+
+
+class ModelContractInvalid(Permanent):
+    """The served model's config has no readable `imgstream_contract` parameter (import the model
+    with `imgstream models import`), or its tensors disagree with it."""
+    code, stage = "model_contract_invalid", "infer"
+
+
 # -- the result itself (stage: result) -------------------------------------------------
 class ResultTooLarge(Permanent):
     """The result would exceed events.MAX_RESULT_BYTES (e.g. a model with huge labels); a small

@@ -20,12 +20,16 @@ event: a bigger one is scanned, not parsed, for its leading ``id``/``uri``.
 """
 from __future__ import annotations
 
+import base64
 import codecs
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
+from streaming.contract import Output
 from streaming.errors import EventTooLarge, InvalidEvent, PipelineError, ResultTooLarge
 from streaming.uris import MAX_URI_CHARS, public_uri
 
@@ -54,12 +58,26 @@ class Label:
 
 @dataclass(frozen=True)
 class Prediction:
+    """A model's answer: the top-k labels of a `classes` model, or the vector of an `embedding`
+    model (already in the contract's wire dtype), with the version that served it."""
+
     id: str
     uri: str
     model: str
-    top_k: tuple[Label, ...]
+    top_k: tuple[Label, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     batch_size: int = 1  # how many images shared its Triton call
+    model_version: str = ""
+    embedding: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, request_id: str, uri: str, model: str, version: str, output: Output, value: Any,
+           timings_ms: Mapping[str, float], batch_size: int) -> "Prediction":
+        """The prediction for one image's model output (`value`: labels, or a float vector)."""
+        if output.kind == "embedding":
+            return cls(request_id, uri, model, (), timings_ms, batch_size, version,
+                       np.asarray(value, dtype=np.dtype(output.dtype).newbyteorder("<")))
+        return cls(request_id, uri, model, tuple(value), timings_ms, batch_size, version)
 
 
 @dataclass(frozen=True)
@@ -283,6 +301,11 @@ def _dumps(body: dict) -> str:
     return text
 
 
+def result_key(result: Result) -> str | None:
+    """The result's Kafka key: its request id as the result shows it (cut like `result_to_json`'s)."""
+    return _cap(result.id, MAX_ID_CHARS)[0]
+
+
 def result_to_json(result: Result) -> str:
     """One compact JSON object per result, at most MAX_RESULT_BYTES of UTF-8."""
     rid, id_cut = _cap(result.id, MAX_ID_CHARS)
@@ -293,8 +316,13 @@ def result_to_json(result: Result) -> str:
     if uri_cut:
         body["uri_truncated"] = True
     if isinstance(result, Prediction):
-        body.update(model=result.model, batch_size=result.batch_size,
-                    top_k=[{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k])
+        body.update(model=result.model, model_version=result.model_version, batch_size=result.batch_size)
+        if result.embedding is not None:  # base64 of the little-endian vector (README: "Embeddings")
+            vector = result.embedding
+            body.update(embedding=base64.b64encode(vector.tobytes()).decode("ascii"), dim=int(vector.size),
+                        dtype=vector.dtype.name)
+        else:
+            body["top_k"] = [{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k]
     else:
         message, cut = _cap(result.message, MAX_MESSAGE_CHARS)
         body["error"] = {"code": result.code, "stage": result.stage, "retryable": result.retryable,

@@ -1,6 +1,12 @@
-"""Triton gRPC client for the classifier: a uint8 batch in, top-k labels out.
+"""Triton gRPC client: a uint8 batch in, top-k labels (or embeddings) out, as the model's contract says.
 
-Uses Triton's classification extension (a requested output with `class_count`), so the
+The model's contract (`streaming.contract.ModelContract`) is read from Triton itself: the
+`imgstream_contract` parameter of the model's config. It is read when the client opens, again
+when a response names another model version than the last one, and when Triton rejects a batch
+(at most once a second): a new version with another input size or output kind is then followed
+without restarting the job (`ModelChanged` tells the pipeline to prepare the request again).
+
+For `classes` models it uses Triton's classification extension (a requested output with `class_count`), so the
 server returns only k "score:index:label" strings per image instead of 1000 floats.
 gRPC errors are translated here, at the one boundary: UNAVAILABLE, RESOURCE_EXHAUSTED and
 DEADLINE_EXCEEDED are retried with jittered backoff for up to `infer_retry_window_s` (a Triton
@@ -11,7 +17,9 @@ anything else is InferenceFailed at once.
 """
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -19,8 +27,11 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_rand
 from tritonclient.utils import InferenceServerException
 
 from streaming.config import PipelineConfig
-from streaming.contract import CHANNELS, INPUT_DTYPE, INPUT_NAME, INPUT_TRITON_DTYPE, OUTPUT_NAME, input_shape
-from streaming.errors import InferenceFailed, InferenceUnavailable, ModelNotFound
+from streaming.contract import (
+    CHANNELS, CONTRACT_PARAMETER, INPUT_DTYPE, INPUT_NAME, INPUT_TRITON_DTYPE, OUTPUT_NAME, ContractError, ModelContract,
+    input_shape,
+)
+from streaming.errors import InferenceFailed, InferenceUnavailable, ModelChanged, ModelContractInvalid, ModelNotFound
 from streaming.events import Label
 
 # NOT_FOUND: while Triton starts or stops, the model "has no available versions" (retried);
@@ -64,12 +75,52 @@ def parse_classification(raw: np.ndarray) -> tuple[Label, ...]:
     return tuple(labels)
 
 
+REFRESH_MIN_INTERVAL_S = 1.0  # after a rejected batch, the contract is read again at most this often
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """One batch's outputs, per image: top-k labels (classes) or a float32 vector (embedding),
+    and the model version that served them."""
+
+    outputs: list
+    version: str
+
+
+def contract_from_config(model_name: str, config: dict) -> ModelContract:
+    """The contract in a model config (`get_model_config(..., as_json=True)["config"]`), checked
+    against the config's own tensors. Raises ModelContractInvalid naming what is wrong."""
+    raw = config.get("parameters", {}).get(CONTRACT_PARAMETER, {}).get("string_value")
+    if not raw:
+        raise ModelContractInvalid(f"model {model_name!r} has no {CONTRACT_PARAMETER!r} parameter in its "
+                                   f"config.pbtxt: import it with `imgstream models import`")
+    try:
+        contract = ModelContract.from_json(raw)
+    except ContractError as exc:
+        raise ModelContractInvalid(f"model {model_name!r}: its contract's {exc}") from None
+    inputs = {i["name"]: [int(d) for d in i.get("dims", [])] for i in config.get("input", [])}
+    outputs = {o["name"] for o in config.get("output", [])}
+    want = list(input_shape(contract.resize.size))
+    if inputs.get(INPUT_NAME) != want:
+        raise ModelContractInvalid(f"model {model_name!r} takes {INPUT_NAME} {inputs.get(INPUT_NAME)}, "
+                                   f"its contract says {want}")
+    if contract.output.tensor_name not in outputs:
+        raise ModelContractInvalid(f"model {model_name!r} has no output {contract.output.tensor_name!r} "
+                                   f"({contract.output.kind} model): {sorted(outputs)}")
+    return contract
+
+
 class TritonClassifier:
-    """One gRPC channel to Triton; build it in the worker (`open`), not at job build time."""
+    """One gRPC channel to Triton and the served model's contract; build it in the worker (`open`),
+    not at job build time. `infer` may run on several threads at once."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
         self._client: grpcclient.InferenceServerClient | None = None
+        self._contract: ModelContract | None = None
+        self._version = ""  # the version that served the last batch
+        self._lock = threading.Lock()
+        self._refreshed = 0.0  # monotonic time of the last contract read
 
     def open(self) -> None:
         self._client = grpcclient.InferenceServerClient(self.config.triton_grpc)
@@ -85,23 +136,56 @@ class TritonClassifier:
             self.open()
         return self._client
 
+    @property
+    def contract(self) -> ModelContract:
+        """The served model's contract (read from Triton on first use). Raises ModelContractInvalid,
+        ModelNotFound or InferenceUnavailable."""
+        if self._contract is None:
+            self.read_contract()
+        return self._contract
+
+    def read_contract(self, timeout_s: float | None = None) -> ModelContract:
+        """Read the contract from the model's config on Triton now (retried like a batch while Triton
+        is unreachable)."""
+        @retry(retry=retry_if_exception_type(InferenceUnavailable),
+               stop=stop_after_delay(self.config.infer_retry_window_s),
+               wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
+        def call() -> dict:
+            try:
+                return self.client.get_model_config(self.config.model_name, self.config.model_version, as_json=True,
+                                                    client_timeout=timeout_s or self.config.infer_timeout_s)
+            except InferenceServerException as exc:
+                raise _translate(exc) from None
+
+        config = call()
+        contract = contract_from_config(self.config.model_name, config.get("config", {}))
+        with self._lock:
+            self._contract, self._refreshed = contract, time.monotonic()
+        return contract
+
     def wait_ready(self, timeout_s: float) -> bool:
-        """Poll until the model is ready or the time is up; False at once for a model Triton does not know."""
+        """Poll until the model is ready and its contract read, or the time is up; False at once for
+        a model Triton does not know or whose contract is invalid."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 if self.client.is_model_ready(self.config.model_name, self.config.model_version):
+                    self.read_contract()
                     return True
                 self.client.get_model_metadata(self.config.model_name, self.config.model_version)
             except InferenceServerException as exc:
                 if _is_unknown_model(exc):
                     return False
+            except (ModelNotFound, ModelContractInvalid):
+                return False
+            except InferenceUnavailable:
+                pass
             time.sleep(0.5)
         return False
 
-    def check_model(self, timeout_s: float = 10.0) -> None:
+    def check_model(self, timeout_s: float = 10.0) -> ModelContract:
         """Before a job is submitted: Triton answers, serves `model_name` (and `model_version`), and the
-        model takes `input_size` RGB uint8 images. Raises ConfigError naming the field at fault."""
+        model's config carries a valid contract. Raises ConfigError naming the field at fault."""
         from streaming.config import ConfigError
 
         cfg = self.config
@@ -113,8 +197,7 @@ class TritonClassifier:
         if not live:
             raise ConfigError("triton_grpc", f"Triton at {cfg.triton_grpc} is not live")
         try:
-            metadata = self.client.get_model_metadata(cfg.model_name, cfg.model_version, as_json=True,
-                                                      client_timeout=timeout_s)
+            self.client.get_model_metadata(cfg.model_name, cfg.model_version, as_json=True, client_timeout=timeout_s)
             ready = self.client.is_model_ready(cfg.model_name, cfg.model_version, client_timeout=timeout_s)
         except InferenceServerException as exc:
             if not _is_unknown_model(exc):
@@ -127,35 +210,76 @@ class TritonClassifier:
                                             f"({_served(self.client)})") from None
         if not ready:
             raise ConfigError("model_name", f"model {cfg.model_name!r} is not ready on {cfg.triton_grpc}")
-        shapes = {i["name"]: [int(d) for d in i["shape"]] for i in metadata.get("inputs", [])}
-        shape = shapes.get(INPUT_NAME)
-        if shape is None:
-            raise ConfigError("model_name", f"model {cfg.model_name!r} has no input {INPUT_NAME!r}: {sorted(shapes)}")
-        if shape[-3:] != list(input_shape(cfg.input_size)):
-            raise ConfigError("input_size", f"model {cfg.model_name!r} takes {shape[-3:-1]} images, "
-                                            f"input_size is {cfg.input_size}")
+        try:
+            contract = self.read_contract(timeout_s)
+        except (ModelContractInvalid, InferenceFailed, InferenceUnavailable) as exc:
+            raise ConfigError("model_name", exc.message) from None
+        if cfg.top_k > contract.output.num_classes and contract.output.kind == "classes":
+            raise ConfigError("top_k", f"model {cfg.model_name!r} has {contract.output.num_classes} classes, "
+                                       f"top_k is {cfg.top_k}")
+        return contract
 
-    def classify(self, batch: np.ndarray) -> list[tuple[Label, ...]]:
-        """Top-k labels for each image of a (N, H, W, 3) uint8 batch."""
-        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[-1] != CHANNELS:
-            raise InferenceFailed(f"batch must be uint8 (N,H,W,3), got {batch.dtype} {batch.shape}")
-        raw = self._infer(batch)
-        return [parse_classification(row) for row in raw]
+    def infer(self, batch: np.ndarray) -> Inferred:
+        """The outputs for each image of a (N, S, S, 3) uint8 batch made for the current contract.
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        Raises ModelChanged when Triton rejects the batch because the served model's contract changed."""
+        contract = self.contract
+        size = contract.resize.size
+        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[1:] != (size, size, CHANNELS):
+            raise InferenceFailed(f"batch must be uint8 (N,{size},{size},{CHANNELS}), got {batch.dtype} {batch.shape}")
+        try:
+            raw, version = self._infer(batch, contract)
+        except InferenceFailed:
+            if self._changed_since(contract):
+                raise ModelChanged(f"model {self.config.model_name!r} changed while the request was prepared: "
+                                   f"now {self.contract.to_json()}") from None
+            raise
+        if version != self._version:
+            if self._version:  # a new version: its contract may differ (the next batches follow it)
+                self.read_contract()
+            self._version = version
+        if contract.output.kind == "classes":
+            return Inferred([parse_classification(row) for row in raw], version)
+        return Inferred(list(raw), version)
+
+    def _changed_since(self, contract: ModelContract) -> bool:
+        """Read the contract again (at most once per REFRESH_MIN_INTERVAL_S): does it differ from `contract`?"""
+        if time.monotonic() - self._refreshed >= REFRESH_MIN_INTERVAL_S:
+            try:
+                self.read_contract()
+            except (InferenceFailed, InferenceUnavailable, ModelContractInvalid):
+                return False
+        return self._contract != contract
+
+    def _top_k(self, contract: ModelContract) -> int:
+        return min(self.config.top_k or contract.output.top_k, contract.output.num_classes)
+
+    def _infer(self, batch: np.ndarray, contract: ModelContract) -> tuple[np.ndarray, str]:
+        output = contract.output
+
         @retry(retry=retry_if_exception_type(InferenceUnavailable),
                stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
-        def call() -> np.ndarray:
+        def call() -> tuple[np.ndarray, str]:
             inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_TRITON_DTYPE)
             inp.set_data_from_numpy(batch)
-            out = grpcclient.InferRequestedOutput(OUTPUT_NAME, class_count=self.config.top_k)
+            if output.kind == "classes":
+                out = grpcclient.InferRequestedOutput(output.tensor_name, class_count=self._top_k(contract))
+            else:
+                out = grpcclient.InferRequestedOutput(output.tensor_name)
             try:
                 result = self.client.infer(self.config.model_name, [inp], outputs=[out],
                                            model_version=self.config.model_version,
                                            client_timeout=self.config.infer_timeout_s)
             except InferenceServerException as exc:
                 raise _translate(exc) from None
-            return result.as_numpy(OUTPUT_NAME).reshape(len(batch), -1)
+            values = result.as_numpy(output.tensor_name)
+            if values is None or values.shape[0] != len(batch):
+                raise InferenceFailed(f"model {self.config.model_name!r} returned no {output.tensor_name} "
+                                      f"for {len(batch)} images")
+            if output.kind == "embedding" and values.shape[1:] != (output.dim,):
+                raise InferenceFailed(f"model {self.config.model_name!r} returned {output.tensor_name} "
+                                      f"{list(values.shape)}, its contract says dim {output.dim}")
+            return values.reshape(len(batch), -1), result.get_response().model_version
 
         return call()

@@ -25,10 +25,11 @@ from streaming.cache import DecodedImageCache
 from streaming.config import PipelineConfig
 from streaming.cores import available_cores
 from streaming.decoder_pool import DecoderPool
-from streaming.errors import PipelineError, RequestTimeout
-from streaming.events import ErrorResult, ImageRequest, Label, Prediction, Result, parse_request, salvage_id
+from streaming.contract import ModelContract
+from streaming.errors import ModelChanged, PipelineError, RequestTimeout
+from streaming.events import ErrorResult, ImageRequest, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
-from streaming.infer import TritonClassifier
+from streaming.infer import Inferred, TritonClassifier
 from streaming.prepare import Decoder, Fetch, PreparedImage, fetch_decode
 from streaming.uris import parse_uri
 
@@ -36,10 +37,14 @@ log = logging.getLogger(__name__)
 TRITON_STARTUP_WAIT_S = 60.0
 
 
-class Classify(Protocol):
-    """What the pipeline needs of a classifier (`streaming.infer.TritonClassifier`, or a stand-in)."""
+class Model(Protocol):
+    """What the pipeline needs of the served model (`streaming.infer.TritonClassifier`, or a stand-in):
+    its contract (what to prepare) and a batch call."""
 
-    def classify(self, batch: np.ndarray) -> list[tuple[Label, ...]]: ...
+    @property
+    def contract(self) -> ModelContract: ...
+
+    def infer(self, batch: np.ndarray) -> Inferred: ...
 
 
 def error_result(raw: bytes | str, request: ImageRequest | None, exc: BaseException,
@@ -62,7 +67,7 @@ class AsyncImagePipeline:
     `open()` builds, `close()` closes."""
 
     def __init__(self, config: PipelineConfig, *, fetcher: Fetch | None = None,
-                 classifier: Classify | None = None, decoder: Decoder | None = None):
+                 classifier: Model | None = None, decoder: Decoder | None = None):
         self.config = config
         self.fetcher = fetcher
         self.classifier = classifier
@@ -107,14 +112,20 @@ class AsyncImagePipeline:
         for client in reversed(built):  # only what open() built: the caller closes its stand-ins
             client.close()
 
-    def prepare(self, request: ImageRequest) -> PreparedImage:
-        """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
+    def prepare(self, request: ImageRequest, contract: ModelContract) -> PreparedImage:
+        """URI policy, fetch, decode for the model's contract: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
-        return fetch_decode(self.fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
-                            cache=self.cache, decoder=self.decoder)
+        return fetch_decode(self.fetcher, ref, size=contract.resize.size, crop_fraction=contract.resize.crop_fraction,
+                            max_pixels=self.config.max_pixels, cache=self.cache, decoder=self.decoder)
 
-    def classify(self, tensors: Sequence[np.ndarray]) -> list[tuple[Label, ...]]:
-        return self.classifier.classify(np.stack(tensors))
+    def infer(self, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
+        """One batch's (output, model version) per image. A batch made for an older contract (another
+        size: the served model changed meanwhile) raises ModelChanged: its requests are prepared again."""
+        size = self.classifier.contract.resize.size
+        if any(t.shape[:2] != (size, size) for t in tensors):
+            raise ModelChanged(f"model {self.config.model_name!r} now takes {size}x{size} images")
+        inferred = self.classifier.infer(np.stack(tensors))
+        return [(output, inferred.version) for output in inferred.outputs]
 
     async def process(self, raw: bytes | str) -> Result:
         started = perf_counter()
@@ -134,29 +145,39 @@ class AsyncImagePipeline:
 
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
         loop = asyncio.get_running_loop()
-        submitted = perf_counter()
-        prepared, waited_ms = await loop.run_in_executor(self._prepare_pool, self._timed_prepare, request, submitted)
-        timings.update(prepared.timings_ms())
-        timings["queue"] = waited_ms
-        batched = await self._batcher_for_loop().submit(prepared.tensor)
-        timings["queue"] += batched.wait_ms
-        timings["infer"] = batched.call_ms
-        timings["total"] = (perf_counter() - started) * 1000
-        return Prediction(request.id, request.uri, self.config.model_name, batched.value, timings,
-                          batched.batch_size)
+        for attempt in range(2):  # a second time only when the served model changed meanwhile
+            submitted = perf_counter()
+            prepared, contract, waited_ms = await loop.run_in_executor(self._prepare_pool, self._timed_prepare,
+                                                                       request, submitted)
+            timings.update(prepared.timings_ms())
+            timings["queue"] = timings.get("queue", 0.0) + waited_ms
+            try:
+                batched = await self._batcher_for_loop().submit(prepared.tensor)
+            except ModelChanged:
+                if attempt:
+                    raise
+                continue
+            timings["queue"] += batched.wait_ms
+            timings["infer"] = batched.call_ms
+            timings["total"] = (perf_counter() - started) * 1000
+            output, version = batched.value
+            return Prediction.of(request.id, request.uri, self.config.model_name, version, contract.output, output,
+                                 timings, batched.batch_size)
+        raise AssertionError("unreachable")
 
-    def _timed_prepare(self, request: ImageRequest, submitted: float) -> tuple[PreparedImage, float]:
-        """The prepared image, and what prepare spent outside its stages (ms): waiting for a
-        thread, then for a decode slot."""
+    def _timed_prepare(self, request: ImageRequest, submitted: float) -> tuple[PreparedImage, ModelContract, float]:
+        """The prepared image, the contract it was made for, and what prepare spent outside its
+        stages (ms): waiting for a thread, then for a decode slot."""
         started = perf_counter()
-        prepared = self.prepare(request)
+        contract = self.classifier.contract  # cached; read from Triton only before the first success
+        prepared = self.prepare(request, contract)
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
-        return prepared, (started - submitted) * 1000 + outside
+        return prepared, contract, (started - submitted) * 1000 + outside
 
     def _batcher_for_loop(self) -> MicroBatcher:
         # created lazily, on the loop that awaits it
         if self._batcher is None:
-            self._batcher = MicroBatcher(self.classify, max_size=self.config.max_batch_size,
+            self._batcher = MicroBatcher(self.infer, max_size=self.config.max_batch_size,
                                          max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
                                          max_concurrent_batches=self.config.infer_concurrency)
         return self._batcher
@@ -167,7 +188,7 @@ class ImagePipeline:
     one request at a time. Takes the same stand-ins; use `open()`/`close()` or `with`."""
 
     def __init__(self, config: PipelineConfig, *, fetcher: Fetch | None = None,
-                 classifier: Classify | None = None, decoder: Decoder | None = None):
+                 classifier: Model | None = None, decoder: Decoder | None = None):
         self.pipeline = AsyncImagePipeline(config, fetcher=fetcher, classifier=classifier, decoder=decoder)
         self._loop: asyncio.AbstractEventLoop | None = None
 

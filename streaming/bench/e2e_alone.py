@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from streaming.bench import memory, naive
 from streaming.bench.measure import measure
 from streaming.bench.photos import BenchPhoto
+from streaming.contract import INPUT_SIZE
 from streaming.stack import kafka
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def preprocess(bench: "Bench", photos: list[BenchPhoto]) -> dict[str, Any]:
     per_core: list[float] = []
     s3_cpu = images = 0.0
     with Fetcher(config).open() as fetcher:
-        calls = [(lambda ref=ref: fetch_decode(fetcher, ref, size=config.input_size,
+        calls = [(lambda ref=ref: fetch_decode(fetcher, ref, size=INPUT_SIZE,
                                                max_pixels=config.max_pixels), p.megapixels)
                  for ref, p in zip(refs, photos)]
         for call, _ in calls:  # warm: connections, imports, first allocations
@@ -62,12 +63,12 @@ def inference(bench: "Bench", models: tuple[str, ...], batch: int) -> dict[str, 
     url = bench.layout.triton_grpc
     rows: dict[str, dict[str, list[float]]] = {m: {"triton": [], "client": [], "wall": []} for m in models}
     for model in models:
-        run_cell(url, model, bench.base.input_size, batch, concurrency=1, seconds=0.2)  # warm this shape
+        run_cell(url, model, INPUT_SIZE, batch, concurrency=1, seconds=0.2)  # warm this shape
     for r in range(bench.settings.rounds):
         order = models[r % len(models):] + models[:r % len(models)]
         for model in order:
             meter = memory.CpuMeter(bench.groups, poll_s=None).start()
-            latencies, wall = run_cell(url, model, bench.base.input_size, batch, concurrency=INFER_CONCURRENCY,
+            latencies, wall = run_cell(url, model, INPUT_SIZE, batch, concurrency=INFER_CONCURRENCY,
                                        seconds=bench.settings.inf_seconds)
             cpu = meter.stop()
             images = len(latencies) * batch

@@ -49,7 +49,7 @@ def _rest(layout: StackLayout, path: str, method: str = "GET", body: dict | None
 def check_config(layout: StackLayout, config: PipelineConfig, *, create_topics: bool = False) -> list[str]:
     """What `job submit` checks before submitting anything: Kafka answers (with the config's security),
     `requests_topic` and `results_topic` exist (with `create_topics`: missing ones are created, and
-    returned), Triton serves `model_name` for `input_size` images. Raises ConfigError naming the field."""
+    returned), Triton serves `model_name` with a valid contract. Raises ConfigError naming the field."""
     from streaming.infer import TritonClassifier
 
     created = _check_topics(layout, config, create_topics)

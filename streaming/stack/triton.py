@@ -78,6 +78,8 @@ def triton_service(layout: StackLayout, model_repository: Path) -> ServiceSpec:
         f"--metrics-address={layout.host}", f"--metrics-port={layout.triton_metrics_port}",
         "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
         "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0",
+        # every model at start, and `imgstream models import` (re)loads one while it runs
+        "--model-control-mode=explicit", "--load-model=*",
     )
     env = {
         "LD_LIBRARY_PATH": f"{server.parent / 'libs'}:{libdir}",

@@ -1,12 +1,16 @@
+import base64
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.contract import Output
 from streaming.errors import EventTooLarge, InvalidEvent, ObjectNotFound
 from streaming.events import (MAX_ID_CHARS, MAX_MESSAGE_CHARS, MAX_RESULT_BYTES, SALVAGE_MAX_BYTES, ErrorResult,
-                              Label, Prediction, parse_request, redact_uri, result_to_json, salvage_id)
+                              Label, Prediction, parse_request, redact_uri, result_key, result_to_json,
+                              salvage_id)
 from streaming.uris import MAX_URI_CHARS
 
 
@@ -39,13 +43,42 @@ def test_salvage_id_recovers_what_it_can():
 
 
 def test_result_json_shapes():
-    ok = json.loads(result_to_json(Prediction("a", "s3://b/k", "m", (Label("ladybug", 301, 0.97),), {"total": 1.5})))
-    assert ok == {"id": "a", "uri": "s3://b/k", "model": "m",
+    ok = json.loads(result_to_json(Prediction("a", "s3://b/k", "m", (Label("ladybug", 301, 0.97),), {"total": 1.5},
+                                              model_version="2")))
+    assert ok == {"id": "a", "uri": "s3://b/k", "model": "m", "model_version": "2",
                   "top_k": [{"label": "ladybug", "index": 301, "score": 0.97}], "batch_size": 1,
                   "timings_ms": {"total": 1.5}}
     err = json.loads(result_to_json(ErrorResult.from_error("a", "s3://b/k", ObjectNotFound("no such key"))))
     assert err["error"] == {"code": "object_not_found", "stage": "fetch", "message": "no such key",
                             "retryable": False}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_an_embedding_result_carries_the_vector_as_base64_little_endian(dtype):
+    vector = np.random.default_rng(1).standard_normal(1280).astype(np.float32)
+    prediction = Prediction.of("a", "s3://b/k", "enc", "3", Output("embedding", dim=1280, dtype=dtype), vector,
+                               {"total": 2.0}, 4)
+    body = json.loads(result_to_json(prediction))
+    assert (body["dim"], body["dtype"], body["model_version"]) == (1280, dtype, "3") and "top_k" not in body
+    decoded = np.frombuffer(base64.b64decode(body["embedding"]), dtype="<f2" if dtype == "float16" else "<f4")
+    assert decoded.shape == (1280,)
+    np.testing.assert_allclose(decoded, vector, rtol=1e-3 if dtype == "float16" else 0, atol=1e-3 if dtype == "float16" else 0)
+
+
+def test_the_largest_embedding_a_contract_allows_fits_a_result():
+    from streaming.contract import MAX_EMBEDDING_DIM
+    vector = np.ones(MAX_EMBEDDING_DIM, np.float32)
+    prediction = Prediction.of("x" * 5000, "s3://b/" + "k" * 9000, "enc", "1",
+                               Output("embedding", dim=MAX_EMBEDDING_DIM), vector, {}, 1)
+    body = json.loads(result_to_json(prediction))
+    assert body["dim"] == MAX_EMBEDDING_DIM and len(result_to_json(prediction).encode()) <= MAX_RESULT_BYTES
+
+
+def test_the_result_key_is_the_id_the_result_shows():
+    assert result_key(Prediction("a", "s3://b/k", "m")) == "a"
+    long = ErrorResult("i" * (MAX_ID_CHARS + 50), None, "invalid_event", "parse", "bad")
+    assert result_key(long) == json.loads(result_to_json(long))["id"] == "i" * MAX_ID_CHARS
+    assert result_key(ErrorResult(None, None, "invalid_event", "parse", "bad")) is None
 
 
 # -- hardening -----------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from streaming.errors import InferenceFailed, InferenceUnavailable, ModelNotFound, Permanent, Retryable
-from streaming.infer import _translate
+from streaming.contract import CONTRACT_PARAMETER, lite_contract
+from streaming.errors import (InferenceFailed, InferenceUnavailable, ModelContractInvalid, ModelNotFound, Permanent,
+                              Retryable)
+from streaming.infer import _translate, contract_from_config
 
 
 def triton_error(status: str | None, message: str) -> InferenceServerException:
@@ -36,3 +38,30 @@ def test_a_server_that_is_down_starting_or_stopping_is_retried(status, message):
 def test_anything_else_is_inference_failed():
     error = _translate(triton_error("StatusCode.INVALID_ARGUMENT", "unexpected shape for input 'IMAGE'"))
     assert type(error) is InferenceFailed and error.code == "inference_failed"
+
+
+def lite_config(**changes) -> dict:
+    """A model config as Triton's get_model_config(as_json=True)["config"] returns it."""
+    config = {"name": "m", "input": [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": ["240", "240", "3"]}],
+              "output": [{"name": "PROBABILITIES", "data_type": "TYPE_FP32", "dims": ["1000"]}],
+              "parameters": {CONTRACT_PARAMETER: {"string_value": lite_contract(240).to_json()}}}
+    config.update(changes)
+    return config
+
+
+def test_the_contract_is_read_from_the_model_config():
+    assert contract_from_config("m", lite_config()) == lite_contract(240)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"parameters": {}}, "has no 'imgstream_contract' parameter"),
+    ({"parameters": {CONTRACT_PARAMETER: {"string_value": "{"}}}, "contract's contract: not JSON"),
+    ({"parameters": {CONTRACT_PARAMETER: {"string_value": '{"input": {"size": 0}, "output": {"kind": "classes"}}'}}},
+     "input.size"),
+    ({"input": [{"name": "IMAGE", "dims": ["224", "224", "3"]}]}, "takes IMAGE [224, 224, 3], its contract says [240, 240, 3]"),
+    ({"output": [{"name": "EMBEDDING", "dims": ["1000"]}]}, "has no output 'PROBABILITIES' (classes model)"),
+])
+def test_a_missing_or_inconsistent_contract_is_model_contract_invalid(changes, fragment):
+    with pytest.raises(ModelContractInvalid) as caught:
+        contract_from_config("m", lite_config(**changes))
+    assert fragment in caught.value.message and caught.value.code == "model_contract_invalid"

@@ -18,7 +18,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from tritonclient.grpc import model_config_pb2
 
-from streaming import infer
+from streaming import contract, infer
 from streaming.config import ENV_PREFIX, PipelineConfig
 from streaming.stack.artifacts import read_lock
 from streaming.stack.layout import StackLayout
@@ -308,7 +308,7 @@ def test_models_named_in_the_manifests_are_built_by_triton_models(objects, build
     called = model_config(repository / config.model_name / "config.pbtxt")
     image = next(i for i in called.input if i.name == infer.INPUT_NAME)
     assert model_config_pb2.DataType.Name(image.data_type) == "TYPE_UINT8"
-    assert list(image.dims) == [config.input_size, config.input_size, 3]
+    assert list(image.dims) == list(contract.input_shape())
     assert infer.OUTPUT_NAME in [o.name for o in called.output if o.label_filename]
     assert called.max_batch_size >= config.max_batch_size
 

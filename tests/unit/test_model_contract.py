@@ -89,3 +89,80 @@ def test_no_module_but_the_contract_writes_the_crop_fraction():
     spelled = [str(p.relative_to(REPO)) for p in _python_files() if p.name != "contract.py"
                and "224 / 256" in p.read_text()]
     assert not spelled, f"224 / 256 written outside streaming/contract.py: {spelled}"
+
+
+# -- the per-model contract (ModelContract) ------------------------------------------------------
+
+TORCHVISION = """
+[input]
+size = 240
+resize = "center_crop"
+crop_fraction = 0.875
+interpolation = "bilinear"
+range = [0.0, 1.0]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+channel_order = "RGB"
+layout = "NCHW"
+
+[output]
+kind = "classes"
+num_classes = 1000
+softmax = true
+top_k = 3
+"""
+
+
+def test_a_contract_file_round_trips_through_the_triton_parameter(tmp_path):
+    path = tmp_path / "contract.toml"
+    path.write_text(TORCHVISION)
+    parsed = contract.ModelContract.from_toml(path)
+    assert parsed.resize == contract.Resize(240, "center_crop", 0.875, "bilinear")
+    assert parsed.output.top_k == 3 and parsed.output.softmax and parsed.output.tensor_name == "PROBABILITIES"
+    assert contract.ModelContract.from_json(parsed.to_json()) == parsed
+
+
+def test_the_affine_is_torchvisions_normalisation_of_uint8_pixels():
+    normalize = contract.Normalize((0.0, 1.0), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    scale, offset = normalize.affine()
+    pixels = np.array([0, 128, 255], np.float64)
+    for c, (m, s) in enumerate(zip(normalize.mean, normalize.std)):
+        np.testing.assert_allclose(pixels * scale[c] + offset[c], (pixels / 255 - m) / s, rtol=1e-6)
+    lite = contract.lite_contract().normalize.affine()
+    np.testing.assert_allclose(pixels * lite[0][0] + lite[1][0], (pixels - 127) / 128, rtol=1e-6)
+
+
+def test_the_built_in_lite_contracts_follow_tensorflows_crop():
+    assert contract.lite_contract(224).resize == contract.Resize(224, "center_crop", 224 / 256, "bicubic")
+    assert contract.lite_contract(260).resize.crop_fraction == 260 / 292
+    assert contract.lite_contract().output.num_classes == contract.NUM_CLASSES
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"input": {"size": 0}}, "input.size"),
+    ({"input": {"size": 5000}}, "input.size"),
+    ({"input": {"resize": "stretch"}}, "input.resize"),
+    ({"input": {"crop_fraction": 1.5}}, "input.crop_fraction"),
+    ({"input": {"interpolation": "lanczos"}}, "input.interpolation"),
+    ({"input": {"mean": [1, 2]}}, "input.mean"),
+    ({"input": {"std": [1, 0, 1]}}, "input.std"),
+    ({"input": {"range": [1, 1]}}, "input.range"),
+    ({"input": {"layout": "CHW"}}, "input.layout"),
+    ({"input": {"channel_order": "RGBA"}}, "input.channel_order"),
+    ({"input": {"mean": [float("nan"), 0, 0]}}, "input.mean"),
+    ({"input": {"szie": 3}}, "input.szie"),
+    ({"output": {"kind": "boxes"}}, "output.kind"),
+    ({"output": {"top_k": 0}}, "output.top_k"),
+    ({"output": {"num_classes": 0}}, "output.num_classes"),
+    ({"output": {"kind": "embedding", "dim": 0}}, "output.dim"),
+    ({"output": {"kind": "embedding", "dim": 8, "dtype": "int8"}}, "output.dtype"),
+    ({"output": {"softmax": "yes"}}, "output.softmax"),
+    ({"extra": {}}, "extra"),
+])
+def test_a_wrong_contract_names_the_field(change, field):
+    data = {"input": {"size": 224}, "output": {"kind": "classes", "num_classes": 10}}
+    for section, values in change.items():
+        data[section] = {**data.get(section, {}), **values}
+    with pytest.raises(contract.ContractError) as caught:
+        contract.ModelContract.from_mapping(data)
+    assert caught.value.field == field, caught.value

@@ -11,10 +11,13 @@ import time
 import numpy as np
 import pytest
 
+from streaming.contract import lite_contract
 from streaming.config import PipelineConfig
 from streaming.decode import DecodedImage
+from streaming.errors import ModelChanged
 from streaming.events import ErrorResult, Label, Prediction
 from streaming.fetch import FetchedObject
+from streaming.infer import Inferred
 from streaming.pipeline import AsyncImagePipeline, ImagePipeline
 
 LABELS = (Label("ladybug", 301, 0.9),)
@@ -49,12 +52,14 @@ class Classifier:
     def __init__(self, delay_s: float = 0.0, fail: Exception | None = None):
         self.delay_s, self.fail, self.batches = delay_s, fail, []
 
-    def classify(self, batch):
+    contract = lite_contract()
+
+    def infer(self, batch):
         time.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
         self.batches.append(len(batch))
-        return [LABELS] * len(batch)
+        return Inferred([LABELS] * len(batch), "1")
 
 
 def config(**overrides) -> PipelineConfig:
@@ -148,3 +153,46 @@ def test_bad_events_are_answered_by_the_same_path_before_and_after_open(parts, r
         results = [unopened.process(raw), opened.process(raw)]
     assert [(r.code, r.id) for r in results] == [(code, results[0].id)] * 2
     assert store.fetches == 0
+
+
+class ChangingModel(Classifier):
+    """Serves 224 until the first batch, which Triton rejects because the model now takes 240 (a
+    new version was loaded meanwhile); `changes` more times it changes again."""
+
+    def __init__(self, changes: int = 0):
+        super().__init__()
+        self.contract, self.changes, self.sizes = lite_contract(224), changes, []
+
+    def infer(self, batch):
+        self.sizes.append(batch.shape[1])
+        if self.changes >= 0:
+            self.changes -= 1
+            self.contract = lite_contract(272 if self.contract.resize.size == 240 else 240)
+            raise ModelChanged("the model changed")
+        return Inferred([LABELS] * len(batch), "2")
+
+
+def test_a_request_prepared_for_an_old_contract_is_prepared_again_for_the_new_one(parts):
+    store, decoder, _ = parts
+    model = ChangingModel()
+    with ImagePipeline(config(), fetcher=store, classifier=model, decoder=decoder) as pipe:
+        result = pipe.process(event("v2"))
+    assert isinstance(result, Prediction), result
+    assert model.sizes == [224, 240] and decoder.decodes == 2 and result.model_version == "2"
+
+
+def test_a_model_that_keeps_changing_gives_a_retryable_model_changed_error(parts):
+    store, decoder, _ = parts
+    with ImagePipeline(config(), fetcher=store, classifier=ChangingModel(changes=1), decoder=decoder) as pipe:
+        result = pipe.process(event("churn"))
+    assert isinstance(result, ErrorResult)
+    assert (result.code, result.stage, result.retryable) == ("model_changed", "infer", True)
+
+
+def test_a_batch_of_tensors_of_an_older_size_is_refused_before_triton(parts):
+    store, decoder, classifier = parts
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder)
+    classifier.contract = lite_contract(240)
+    with pytest.raises(ModelChanged):
+        pipeline.infer([np.zeros((224, 224, 3), np.uint8)])
+    assert classifier.batches == []

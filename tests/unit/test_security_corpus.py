@@ -11,11 +11,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from streaming.contract import lite_contract
 
 from streaming.config import PipelineConfig
 from streaming.errors import ObjectNotFound
 from streaming.events import Label, result_to_json
 from streaming.fetch import FetchedObject
+from streaming.infer import Inferred
 from streaming.pipeline import ImagePipeline
 from streaming.prepare import InProcessDecoder
 from tests.corpus import corpus
@@ -40,8 +42,10 @@ class CorpusFetcher:
 class StubClassifier:
     """Triton's place: every image is "label"."""
 
-    def classify(self, batch):
-        return [(Label("label", 1, 0.9),)] * len(batch)
+    contract = lite_contract()
+
+    def infer(self, batch):
+        return Inferred([(Label("label", 1, 0.9),)] * len(batch), "1")
 
 
 def corpus_pipeline(files: dict[str, bytes], pool: bool = False, **overrides) -> ImagePipeline:
