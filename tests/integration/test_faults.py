@@ -23,6 +23,7 @@ from streaming.ops import jobs, kafka_io
 from streaming.stack import process, s3
 from streaming.stack import stack as local_stack
 from tests.integration.job_support import stop_job
+from tests.integration.model_support import CLASSES_EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,14 @@ def small_photos(layout, prepared, test_bucket):
 
 
 @pytest.fixture
-def job(layout, prepared, pipeline_config):
-    """A job of its own: exactly-once sink, 2 s checkpoints."""
+def job(request, layout, prepared, pipeline_config):
+    """A job of its own: exactly-once sink, 2 s checkpoints; serving the built-in Lite0, or with
+    `indirect` parametrisation "imported", the imported PyTorch-style Lite1 (`imported_models`)."""
+    model = pipeline_config.model_name
+    if getattr(request, "param", "built-in") == "imported":
+        model = request.getfixturevalue("imported_models")[CLASSES_EXAMPLE]
     config = dataclasses.replace(pipeline_config, checkpoint_interval_ms=2000, delivery_guarantee="exactly_once",
-                                 max_batch_size=16)
+                                 max_batch_size=16, model_name=model)
     job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "fault")
     yield job
     stop_job(layout, job)
@@ -98,6 +103,7 @@ def assert_exactly_once(results, events):
     assert set(counts) == expected
 
 
+@pytest.mark.parametrize("job", ["built-in", "imported"], indirect=True)
 def test_taskmanager_killed_mid_stream(layout, prepared, job, small_photos):
     events = kafka_io.make_requests(small_photos[i % len(small_photos)] for i in range(2000))
     publisher = publish_in_background(layout, job.requests_topic, events, seconds=20)
@@ -139,6 +145,7 @@ def test_kafka_broker_restarted_mid_stream(layout, prepared, job, small_photos):
     assert_exactly_once(results, events)
 
 
+@pytest.mark.parametrize("job", ["built-in", "imported"], indirect=True)
 def test_bad_events_mixed_into_good_ones(layout, job, small_photos, test_bucket):
     good = kafka_io.make_requests(small_photos[i % len(small_photos)] for i in range(1000))
     bad_kinds = [

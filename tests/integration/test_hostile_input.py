@@ -19,6 +19,7 @@ import pytest
 from streaming.ops import kafka_io
 from streaming.stack import s3
 from tests.corpus import corpus
+from tests.integration.model_support import CLASSES_EXAMPLE
 from tests.integration.job_support import (exceptions, num_restarts, outcomes, results_when_complete,
                                            rss_bytes, start_job, stop_job)
 
@@ -36,9 +37,13 @@ def corpus_bucket(layout, test_bucket):
     return test_bucket
 
 
-@pytest.fixture(scope="module")
-def hostile_job(layout, prepared, pipeline_config, corpus_bucket):
-    config = dataclasses.replace(pipeline_config, allowed_schemes=("s3",), **corpus.JOB_SETTINGS)
+@pytest.fixture(scope="module", params=["built-in", "imported"])
+def hostile_job(request, layout, prepared, pipeline_config, corpus_bucket):
+    """The job serving the built-in Lite0, then the imported PyTorch-style Lite1."""
+    model = pipeline_config.model_name
+    if request.param == "imported":
+        model = request.getfixturevalue("imported_models")[CLASSES_EXAMPLE]
+    config = dataclasses.replace(pipeline_config, allowed_schemes=("s3",), model_name=model, **corpus.JOB_SETTINGS)
     job = start_job(layout, prepared, config, "hostile")
     yield job
     stop_job(layout, job)

@@ -10,6 +10,7 @@ import pytest
 
 from streaming.stack.job_config import stack_config
 from streaming.config import ConfigError
+from streaming.contract import lite_contract
 from streaming.errors import ModelNotFound
 from streaming.infer import TritonClassifier
 from tests.net_support import free_port
@@ -28,7 +29,7 @@ def test_unknown_model_fails_at_once_with_a_permanent_code(config, changes):
     try:
         started = time.monotonic()
         with pytest.raises(ModelNotFound) as caught:
-            classifier.classify(np.zeros((2, 224, 224, 3), np.uint8))
+            classifier.infer(np.zeros((2, 224, 224, 3), np.uint8))
         assert time.monotonic() - started < WINDOW_S / 4  # a bound on the mechanism: not the retry window
         assert caught.value.code == "model_not_found" and "is not found" in caught.value.message
         started = time.monotonic()
@@ -41,10 +42,10 @@ def test_unknown_model_fails_at_once_with_a_permanent_code(config, changes):
 def test_the_served_model_classifies_and_passes_the_check(config):
     classifier = TritonClassifier(config)
     try:
-        classifier.check_model()
+        assert classifier.check_model() == lite_contract(224)  # read from the model's config
         assert classifier.wait_ready(30)
-        labels = classifier.classify(np.zeros((1, 224, 224, 3), np.uint8))
-        assert len(labels) == 1 and len(labels[0]) == config.top_k
+        inferred = classifier.infer(np.zeros((1, 224, 224, 3), np.uint8))
+        assert len(inferred.outputs) == 1 and len(inferred.outputs[0]) == 5 and inferred.version == "1"
     finally:
         classifier.close()
 
@@ -53,7 +54,7 @@ def test_the_served_model_classifies_and_passes_the_check(config):
     (dict(model_name="nope"), "model_name", "does not serve model 'nope'"),
     (dict(model_version="7"), "model_version", "no version '7' of model"),
     (dict(model_name="nope", model_version="7"), "model_name", "does not serve model 'nope'"),
-    (dict(input_size=240), "input_size", "takes [224, 224] images"),
+    (dict(top_k=5000), "top_k", "has 1000 classes, top_k is 5000"),
     (dict(triton_grpc=f"127.0.0.1:{free_port()}"), "triton_grpc", "did not answer"),
 ])
 def test_check_model_refuses_naming_the_field(config, changes, field, words):

@@ -47,7 +47,8 @@ def unique(what: str) -> str:
     (["requests_topic=" + unique("missing")], {}, "requests_topic"),
     (["results_topic=" + unique("missing")], {}, "results_topic"),
     (["model_name=nope"], {}, "model_name"),
-    (["input_size=240"], {}, "input_size"),
+    (["input_size=240"], {}, "input_size"),  # gone: the model's contract sets it
+    (["top_k=5000"], {}, "top_k"),
     (["request_timeout_s=nan"], {}, "request_timeout_s"),
     (["fetch_timeout_s=inf"], {}, "fetch_timeout_s"),
     (["max_in_flight=0"], {}, "max_in_flight"),

@@ -22,7 +22,7 @@ def test_ladybird_photo_is_a_ladybug(pipeline, test_bucket):
     result = pipeline.process(event(f"s3://{test_bucket}/photos/LadyBird.jpg"))
     assert isinstance(result, Prediction), result
     assert result.top_k[0].label == "ladybug"
-    assert len(result.top_k) == pipeline.config.top_k
+    assert len(result.top_k) == 5  # the contract's top_k (config top_k 0)
     assert {"fetch", "decode", "resize", "infer", "total"} <= set(result.timings_ms)
 
 
