@@ -25,8 +25,9 @@ FRONT_OUT = "imgstream_model_input"
 BACK_IN = "imgstream_model_output"
 L2_EPSILON = 1e-12
 ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
-SOFTMAX_NODE = "imgstream_softmax"  # the wrap's own nodes: the INT8 recipe keeps them in float
-BACK_NODES_PREFIX = "imgstream_"
+# The back's nodes: the INT8 recipe keeps them in float (probabilities, unit vectors stay exact).
+BACK_NODES = ("imgstream_to_float32", "imgstream_softmax", "imgstream_norm", "imgstream_safe_norm",
+              "imgstream_l2_normalize", "imgstream_output")
 
 
 def _model(graph: onnx.GraphProto, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -71,7 +72,7 @@ def _back(contract: ModelContract, validation: Validation, like: onnx.ModelProto
                                       to=TensorProto.FLOAT))
         x = "imgstream_output_float"
     if out.kind == "classes" and out.softmax:
-        nodes.append(helper.make_node("Softmax", [x], [out.tensor_name], name=SOFTMAX_NODE, axis=-1))
+        nodes.append(helper.make_node("Softmax", [x], [out.tensor_name], name="imgstream_softmax", axis=-1))
     elif out.kind == "embedding" and out.l2_normalize:
         opset = validation.opset
         inits.append(numpy_helper.from_array(np.array(L2_EPSILON, np.float32), "imgstream_epsilon"))
@@ -100,6 +101,9 @@ def wrap(model: onnx.ModelProto, contract: ModelContract, validation: Validation
                                  io_map=[(FRONT_OUT, validation.input_name)], prefix2=USER_PREFIX)
     wrapped = compose.merge_models(front, _back(contract, validation, model),
                                    io_map=[(USER_PREFIX + validation.output_name, BACK_IN)])
+    opsets = {o.domain: o.version for o in wrapped.opset_import}  # merge_models repeats each domain's entry
+    del wrapped.opset_import[:]
+    wrapped.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
     wrapped.graph.name = f"imgstream_{model.graph.name or 'model'}"
     wrapped.doc_string = (f"{model.doc_string}; wrapped by imgstream: uint8 NHWC in, "
                           f"{contract.output.tensor_name} float32 out")
