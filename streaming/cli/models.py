@@ -159,9 +159,16 @@ def models_import(
     if client is None:
         typer.echo(f"Triton ({layout.triton_grpc}) is not running: the model loads at the next `imgstream stack up`")
         return
+    from tritonclient.utils import InferenceServerException
+
     for path in result.written:
         if path.parent == layout.model_repository:
-            client.load_model(path.name)
+            try:
+                client.load_model(path.name)
+            except InferenceServerException as exc:  # e.g. a Triton not in explicit model-control mode
+                typer.echo(f"Triton {layout.triton_grpc} did not load {path.name}: {exc.message()}; "
+                           "it loads at the next `imgstream stack up`", err=True)
+                raise typer.Exit(1) from None
             typer.echo(f"loaded {path.name} (version {result.version}) into Triton {layout.triton_grpc}")
 
 
