@@ -83,7 +83,7 @@ def build_repository(out_dir: Path, *, store: ArtifactStore, instances: int = 1,
         store = ArtifactStore(cache_dir=store.cache_dir, photos_dir=store.photos_dir, weights={"lite0": Path(weights)})
     out_dir = Path(out_dir)
     for variant in variants:
-        cfg = model_config.model_config(variant, target)
+        cfg = model_config.model_config(variant.spec, target)
         model_dir = _write_model(out_dir, cfg, store.ensure(variant.arch, variant.artifact_kind(gpu=False)))
         _write_if_changed(model_dir / MODEL_VERSION / "model.py", TEMPLATE.read_bytes())
     _remove_other_models(out_dir, {v.name for v in variants})
@@ -102,11 +102,11 @@ def build_gpu_repository(out_dir: Path, *, store: ArtifactStore, gpus: int = 1, 
         onnx_path = store.ensure(variant.arch, variant.artifact_kind(gpu=True))
         runtimes = ["onnxruntime"] + (["tensorrt_plan"] if plans and variant.precision != "fp32" else [])
         for runtime in runtimes:
-            cfg = model_config.model_config(variant, target, runtime)
+            cfg = model_config.model_config(variant.spec, target, runtime)
             model_dir = _write_model(out_dir, cfg, onnx_path)
             names.add(cfg.name)
             if runtime == "tensorrt_plan":
-                args = "\n".join(model_config.trtexec_args(variant, target)) + "\n"
+                args = "\n".join(model_config.trtexec_args(variant.spec, target)) + "\n"
                 _write_if_changed(model_dir / TRTEXEC_ARGS_FILE, args.encode())
     _remove_other_models(out_dir, names)
     return out_dir

@@ -13,9 +13,10 @@
 #       --minShapes=IMAGE:1xSxSx3 --optShapes=IMAGE:16xSxSx3 --maxShapes=IMAGE:32xSxSx3 \
 #       --memPoolSize=workspace:1024M --skipInference
 #
-# and records the GPU name + TensorRT version + sha256 of the inputs next to the plan
-# (1/model.plan.stamp); a plan whose stamp still matches is kept, so the script can run on
-# every pod start (put the repository on a per-node volume). Exits non-zero when any build fails.
+# (in the version folder the --onnx path names: 1/ for the built-in models, N/ for version N
+# of an imported model) and records the GPU name + TensorRT version + sha256 of the inputs
+# next to the plan (1/model.plan.stamp); a plan whose stamp still matches is kept, so the
+# script can run on every pod start (put the repository on a per-node volume). Exits non-zero when any build fails.
 #
 # Environment: TRTEXEC (default: trtexec on PATH, else /usr/src/tensorrt/bin/trtexec),
 #              CUDA_VISIBLE_DEVICES (the GPU to build on; plans are valid on every GPU of that model).
@@ -34,9 +35,13 @@ for args_file in "$repo"/*/trtexec.args; do
   model_dir=$(dirname "$args_file")
   model=$(basename "$model_dir")
   mapfile -t args < "$args_file"
-  stamp="$gpu | $trt_version | $(cd "$model_dir" && sha256sum trtexec.args 1/model.onnx | sha256sum | cut -d' ' -f1)"
-  if [[ -f $model_dir/1/model.plan && -f $model_dir/1/model.plan.stamp \
-        && $(cat "$model_dir/1/model.plan.stamp") == "$stamp" ]]; then
+  v=1
+  for a in "${args[@]}"; do
+    if [[ $a == --onnx=*/* ]]; then v=${a#--onnx=}; v=${v%%/*}; fi
+  done
+  stamp="$gpu | $trt_version | $(cd "$model_dir" && sha256sum trtexec.args "$v/model.onnx" | sha256sum | cut -d' ' -f1)"
+  if [[ -f $model_dir/$v/model.plan && -f $model_dir/$v/model.plan.stamp \
+        && $(cat "$model_dir/$v/model.plan.stamp") == "$stamp" ]]; then
     echo "build_trt_plan: $model up to date ($gpu)"
     continue
   fi
@@ -46,13 +51,13 @@ for args_file in "$repo"/*/trtexec.args; do
     [[ $a == --saveEngine=* ]] && a="${a}.tmp"
     tmp_args+=("$a")
   done
-  if (cd "$model_dir" && "$trtexec" "${tmp_args[@]}" > 1/trtexec.log 2>&1); then
-    mv "$model_dir/1/model.plan.tmp" "$model_dir/1/model.plan"
-    echo "$stamp" > "$model_dir/1/model.plan.stamp"
+  if (cd "$model_dir" && "$trtexec" "${tmp_args[@]}" > "$v/trtexec.log" 2>&1); then
+    mv "$model_dir/$v/model.plan.tmp" "$model_dir/$v/model.plan"
+    echo "$stamp" > "$model_dir/$v/model.plan.stamp"
     echo "build_trt_plan: $model done"
   else
-    echo "build_trt_plan: $model FAILED, see $model_dir/1/trtexec.log" >&2
-    rm -f "$model_dir/1/model.plan.tmp"
+    echo "build_trt_plan: $model FAILED, see $model_dir/$v/trtexec.log" >&2
+    rm -f "$model_dir/$v/model.plan.tmp"
     status=1
   fi
 done

@@ -2,9 +2,11 @@
 
 :func:`model_config` builds a ``ModelConfig`` protobuf (tritonclient's ``model_config_pb2``),
 so what it writes always parses. The parts every runtime shares come from the same code:
-inputs/outputs (uint8 NHWC in, float32 NCHW for the naive baseline's variant only; FP32
-probabilities with the labels file out), max batch size, dynamic batching (preferred sizes +
-queue delay bound), warm-up. What differs:
+inputs/outputs from the model's contract (uint8 NHWC ``[S, S, 3]`` in, float32 NCHW for the naive
+baseline's variant only; float32 ``PROBABILITIES [num_classes]`` with the labels file, or
+``EMBEDDING [dim]`` without, out), the contract itself as the ``imgstream_contract`` parameter
+(JSON, read by the job through ``get_model_config``), max batch size, dynamic batching (preferred
+sizes + queue delay bound), warm-up. What differs:
 
 | runtime | where | backend / platform | instances | model file |
 |---|---|---|---|---|
@@ -25,7 +27,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from streaming import contract
-from triton_models.variants import Variant
+from streaming.contract import ModelContract
 
 PREFERRED_BATCH_SIZES = (8, 16, 32)
 MAX_QUEUE_DELAY_US = 2000
@@ -35,6 +37,32 @@ PLAN_FILE = "model.plan"
 TRT_PRECISION = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 TRT_WORKSPACE_BYTES = 1 << 30
 RUNTIMES = ("python", "onnxruntime", "tensorrt_plan")
+PRECISIONS = tuple(TRT_PRECISION)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a config says about one model: its name, its contract and the precision of its weights
+    (TensorRT's precision mode). ``float_input``: the naive baseline, float32 NCHW normalised by the
+    client; it follows no contract on the wire, so its config carries none."""
+
+    name: str
+    contract: ModelContract
+    precision: str = "fp32"
+    float_input: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def size(self) -> int:
+        return self.contract.resize.size
+
+    @property
+    def input_dims(self) -> list[int]:
+        """One image's input shape: [S, S, 3] uint8, or [3, S, S] float32 for float input."""
+        return [contract.CHANNELS, self.size, self.size] if self.float_input else list(contract.input_shape(self.size))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,32 +106,38 @@ def _check_batch(max_batch_size: int) -> None:
         raise ValueError("max_batch_size must be in [1, 1024]")
 
 
-def model_name(variant: Variant, runtime: str) -> str:
-    return f"{variant.name}_plan" if runtime == "tensorrt_plan" else variant.name
+def model_name(spec: ModelSpec, runtime: str) -> str:
+    return f"{spec.name}_plan" if runtime == "tensorrt_plan" else spec.name
 
 
-def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str | None = None) -> pb.ModelConfig:
-    """The Triton config of ``variant`` served with ``runtime`` on ``target``."""
+def model_config(spec: ModelSpec, target: CpuTarget | GpuTarget, runtime: str | None = None) -> pb.ModelConfig:
+    """The Triton config of the model ``spec`` served with ``runtime`` on ``target`` (``Variant.spec``
+    for the built-in models)."""
     runtime = runtime or ("python" if isinstance(target, CpuTarget) else "onnxruntime")
     if (runtime == "python") != isinstance(target, CpuTarget) or runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} does not run on {type(target).__name__}")
-    if runtime == "tensorrt_plan" and variant.precision == "fp32":
+    if runtime == "tensorrt_plan" and spec.precision == "fp32":
         raise ValueError("no FP32 TensorRT plan: use the onnxruntime runtime for FP32")
-    if variant.float_input and runtime != "python":
+    if spec.float_input and runtime != "python":
         raise ValueError("float-input variants are a CPU baseline (python runtime) only")
-    size, max_batch = variant.image_size, target.max_batch_size
+    size, max_batch = spec.size, target.max_batch_size
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch] or [max_batch]
-    cfg = pb.ModelConfig(name=model_name(variant, runtime), max_batch_size=max_batch)
-    input_type = pb.TYPE_FP32 if variant.float_input else pb.TYPE_UINT8
-    cfg.input.add(name=contract.INPUT_NAME, data_type=input_type, dims=variant.input_dims)
-    cfg.output.add(name=contract.OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[contract.NUM_CLASSES],
-                   label_filename=LABELS_FILE)
+    cfg = pb.ModelConfig(name=model_name(spec, runtime), max_batch_size=max_batch)
+    input_type = pb.TYPE_FP32 if spec.float_input else pb.TYPE_UINT8
+    cfg.input.add(name=contract.INPUT_NAME, data_type=input_type, dims=spec.input_dims)
+    out = spec.contract.output
+    if out.kind == "classes":
+        cfg.output.add(name=out.tensor_name, data_type=pb.TYPE_FP32, dims=[out.num_classes], label_filename=LABELS_FILE)
+    else:
+        cfg.output.add(name=out.tensor_name, data_type=pb.TYPE_FP32, dims=[out.dim])
+    if not spec.float_input:
+        cfg.parameters[contract.CONTRACT_PARAMETER].string_value = spec.contract.to_json()
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     for batch in sorted({1, max_batch} if isinstance(target, GpuTarget) else {1}):
         warm = cfg.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch, count=1)
         warm.inputs[contract.INPUT_NAME].CopyFrom(
-            pb.ModelWarmup.Input(data_type=input_type, dims=variant.input_dims, random_data=True))
+            pb.ModelWarmup.Input(data_type=input_type, dims=spec.input_dims, random_data=True))
 
     cfg.response_cache.enable = target.response_cache
     if isinstance(target, CpuTarget):
@@ -126,7 +160,7 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
     opt = preferred[len(preferred) // 2]
     accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     accel.parameters.update({
-        "precision_mode": TRT_PRECISION[variant.precision],
+        "precision_mode": TRT_PRECISION[spec.precision],
         "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": f"{target.engine_cache_dir}/{cfg.name}",
@@ -139,14 +173,15 @@ def model_config(variant: Variant, target: CpuTarget | GpuTarget, runtime: str |
     return cfg
 
 
-def trtexec_args(variant: Variant, target: GpuTarget) -> list[str]:
-    """trtexec flags that build ``1/model.plan`` from ``1/model.onnx`` (paths relative to the model folder)."""
-    size, max_batch = variant.image_size, target.max_batch_size
+def trtexec_args(spec: ModelSpec, target: GpuTarget, version: int = 1) -> list[str]:
+    """trtexec flags that build ``<version>/model.plan`` from ``<version>/model.onnx`` (paths relative to
+    the model folder; ``build_trt_plan.sh`` builds in the folder the ``--onnx`` path names)."""
+    size, max_batch = spec.size, target.max_batch_size
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch] or [max_batch]
     shape = f"{size}x{size}x3"
     name = contract.INPUT_NAME
-    precision = {"fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[variant.precision]
-    return [f"--onnx=1/{ONNX_FILE}", f"--saveEngine=1/{PLAN_FILE}", *precision,
+    precision = {"fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[spec.precision]
+    return [f"--onnx={version}/{ONNX_FILE}", f"--saveEngine={version}/{PLAN_FILE}", *precision,
             f"--minShapes={name}:1x{shape}", f"--optShapes={name}:{preferred[len(preferred) // 2]}x{shape}",
             f"--maxShapes={name}:{max_batch}x{shape}", f"--memPoolSize=workspace:{TRT_WORKSPACE_BYTES >> 20}M",
             "--skipInference"]

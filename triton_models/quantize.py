@@ -49,7 +49,21 @@ class _Reader:
 
 def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, *, recipe: str = "u8s8",
              props: dict[str, str] | None = None) -> Path:
-    """Write the INT8 QDQ model of ``fp32_path`` calibrated on ``images`` (uint8 [n, S, S, 3])."""
+    """Write the INT8 QDQ model of the Lite graph ``fp32_path`` calibrated on ``images`` (uint8 [n, S, S, 3])."""
+    model = quantize_qdq(fp32_path, images, recipe=recipe, nodes_to_exclude=EXCLUDED_NODES)
+    if recipe == "u8s8":
+        feed_pixels_as_quantized(model)
+    model.doc_string = f"{model.doc_string}; INT8 QDQ {recipe} per-channel, MinMax calibration"
+    existing = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**existing, **(props or {})})
+    onnx.checker.check_model(model)
+    return export_onnx.save_atomic(model, out_path)
+
+
+def quantize_qdq(fp32_path: Path, images: np.ndarray, *, recipe: str = "u8s8",
+                 nodes_to_exclude: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Static QDQ quantization (per-channel int8 weights, MinMax) of a model that takes uint8
+    ``IMAGE`` [n, S, S, 3], calibrated on ``images``; the Gemm outputs and ``nodes_to_exclude`` stay float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if recipe not in RECIPES:
@@ -58,9 +72,8 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, *, recipe: str
         raise ValueError("calibration images must be uint8 [n >= 8, S, S, 3]")
     images = images[: len(images) - len(images) % CALIBRATION_BATCH]  # equal batches
     symmetric = recipe == "s8s8"
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}.q.tmp")
+    fp32_path = Path(fp32_path)
+    tmp = fp32_path.with_name(f"{fp32_path.name}.{os.getpid()}.q.tmp")
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # quantize_static logs a "consider pre-processing" hint per call
@@ -70,21 +83,14 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, *, recipe: str
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=list(EXCLUDED_NODES),
+            nodes_to_exclude=list(nodes_to_exclude),
             extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"], "ActivationSymmetric": symmetric,
                            "WeightSymmetric": True},
         )
+        return onnx.load(str(tmp))
     finally:
         root_logger.setLevel(level)
-    model = onnx.load(str(tmp))
-    tmp.unlink()
-    if recipe == "u8s8":
-        feed_pixels_as_quantized(model)
-    model.doc_string = f"{model.doc_string}; INT8 QDQ {recipe} per-channel, MinMax calibration"
-    existing = {p.key: p.value for p in model.metadata_props}
-    onnx.helper.set_model_props(model, {**existing, **(props or {})})
-    onnx.checker.check_model(model)
-    return export_onnx.save_atomic(model, out_path)
+        tmp.unlink(missing_ok=True)
 
 
 def feed_pixels_as_quantized(model: onnx.ModelProto) -> None:

@@ -27,6 +27,7 @@ import onnx
 
 from streaming import contract
 from triton_models import export_onnx, photos, quantize
+from triton_models.model_config import ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ARTIFACT_KINDS = ("fp32", "fp16", "int8", "int8_trt", "fp32_float")
@@ -54,10 +55,14 @@ class Variant:
         return base if self.precision == "fp32" else f"{base}_{self.precision}"
 
     @property
+    def spec(self) -> ModelSpec:
+        """What its Triton config says: the name, the built-in Lite contract at its size, the precision."""
+        return ModelSpec(self.name, contract.lite_contract(self.image_size), self.precision, self.float_input)
+
+    @property
     def input_dims(self) -> list[int]:
         """One image's input shape: [S, S, 3] uint8, or [3, S, S] float32 for float input."""
-        size = self.image_size
-        return [contract.CHANNELS, size, size] if self.float_input else list(contract.input_shape(size))
+        return self.spec.input_dims
 
     @property
     def image_size(self) -> int:

@@ -164,14 +164,14 @@ def test_plot_writes_a_png(tmp_path):
 
 # -- the naive baseline's model ---------------------------------------------------------------
 def test_naive_variant_config_takes_float32_nchw():
-    cfg = model_config.model_config(NAIVE_VARIANT, CpuTarget(intra_op_threads=2))
+    cfg = model_config.model_config(NAIVE_VARIANT.spec, CpuTarget(intra_op_threads=2))
     assert NAIVE_VARIANT.name == "efficientnet_lite0_float"
     assert cfg.input[0].data_type == pb.TYPE_FP32 and list(cfg.input[0].dims) == [3, 224, 224]
     assert cfg.model_warmup[0].inputs["IMAGE"].data_type == pb.TYPE_FP32
     assert model_config.parse(model_config.render(cfg)) == cfg
     assert NAIVE_VARIANT.artifact_kind(gpu=False) == "fp32_float"
     with pytest.raises(ValueError):
-        model_config.model_config(NAIVE_VARIANT, GpuTarget())
+        model_config.model_config(NAIVE_VARIANT.spec, GpuTarget())
     with pytest.raises(ValueError):
         Variant("lite0", "int8", float_input=True)
 

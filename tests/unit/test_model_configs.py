@@ -11,7 +11,7 @@ import onnx
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
-from streaming.contract import LABELS_PATH
+from streaming.contract import CONTRACT_PARAMETER, LABELS_PATH, ModelContract, Normalize, Output, Resize, lite_contract
 from streaming.stack.layout import StackLayout
 from triton_models import build, export_onnx, model_config
 from triton_models.model_config import CpuTarget, GpuTarget
@@ -69,8 +69,8 @@ def test_variant_names_and_sets():
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS, ids=lambda v: v.name)
 def test_cpu_and_gpu_configs_share_the_contract(variant):
-    cpu = model_config.model_config(variant, CpuTarget(instances=3, intra_op_threads=1, max_batch_size=16))
-    gpu = model_config.model_config(variant, GpuTarget(gpus=2, instances_per_gpu=2, max_batch_size=16))
+    cpu = model_config.model_config(variant.spec, CpuTarget(instances=3, intra_op_threads=1, max_batch_size=16))
+    gpu = model_config.model_config(variant.spec, GpuTarget(gpus=2, instances_per_gpu=2, max_batch_size=16))
     for cfg in (cpu, gpu):
         again = model_config.parse(model_config.render(cfg))
         assert again == cfg
@@ -80,6 +80,7 @@ def test_cpu_and_gpu_configs_share_the_contract(variant):
         assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
         assert cfg.dynamic_batching.max_queue_delay_microseconds == model_config.MAX_QUEUE_DELAY_US
         assert cfg.model_warmup[0].inputs["IMAGE"].random_data and cfg.response_cache.enable
+        assert ModelContract.from_json(cfg.parameters[CONTRACT_PARAMETER].string_value) == lite_contract(variant.image_size)
     assert (cpu.input, cpu.output, cpu.dynamic_batching) == (gpu.input, gpu.output, gpu.dynamic_batching)
     assert cpu.backend == "python" and [(g.kind, g.count) for g in cpu.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 3)]
     assert cpu.parameters["allow_spinning"].string_value == "0"  # idle onnxruntime threads leave the cores
@@ -91,11 +92,29 @@ def test_cpu_and_gpu_configs_share_the_contract(variant):
     assert [w.batch_size for w in gpu.model_warmup] == [1, 16]
 
 
+@pytest.mark.parametrize("runtime", model_config.RUNTIMES)
+def test_an_embedding_contract_makes_an_embedding_output_without_labels(runtime):
+    embedding = ModelContract(Resize(192, "squash"), Normalize(layout="NHWC"),
+                              Output("embedding", dim=512, l2_normalize=True, dtype="float16"))
+    spec = model_config.ModelSpec("my_embedder", embedding, precision="fp32" if runtime != "tensorrt_plan" else "fp16")
+    target = CpuTarget() if runtime == "python" else GpuTarget(gpus=2)
+    cfg = model_config.model_config(spec, target, runtime)
+    assert model_config.parse(model_config.render(cfg)) == cfg
+    assert cfg.name == ("my_embedder_plan" if runtime == "tensorrt_plan" else "my_embedder")
+    assert [(o.name, list(o.dims), o.data_type, o.label_filename) for o in cfg.output] == [
+        ("EMBEDDING", [512], pb.TYPE_FP32, "")]
+    assert list(cfg.input[0].dims) == [192, 192, 3] and cfg.input[0].data_type == pb.TYPE_UINT8
+    assert ModelContract.from_json(cfg.parameters[CONTRACT_PARAMETER].string_value) == embedding
+    if runtime == "tensorrt_plan":
+        args = model_config.trtexec_args(spec, target, version=3)
+        assert "--onnx=3/model.onnx" in args and "--maxShapes=IMAGE:32x192x192x3" in args
+
+
 def test_configs_refuse_impossible_combinations():
     with pytest.raises(ValueError):
-        model_config.model_config(Variant("lite0", "fp32"), GpuTarget(), "tensorrt_plan")
+        model_config.model_config(Variant("lite0", "fp32").spec, GpuTarget(), "tensorrt_plan")
     with pytest.raises(ValueError):
-        model_config.model_config(Variant("lite0", "fp16"), CpuTarget(), "onnxruntime")
+        model_config.model_config(Variant("lite0", "fp16").spec, CpuTarget(), "onnxruntime")
     with pytest.raises(ValueError):
         GpuTarget(gpus=0)
     with pytest.raises(ValueError):

