@@ -23,6 +23,7 @@ import numpy as np
 from streaming.batcher import MicroBatcher
 from streaming.cache import DecodedImageCache
 from streaming.config import PipelineConfig
+from streaming.contract import Resize
 from streaming.cores import available_cores
 from streaming.decoder_pool import DecoderPool
 from streaming.errors import PipelineError, RequestTimeout
@@ -110,7 +111,7 @@ class AsyncImagePipeline:
     def prepare(self, request: ImageRequest) -> PreparedImage:
         """URI policy, fetch, decode: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
-        return fetch_decode(self.fetcher, ref, size=self.config.input_size, max_pixels=self.config.max_pixels,
+        return fetch_decode(self.fetcher, ref, resize=Resize(self.config.input_size), max_pixels=self.config.max_pixels,
                             cache=self.cache, decoder=self.decoder)
 
     def classify(self, tensors: Sequence[np.ndarray]) -> list[tuple[Label, ...]]:

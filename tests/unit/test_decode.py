@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from streaming.contract import CROP_FRACTION
+from streaming.contract import CROP_FRACTION, Resize
 from streaming.decode import JPEG_BACKEND, DecodedImage, _jpeg_orientation, _scaling_factor, decode_to_tensor
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from tests.corpus import make_images
@@ -63,8 +63,8 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS,
-           backend: str = "auto") -> DecodedImage:
-    return decode_to_tensor(data, size, max_pixels=max_pixels, jpeg_backend=backend)
+           backend: str = "auto", **resize: str) -> DecodedImage:
+    return decode_to_tensor(data, Resize(size, **resize), max_pixels=max_pixels, jpeg_backend=backend)
 
 
 def assert_tensor(decoded: DecodedImage, size: int = 224) -> None:
