@@ -5,8 +5,8 @@ applied. The region is the centre square whose side is `crop_fraction` of the sh
 (`center_crop`, TensorFlow's EfficientNet reference: 224/256, offsets rounded up) or the whole
 image (`squash`: aspect ratio not kept, torchvision's `Resize((S, S))`); it is resized to
 `size` x `size` with `filter` (bicubic or bilinear). The region is cut from the stored image
-and the output oriented after the resize: the same picture as orienting first, as the output
-is square and the centre crop is centred.
+and the output oriented after the resize: the same picture as orienting first (the output is
+square; the centre square is placed as it is in the upright picture, offsets rounded up there).
 
 Two paths give the same picture:
 
@@ -101,6 +101,9 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
+# EXIF orientation -> whether the stored x and y axes run backwards in the upright picture
+_REVERSED = {2: (True, False), 3: (True, True), 4: (False, True), 6: (False, True), 7: (True, True),
+             8: (True, False)}
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader,
     _check_pixels(width, height, limits.max_pixels)
     if colorspace in (tj.TJCS_CMYK, tj.TJCS_YCCK):
         return None
-    box = _region(width, height, limits.resize)
+    box = _region(width, height, limits.resize, header.orientation)
     num, den = _scaling_factor(turbo.scaling_factors, _short_side(box), limits.resize.size)
     gray = colorspace == tj.TJCS_GRAY
     out_h, out_w = -(-height * num // den), -(-width * num // den)
@@ -304,7 +307,7 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
         if width == 0 or height == 0:
             raise CorruptImage(f"image has no pixels ({width}x{height})")
         den, size = 1, limits.resize.size
-        box = _region(width, height, limits.resize)
+        box = _region(width, height, limits.resize)  # its size; the orientation is read with the pixels
         side = _short_side(box)
         if image.format in ("JPEG", "MPO") and side > size:
             want = (math.ceil(width * size / side), math.ceil(height * size / side))
@@ -319,6 +322,7 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
             image.load()
             orientation = _pillow_orientation(image)
             decoded = time.perf_counter()
+            box = _region(width, height, limits.resize, orientation)
             tensor = _pillow_tensor(image, box, 1.0 / den, limits.resize, orientation)
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
             raise CorruptImage(f"{image.format} image is truncated or damaged: {exc}") from None
@@ -410,12 +414,18 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
                             f"limit {max_pixels}")
 
 
-def _region(width: int, height: int, resize: Resize) -> tuple[int, int, int, int]:
-    """(left, upper, right, lower) of what the output shows, in the stored image's pixels: the
-    centre square (`contract.crop_box`, as TensorFlow's reference) or, for `squash`, all of it."""
+def _region(width: int, height: int, resize: Resize, orientation: int = 1) -> tuple[int, int, int, int]:
+    """(left, upper, right, lower) of what the output shows, in the stored image's pixels: all
+    of it (`squash`) or the centre square of the upright picture (`contract.crop_box`: offsets
+    rounded up there, which is down on a stored axis that runs backwards)."""
     if resize.mode == "squash":
         return 0, 0, width, height
-    return crop_box(width, height, resize.crop_fraction)
+    left, top, right, _bottom = crop_box(width, height, resize.crop_fraction)
+    side = right - left
+    backwards_x, backwards_y = _REVERSED.get(orientation, (False, False))
+    left = (width - side) // 2 if backwards_x else left
+    top = (height - side) // 2 if backwards_y else top
+    return left, top, left + side, top + side
 
 
 def _short_side(box: tuple[int, int, int, int]) -> int:
