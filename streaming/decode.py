@@ -445,8 +445,8 @@ def _reduction(box: tuple[int, int, int, int], scale: float, bounds: tuple[int, 
 
 
 def _work_pixels(pixels: tuple[int, int, int, int], factors: tuple[int, int], size: int) -> int:
-    """The reduced region's pixels, at least `size` wide: the resampler's horizontal pass is
-    `size` wide and as high as the region (a thin image squashed is widened)."""
+    """The reduced region's pixels, counted at least `size` wide: the resampler's intermediate
+    can be `size` wide and as high as the region (a thin image squashed is widened)."""
     x0, y0, x1, y1 = pixels
     return max(-(-(x1 - x0) // factors[0]), size) * -(-(y1 - y0) // factors[1])
 
@@ -454,8 +454,9 @@ def _work_pixels(pixels: tuple[int, int, int, int], factors: tuple[int, int], si
 def _resize_region(image: Image.Image, box: tuple[float, float, float, float], scale: float, resize: Resize,
                    orientation: int) -> np.ndarray:
     """Resize the region `box` of `image` (which is the image `box` is measured in, decoded at
-    `scale`) to the output with the contract's filter, reducing it first by whole factors as
-    the Pillow path does (Pillow's `reducing_gap`: bounds the resampler's pass); orient."""
+    `scale`) to the output with the contract's filter, reducing it first by whole factors per
+    axis as the Pillow path does (Pillow's `reducing_gap`), so that the resampler never spans
+    more than ~4x the output side on either axis (a thin image squashed); orient."""
     scaled = tuple(v * scale for v in box)
     out = image.resize((resize.size, resize.size), Image.Resampling[resize.pil_filter], box=scaled,
                        reducing_gap=REDUCING_GAP)

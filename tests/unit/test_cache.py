@@ -70,6 +70,21 @@ def test_new_version_replaces_the_old_one_and_etag_is_offered():
     assert cache.etag_for("a", Resize(96)) is None  # another output size is another entry
 
 
+RESIZES = [Resize(224), Resize(224, "squash"), Resize(224, filter="bilinear"), Resize(224, crop_fraction=1.0),
+           Resize(96)]
+
+
+def test_each_resize_is_its_own_entry_and_versions_replace_only_their_own():
+    assert len({key("a", "v1", r) for r in RESIZES}) == len(RESIZES)
+    cache = DecodedImageCache(10 * ENTRY)
+    for n, resize in enumerate(RESIZES):
+        cache.put(key("a", "v1", resize), image(n))
+    assert [cache.get(key("a", "v1", r)).tensor[0, 0, 0] for r in RESIZES] == list(range(len(RESIZES)))
+    cache.put(key("a", "v2", Resize(224, "squash")), image(9))  # a new version, made for one Resize
+    assert cache.etag_for("a", Resize(224, "squash")) == "v2" and cache.etag_for("a", Resize(224)) == "v1"
+    assert cache.stats().replaced == 1 and cache.stats().entries == len(RESIZES)
+
+
 def test_clear_keeps_counters():
     cache = DecodedImageCache(4 * ENTRY)
     cache.put(key("a"), image())

@@ -55,6 +55,35 @@ def test_fetch_decode_hits_after_the_first_time_and_sees_changes(files):
     assert (stats.hits, stats.misses, stats.replaced, stats.entries) == (1, 2, 1, 1)
 
 
+def test_fetch_decode_makes_what_the_resize_says_and_caches_each_resize_apart(files):
+    folder, config, fetcher = files
+    (folder / "split.png").write_bytes(split_png())
+    ref = parse_uri(f"file://{folder}/split.png", config)
+    cache = DecodedImageCache(10 * ENTRY)
+    squash, crop = Resize(224, "squash", filter="bilinear"), Resize(224, crop_fraction=0.25)
+    squashed = fetch_decode(fetcher, ref, resize=squash, max_pixels=10**6, cache=cache)
+    cropped = fetch_decode(fetcher, ref, resize=crop, max_pixels=10**6, cache=cache)
+    assert not squashed.cache_hit and not cropped.cache_hit  # another Resize is another entry
+    assert squashed.tensor[112, 10].tolist() == [255, 0, 0]  # the whole width: red on the left ...
+    assert squashed.tensor[112, 213].tolist() == [0, 0, 255]  # ... blue on the right
+    assert cropped.tensor[112, 10].tolist() == [0, 255, 0]  # the middle quarter only: green
+    again = [fetch_decode(fetcher, ref, resize=r, max_pixels=10**6, cache=cache) for r in (squash, crop)]
+    assert [p.cache_hit for p in again] == [True, True]
+    assert again[0].tensor is squashed.tensor and again[1].tensor is cropped.tensor
+    decoded = InProcessDecoder().decode(split_png(), squash, max_pixels=10**6)
+    assert np.array_equal(decoded.tensor, squashed.tensor)
+
+
+def split_png() -> bytes:
+    """400x200: red left quarter, blue right quarter, green in the middle."""
+    image = Image.new("RGB", (400, 200), (0, 255, 0))
+    image.paste((255, 0, 0), (0, 0, 100, 200))
+    image.paste((0, 0, 255), (300, 0, 400, 200))
+    buffer = BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_fetch_decode_after_eviction_fetches_again(files):
     folder, config, fetcher = files
     ref = parse_uri(f"file://{folder}/red.jpg", config)
