@@ -1,7 +1,8 @@
 """A bounded cache of decoded model inputs, for workloads where the same images come back.
 
 `DecodedImageCache` is an LRU bounded by bytes (each entry costs its tensor's bytes plus a
-fixed overhead), keyed by the object's URI and version (its ETag) and the output geometry. An
+fixed overhead), keyed by the object's URI and version (its ETag) and the `contract.Resize` that
+made it. An
 object the store gives no ETag for is never cached: without a validator, a same-size
 replacement would be served stale (the length was the key once). It is off by default (`max_bytes=0`). Counters: hits,
 misses, evictions (dropped for room) and replaced (an older version of the same object).
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from streaming.contract import CROP_FRACTION
+from streaming.contract import Resize
 from streaming.decode import DecodedImage
 from streaming.fetch import FetchedObject
 
@@ -27,15 +28,14 @@ ENTRY_OVERHEAD_BYTES = 512  # the record, its key and the index entries, roughly
 class CacheKey:
     uri: str
     version: str  # the ETag
-    size: int  # output side, pixels
-    crop_fraction: float
+    resize: Resize  # what the decoder made of it
 
     @classmethod
-    def of(cls, fetched: FetchedObject, size: int, crop_fraction: float = CROP_FRACTION) -> "CacheKey | None":
+    def of(cls, fetched: FetchedObject, resize: Resize) -> "CacheKey | None":
         """The key of this version of the object; None when the store gave no ETag (not cacheable)."""
         if not fetched.etag:
             return None
-        return cls(fetched.uri, fetched.etag, size, crop_fraction)
+        return cls(fetched.uri, fetched.etag, resize)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class DecodedImageCache:
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
         self._entries: OrderedDict[CacheKey, tuple[DecodedImage, int]] = OrderedDict()
-        self._latest: dict[tuple[str, int, float], CacheKey] = {}  # newest version of each object
+        self._latest: dict[tuple[str, Resize], CacheKey] = {}  # newest version of each object, per Resize
         self._bytes = 0
         self._hits = self._misses = self._evictions = self._replaced = 0
 
@@ -100,7 +100,7 @@ class DecodedImageCache:
         if not self.enabled or cost > self.max_bytes:
             return False
         with self._lock:
-            slot = (key.uri, key.size, key.crop_fraction)
+            slot = (key.uri, key.resize)
             older = self._latest.get(slot)
             if older is not None and older != key and older in self._entries:
                 self._remove(older)
@@ -115,12 +115,12 @@ class DecodedImageCache:
             self._bytes += cost
             return True
 
-    def etag_for(self, uri: str, size: int, crop_fraction: float = CROP_FRACTION) -> str | None:
+    def etag_for(self, uri: str, resize: Resize) -> str | None:
         """The ETag of the cached version of this object, for a conditional fetch; None if none."""
         if not self.enabled:
             return None
         with self._lock:
-            key = self._latest.get((uri, size, crop_fraction))
+            key = self._latest.get((uri, resize))
             if key is None or key not in self._entries:
                 return None
             return key.version
@@ -140,7 +140,7 @@ class DecodedImageCache:
     def _remove(self, key: CacheKey) -> None:
         _image, cost = self._entries.pop(key)
         self._bytes -= cost
-        slot = (key.uri, key.size, key.crop_fraction)
+        slot = (key.uri, key.resize)
         if self._latest.get(slot) == key:
             del self._latest[slot]
 

@@ -1,14 +1,20 @@
 """Bytes of an image -> the uint8 RGB tensor the model expects.
 
-Preprocessing (EfficientNet-Lite, TensorFlow reference): take the centre square whose side is
-`crop_fraction` (224/256) of the short side, resize it to `size` x `size` with bicubic
-filtering, RGB, uint8, HWC. EXIF orientation is applied.
+Preprocessing: what the model's `contract.Resize` says, RGB, uint8, HWC, EXIF orientation
+applied. The region is the centre square whose side is `crop_fraction` of the short side
+(`center_crop`, TensorFlow's EfficientNet reference: 224/256, offsets rounded up) or the whole
+image (`squash`: aspect ratio not kept, torchvision's `Resize((S, S))`); it is resized to
+`size` x `size` with `filter` (bicubic or bilinear). The region is cut from the stored image
+and the output oriented after the resize: the same picture as orienting first (the output is
+square; the centre square is placed as it is in the upright picture, offsets rounded up there).
 
 Two paths give the same picture:
 
 * "turbojpeg" - JPEGs (magic FF D8 FF): libjpeg-turbo reads the header, the pixel count is
   checked, and the image is decoded with DCT scaling at the smallest factor that still gives at
-  least `size` pixels across the crop; Pillow then crops and resizes that small image.
+  least `size` pixels across the region's short side (both its sides keep >= `size`); Pillow
+  then resizes the region of that small image (`reduce()` first when it is still over
+  `REDUCING_GAP` x `size` on an axis, as on the Pillow path).
   Grayscale is decoded as one channel and replicated after the resize.
 * "pillow" - everything else Pillow decodes here (PNG, WebP, GIF first frame, BMP, TIFF), CMYK
   JPEGs, and JPEGs libjpeg-turbo rejects or warns about (truncated, damaged: Pillow then
@@ -35,10 +41,10 @@ Bounded before decoding, for every input (whichever path decodes it):
   buffer for multi-scan JPEGs, and the working copies below); over `max_decode_bytes` is
   `ImageTooLarge`. A MemoryError (the decoder process's RLIMIT_AS, see `decoder_pool`) is too.
 
-The Pillow path never copies the whole image: it cuts the centre crop in strips of
+The Pillow path never copies the whole image: it cuts the region in strips of
 `STRIP_BYTES`, converts each strip to RGB(A)/L, shrinks it with `reduce()` by the largest
-whole factor that keeps the crop at least `REDUCING_GAP` x the output side, and flattens
-alpha on white only on that small image (before, a full-size RGBA, white canvas, composite
+whole factor per axis that keeps the region at least `REDUCING_GAP` x the output side, and
+flattens alpha on white only on that small image (before, a full-size RGBA, white canvas, composite
 and RGB were made: 1.2 GiB for a 264 KB 8000x8000 PNG). Animations give their first frame
 only, so frames do not multiply the cost.
 
@@ -61,7 +67,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from streaming.contract import CROP_FRACTION, INPUT_SIZE, RESIZE_FILTER, crop_box, crop_side
+from streaming.contract import Resize, crop_box
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
 
@@ -84,18 +90,20 @@ PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # image): libwebp's canvas and previous canvas, the frame bytes handed to Pillow, the image;
 # GIF keeps the frame and the image; libtiff may decode through an RGBA raster.
 DECODER_COPIES = {"WEBP": 4, "GIF": 2, "TIFF": 2}
-REDUCING_GAP = 2  # reduce() while the crop stays >= 2x the output side; bicubic does the rest
+REDUCING_GAP = 2  # reduce() while the region stays >= 2x the output side; the filter does the rest
 STRIP_BYTES = 4 * 1024 * 1024  # the Pillow path converts and reduces the crop in strips of this
 WORK_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, tables, the output: a fixed allowance
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ORIENTATION_TAG = 0x0112
-_RESIZE = Image.Resampling[RESIZE_FILTER]
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 # EXIF orientation -> the Pillow transpose that makes the image upright (as ImageOps.exif_transpose)
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
+# EXIF orientation -> whether the stored x and y axes run backwards in the upright picture
+_REVERSED = {2: (True, False), 3: (True, True), 4: (False, True), 6: (False, True), 7: (True, True),
+             8: (True, False)}
 
 
 @dataclass(frozen=True)
@@ -111,26 +119,27 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class _Limits:
-    size: int
+    resize: Resize
     max_pixels: int
     max_bytes: int
-    fraction: float
 
 
-def decode_to_tensor(data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
-                     crop_fraction: float = CROP_FRACTION, jpeg_backend: str = "auto",
+def decode_to_tensor(data: bytes, resize: Resize = Resize(), *, max_pixels: int, jpeg_backend: str = "auto",
                      max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> DecodedImage:
-    """Decode, centre-crop, resize and orient one image. Raises only the typed errors above.
+    """Decode one image, make what `resize` says of it and orient it. Raises only the typed
+    errors above (and ValueError/TypeError for bad arguments: the caller's bug).
 
     `jpeg_backend` picks the JPEG path: "turbojpeg", "pillow", or "auto" (`JPEG_BACKEND`).
     """
-    if size <= 0 or max_pixels <= 0 or max_decode_bytes <= 0 or not 0.0 < crop_fraction <= 1.0:
-        raise ValueError("size, max_pixels and max_decode_bytes must be positive, crop_fraction in (0, 1]")
+    if not isinstance(resize, Resize):
+        raise TypeError(f"resize must be a contract.Resize, got {type(resize).__name__}")
+    if max_pixels <= 0 or max_decode_bytes <= 0:
+        raise ValueError("max_pixels and max_decode_bytes must be positive")
     if jpeg_backend not in ("auto", "turbojpeg", "pillow"):
         raise ValueError(f"jpeg_backend must be auto|turbojpeg|pillow, got {jpeg_backend!r}")
     if not data:
         raise CorruptImage("empty image (0 bytes)")
-    limits = _Limits(size, max_pixels, max_decode_bytes, crop_fraction)
+    limits = _Limits(resize, max_pixels, max_decode_bytes)
     backend = JPEG_BACKEND if jpeg_backend == "auto" else jpeg_backend
     header, coefficients = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else (None, 0)
     try:
@@ -170,8 +179,9 @@ def _check_jpeg(data: bytes, max_pixels: int) -> tuple[JpegHeader, int]:
 def decode_budget(decoded_pixels: int, bytes_per_pixel: int, *, copies: int = 1,
                   coefficient_bytes: int = 0, crop_pixels: int = 0) -> int:
     """The bytes one decode holds at once: `copies` of the image as decoded (at its reduced
-    scale), libjpeg's coefficient buffer, the strips and the reduced crop (RGBA, a white canvas,
-    the composite and RGB), and a fixed allowance."""
+    scale), libjpeg's coefficient buffer, the strips and the reduced region (`crop_pixels`, see
+    `_work_pixels`: RGBA, a white canvas, the composite and RGB, or the resampler's pass), and a
+    fixed allowance."""
     return (decoded_pixels * bytes_per_pixel * copies + coefficient_bytes
             + 4 * STRIP_BYTES + 4 * 4 * crop_pixels + WORK_OVERHEAD_BYTES)
 
@@ -196,11 +206,13 @@ def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader,
     _check_pixels(width, height, limits.max_pixels)
     if colorspace in (tj.TJCS_CMYK, tj.TJCS_YCCK):
         return None
-    crop = crop_side(width, height, limits.fraction)
-    num, den = _scaling_factor(turbo.scaling_factors, crop, limits.size)
+    box = _region(width, height, limits.resize, header.orientation)
+    num, den = _scaling_factor(turbo.scaling_factors, _short_side(box), limits.resize.size)
     gray = colorspace == tj.TJCS_GRAY
     out_h, out_w = -(-height * num // den), -(-width * num // den)
-    _check_budget(decode_budget(out_w * out_h, 2 if gray else 3 + 4, coefficient_bytes=coefficients),
+    work = _work_pixels(*_reduction(box, num / den, (out_w, out_h), limits.resize.size), limits.resize.size)
+    _check_budget(decode_budget(out_w * out_h, 2 if gray else 3 + 4, coefficient_bytes=coefficients,
+                                crop_pixels=work),
                   limits.max_bytes, f"this {width}x{height} JPEG at {num}/{den}")
     scratch = None if gray else _scratch((out_h, out_w, 3))
     try:
@@ -212,8 +224,7 @@ def _decode_turbo(turbo: Any, data: bytes, limits: _Limits, header: JpegHeader,
     # fromarray copies RGB (Pillow stores it as RGBX), so the scratch buffer is free again
     image = Image.fromarray(pixels[:, :, 0] if gray else pixels)
     decoded = time.perf_counter()
-    tensor = _crop_resize(image, width, height, num / den, limits.size, limits.fraction,
-                          header.orientation)
+    tensor = _resize_region(image, box, num / den, limits.resize, header.orientation)
     done = time.perf_counter()
     return DecodedImage(tensor, width, height, (decoded - start) * 1e3, (done - decoded) * 1e3,
                         "turbojpeg", (num, den))
@@ -231,10 +242,11 @@ def _scratch(shape: tuple[int, int, int]) -> np.ndarray | None:
     return buffer[:need].reshape(shape)
 
 
-def _scaling_factor(factors: Any, crop: int, size: int) -> tuple[int, int]:
-    """The smallest DCT scaling factor (<= 1) that keeps at least `size` pixels across the crop."""
+def _scaling_factor(factors: Any, side: int, size: int) -> tuple[int, int]:
+    """The smallest DCT scaling factor (<= 1) that keeps at least `size` pixels across `side`
+    (the region's short side)."""
     for num, den in _downscales(frozenset(factors)):
-        if crop * num / den >= size:
+        if side * num / den >= size:
             return num, den
     return 1, 1
 
@@ -294,23 +306,24 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
         _check_pixels(width, height, limits.max_pixels)
         if width == 0 or height == 0:
             raise CorruptImage(f"image has no pixels ({width}x{height})")
-        den = 1
-        crop = crop_side(width, height, limits.fraction)
-        if image.format in ("JPEG", "MPO") and crop > limits.size:
-            want = (math.ceil(width * limits.size / crop), math.ceil(height * limits.size / crop))
+        den, size = 1, limits.resize.size
+        box = _region(width, height, limits.resize)  # its size; the orientation is read with the pixels
+        side = _short_side(box)
+        if image.format in ("JPEG", "MPO") and side > size:
+            want = (math.ceil(width * size / side), math.ceil(height * size / side))
             if image.draft(None, want) is not None:
                 den = round(width / image.size[0])  # DCT scaling is exactly 1/1, 1/2, 1/4 or 1/8
-        reduced = math.ceil(crop / den / _reduce_factor(crop / den, limits.size)) ** 2
+        bounds, factors = _reduction(box, 1.0 / den, image.size, size)
         need = decode_budget(image.size[0] * image.size[1], _stored_bytes_per_pixel(image.mode),
                              copies=DECODER_COPIES.get(image.format, 1), coefficient_bytes=coefficients,
-                             crop_pixels=reduced)
+                             crop_pixels=_work_pixels(bounds, factors, size))
         _check_budget(need, limits.max_bytes, f"this {width}x{height} {image.format} ({image.mode})")
         try:
             image.load()
             orientation = _pillow_orientation(image)
             decoded = time.perf_counter()
-            tensor = _pillow_tensor(image, width, height, 1.0 / den, limits.size, limits.fraction,
-                                    orientation)
+            box = _region(width, height, limits.resize, orientation)
+            tensor = _pillow_tensor(image, box, 1.0 / den, limits.resize, orientation)
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
             raise CorruptImage(f"{image.format} image is truncated or damaged: {exc}") from None
     done = time.perf_counter()
@@ -360,35 +373,31 @@ def _pillow_orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _reduce_factor(crop: float, size: int) -> int:
-    return max(1, int(crop // (size * REDUCING_GAP)))
+def _reduce_factor(extent: float, size: int) -> int:
+    """Pillow's `reducing_gap` rule: the whole factor that keeps `extent` >= REDUCING_GAP x size."""
+    return max(1, int(extent // (size * REDUCING_GAP)))
 
 
-def _pillow_tensor(image: Image.Image, width: int, height: int, scale: float, size: int,
-                   fraction: float, orientation: int) -> np.ndarray:
-    """The crop of an image decoded at `scale` of `width` x `height`, cut and converted in
-    strips, reduced by a whole factor, alpha flattened on white (on the small image), then
-    resized bicubic and oriented: no full-size copy is ever made."""
-    left, top, right, bottom = crop_box(width, height, fraction)
-    crop = right - left
-    x0, y0 = math.floor(left * scale), math.floor(top * scale)
-    x1 = min(image.width, max(x0 + 1, math.ceil((left + crop) * scale)))
-    y1 = min(image.height, max(y0 + 1, math.ceil((top + crop) * scale)))
-    factor = _reduce_factor(min(x1 - x0, y1 - y0), size)
+def _pillow_tensor(image: Image.Image, box: tuple[int, int, int, int], scale: float, resize: Resize,
+                   orientation: int) -> np.ndarray:
+    """The region `box` (stored coordinates) of an image decoded at `scale`, cut and converted
+    in strips, reduced by whole factors, alpha flattened on white (on the small image), then
+    resized and oriented: no full-size copy is ever made."""
+    (x0, y0, x1, y1), (fx, fy) = _reduction(box, scale, image.size, resize.size)
     alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
     mode = "RGBA" if alpha else "L" if image.mode in ("L", "1") or image.mode.startswith("I;16") else "RGB"
-    rows = max(factor, STRIP_BYTES // (4 * (x1 - x0)) // factor * factor)
-    work = Image.new(mode, (-(-(x1 - x0) // factor), -(-(y1 - y0) // factor)))
+    rows = max(fy, STRIP_BYTES // (4 * (x1 - x0)) // fy * fy)
+    work = Image.new(mode, (-(-(x1 - x0) // fx), -(-(y1 - y0) // fy)))
     for y in range(y0, y1, rows):
         piece = _convert(image.crop((x0, y, x1, min(y1, y + rows))), mode)
-        work.paste(piece.reduce(factor) if factor > 1 else piece, (0, (y - y0) // factor))
+        work.paste(piece.reduce((fx, fy)) if (fx, fy) != (1, 1) else piece, (0, (y - y0) // fy))
     if alpha:
         white = Image.new("RGBA", work.size, (255, 255, 255, 255))
         work = Image.alpha_composite(white, work).convert("RGB")
-    box = ((left * scale - x0) / factor, (top * scale - y0) / factor,
-           ((left + crop) * scale - x0) / factor, ((top + crop) * scale - y0) / factor)
-    box = (box[0], box[1], min(box[2], work.width), min(box[3], work.height))
-    return _finish(work.resize((size, size), _RESIZE, box=box), orientation)
+    left, top, right, bottom = (v * scale for v in box)
+    inside = ((left - x0) / fx, (top - y0) / fy,
+              min((right - x0) / fx, work.width), min((bottom - y0) / fy, work.height))
+    return _resize_region(work, inside, 1.0, resize, orientation)
 
 
 def _convert(piece: Image.Image, mode: str) -> Image.Image:
@@ -405,14 +414,53 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
                             f"limit {max_pixels}")
 
 
-def _crop_resize(image: Image.Image, width: int, height: int, scale: float, size: int,
-                 fraction: float, orientation: int) -> np.ndarray:
-    """Centre-crop (in the original image's coordinates, as TensorFlow's reference does) the
-    image, which was decoded at `scale` of `width` x `height`; bicubic resize; orient."""
-    left, top, right, bottom = crop_box(width, height, fraction)
-    crop = right - left
-    box = (left * scale, top * scale, (left + crop) * scale, (top + crop) * scale)
-    return _finish(image.resize((size, size), _RESIZE, box=box), orientation)
+def _region(width: int, height: int, resize: Resize, orientation: int = 1) -> tuple[int, int, int, int]:
+    """(left, upper, right, lower) of what the output shows, in the stored image's pixels: all
+    of it (`squash`) or the centre square of the upright picture (`contract.crop_box`: offsets
+    rounded up there, which is down on a stored axis that runs backwards)."""
+    if resize.mode == "squash":
+        return 0, 0, width, height
+    left, top, right, _bottom = crop_box(width, height, resize.crop_fraction)
+    side = right - left
+    backwards_x, backwards_y = _REVERSED.get(orientation, (False, False))
+    left = (width - side) // 2 if backwards_x else left
+    top = (height - side) // 2 if backwards_y else top
+    return left, top, left + side, top + side
+
+
+def _short_side(box: tuple[int, int, int, int]) -> int:
+    return min(box[2] - box[0], box[3] - box[1])
+
+
+def _reduction(box: tuple[int, int, int, int], scale: float, bounds: tuple[int, int],
+               size: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """The pixels of an image decoded at `scale` (`bounds` wide and high) that hold `box`, and
+    the whole factors per axis that reduce them while they keep >= REDUCING_GAP x size."""
+    left, top, right, bottom = box
+    x0, y0 = math.floor(left * scale), math.floor(top * scale)
+    x1 = min(bounds[0], max(x0 + 1, math.ceil(right * scale)))
+    y1 = min(bounds[1], max(y0 + 1, math.ceil(bottom * scale)))
+    factors = _reduce_factor((right - left) * scale, size), _reduce_factor((bottom - top) * scale, size)
+    return (x0, y0, x1, y1), factors
+
+
+def _work_pixels(pixels: tuple[int, int, int, int], factors: tuple[int, int], size: int) -> int:
+    """The reduced region's pixels, counted at least `size` wide: the resampler's intermediate
+    can be `size` wide and as high as the region (a thin image squashed is widened)."""
+    x0, y0, x1, y1 = pixels
+    return max(-(-(x1 - x0) // factors[0]), size) * -(-(y1 - y0) // factors[1])
+
+
+def _resize_region(image: Image.Image, box: tuple[float, float, float, float], scale: float, resize: Resize,
+                   orientation: int) -> np.ndarray:
+    """Resize the region `box` of `image` (which is the image `box` is measured in, decoded at
+    `scale`) to the output with the contract's filter, reducing it first by whole factors per
+    axis as the Pillow path does (Pillow's `reducing_gap`), so that the resampler never spans
+    more than ~4x the output side on either axis (a thin image squashed); orient."""
+    scaled = tuple(v * scale for v in box)
+    out = image.resize((resize.size, resize.size), Image.Resampling[resize.pil_filter], box=scaled,
+                       reducing_gap=REDUCING_GAP)
+    return _finish(out, orientation)
 
 
 def _finish(out: Image.Image, orientation: int) -> np.ndarray:

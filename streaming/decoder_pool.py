@@ -23,6 +23,7 @@ is two process wake-ups and a cache-cold copy per image.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mmap
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.contract import CROP_FRACTION, INPUT_SIZE
+from streaming.contract import Resize
 from streaming.decode import DEFAULT_MAX_DECODE_BYTES, DecodedImage
 from streaming.decoder_worker import MAX_HEADER_BYTES
 from streaming.errors import CorruptImage, DecodeTimeout, ImageTooLarge, PipelineError, UnsupportedImage
@@ -171,13 +172,15 @@ class DecoderPool:
             self._idle.put(self._spawn())
 
     # -- the caller's side ------------------------------------------------------------
-    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int, crop_fraction: float = CROP_FRACTION,
+    def decode(self, data: bytes, resize: Resize = Resize(), *, max_pixels: int,
                jpeg_backend: str = "auto") -> DecodedImage:
         """As `decode_to_tensor`, in a worker; also raises `DecodeTimeout` (after max_decode_ms)."""
+        if not isinstance(resize, Resize):
+            raise TypeError(f"resize must be a contract.Resize, got {type(resize).__name__}")
         if len(data) > self.max_request_bytes:
             raise ValueError(f"{len(data)} bytes to decode, max_request_bytes={self.max_request_bytes}")
-        header = {"size": size, "max_pixels": max_pixels, "crop_fraction": crop_fraction,
-                  "jpeg_backend": jpeg_backend}
+        header = {"resize": dataclasses.asdict(resize), "max_pixels": max_pixels, "jpeg_backend": jpeg_backend}
+        size = resize.size
         worker = self._take()
         try:
             try:

@@ -7,8 +7,9 @@ endian, then the payload) on stdin/stdout; JSON headers, raw bytes bodies (never
 parent does not unpickle what a process that parses hostile input wrote):
 
 * worker -> parent, once, after the imports: ``{"ready": true, "pid": ...}``;
-* parent -> worker, per image: ``{"size", "max_pixels", "crop_fraction", "jpeg_backend"}``, then
-  the image bytes;
+* parent -> worker, per image: ``{"resize": {"size", "mode", "crop_fraction", "filter"},
+  "max_pixels", "jpeg_backend"}`` (the `contract.Resize` fields; the worker checks them again),
+  then the image bytes;
 * worker -> parent: ``{"ok": true, "shape", "width", "height", "decode_ms", "resize_ms", "path",
   "scale"}`` then the tensor's bytes, or ``{"ok": false, "code", "stage", "message"}`` then an
   empty body.
@@ -81,6 +82,7 @@ def limit_memory(max_decode_bytes: int) -> int:
 
 def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_request_bytes: int,
           shared: mmap.mmap | None = None) -> None:
+    from streaming.contract import Resize
     from streaming.decode import decode_to_tensor
     from streaming.errors import ImageTooLarge, PipelineError
 
@@ -96,9 +98,8 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
         if shared is not None and "shared_bytes" in args:
             data = bytes(shared[:args["shared_bytes"]])
         try:
-            image = decode_to_tensor(data, args["size"], max_pixels=args["max_pixels"],
-                                     crop_fraction=args["crop_fraction"], jpeg_backend=args["jpeg_backend"],
-                                     max_decode_bytes=max_decode_bytes)
+            image = decode_to_tensor(data, Resize(**args["resize"]), max_pixels=args["max_pixels"],
+                                     jpeg_backend=args["jpeg_backend"], max_decode_bytes=max_decode_bytes)
             reply = {"ok": True, "shape": list(image.tensor.shape), "width": image.width,
                      "height": image.height, "decode_ms": image.decode_ms, "resize_ms": image.resize_ms,
                      "path": image.path, "scale": list(image.scale)}
@@ -108,7 +109,7 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
             reply, body = {"ok": False, "code": error.code, "stage": error.stage, "message": error.message}, b""
         except PipelineError as exc:
             reply, body = {"ok": False, "code": exc.code, "stage": exc.stage, "message": exc.message}, b""
-        except ValueError as exc:  # bad arguments: the caller's bug, raised there as ValueError
+        except ValueError as exc:  # bad arguments (a ContractError too): the caller's bug, raised there
             reply, body = {"ok": False, "code": "value_error", "stage": "decode", "message": str(exc)}, b""
         if shared is not None and body and len(body) <= len(shared):
             shared[:len(body)] = body
@@ -147,10 +148,12 @@ def _warm_up(decode) -> None:  # noqa: ANN001 - the module
 
     from PIL import Image
 
+    from streaming.contract import Resize
+
     for fmt in ("JPEG", "PNG"):
         buffer = BytesIO()
         Image.new("RGB", (16, 16), (9, 99, 199)).save(buffer, fmt)
-        decode.decode_to_tensor(buffer.getvalue(), 8, max_pixels=256)
+        decode.decode_to_tensor(buffer.getvalue(), Resize(8), max_pixels=256)
 
 
 def main(argv: list[str] | None = None) -> None:

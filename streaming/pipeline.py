@@ -115,8 +115,8 @@ class AsyncImagePipeline:
     def prepare(self, request: ImageRequest, contract: ModelContract) -> PreparedImage:
         """URI policy, fetch, decode for the model's contract: the CPU side of one request. Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
-        return fetch_decode(self.fetcher, ref, size=contract.resize.size, crop_fraction=contract.resize.crop_fraction,
-                            max_pixels=self.config.max_pixels, cache=self.cache, decoder=self.decoder)
+        return fetch_decode(self.fetcher, ref, resize=contract.resize, max_pixels=self.config.max_pixels,
+                            cache=self.cache, decoder=self.decoder)
 
     def infer(self, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
         """One batch's (output, model version) per image. A batch made for an older contract (another

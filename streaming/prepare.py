@@ -19,7 +19,7 @@ from typing import ContextManager, Protocol
 import numpy as np
 
 from streaming.cache import CacheKey, DecodedImageCache
-from streaming.contract import CROP_FRACTION, INPUT_SIZE
+from streaming.contract import Resize
 from streaming.decode import DEFAULT_MAX_DECODE_BYTES, DecodedImage, decode_to_tensor
 from streaming.errors import DecodeTimeout
 from streaming.fetch import FetchedObject
@@ -58,8 +58,7 @@ class Fetch(Protocol):
 class Decoder(Protocol):
     """What the stage needs of a decoder (`DecoderPool`, `InProcessDecoder`)."""
 
-    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
-               crop_fraction: float = CROP_FRACTION) -> DecodedImage: ...
+    def decode(self, data: bytes, resize: Resize, *, max_pixels: int) -> DecodedImage: ...
 
 
 @dataclass(frozen=True)
@@ -73,41 +72,39 @@ class InProcessDecoder:
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     slots: ContextManager | None = None
 
-    def decode(self, data: bytes, size: int = INPUT_SIZE, *, max_pixels: int,
-               crop_fraction: float = CROP_FRACTION) -> DecodedImage:
+    def decode(self, data: bytes, resize: Resize, *, max_pixels: int) -> DecodedImage:
         with self.slots or contextlib.nullcontext():
             start = time.perf_counter()
-            image = decode_to_tensor(data, size, max_pixels=max_pixels, crop_fraction=crop_fraction,
-                                     max_decode_bytes=self.max_decode_bytes)
+            image = decode_to_tensor(data, resize, max_pixels=max_pixels, max_decode_bytes=self.max_decode_bytes)
             took_ms = (time.perf_counter() - start) * 1000
         if self.max_decode_ms is not None and took_ms > self.max_decode_ms:
             raise DecodeTimeout(f"decoding took {took_ms:.0f} ms, limit max_decode_ms={self.max_decode_ms}")
         return image
 
 
-def fetch_decode(fetcher: Fetch, ref: ObjectRef, *, size: int, max_pixels: int,
-                 cache: DecodedImageCache | None = None, crop_fraction: float = CROP_FRACTION,
-                 decoder: Decoder | None = None) -> PreparedImage:
-    """Fetch and decode one object, through the cache when one is given and enabled.
+def fetch_decode(fetcher: Fetch, ref: ObjectRef, *, resize: Resize, max_pixels: int,
+                 cache: DecodedImageCache | None = None, decoder: Decoder | None = None) -> PreparedImage:
+    """Fetch and decode one object to what `resize` says, through the cache when one is given
+    and enabled (an image cached for one `Resize` is not another's).
 
     `decoder` defaults to an `InProcessDecoder` without a time limit.
     Raises the `PipelineError`s of `Fetcher.fetch` and `decode_to_tensor`, and `DecodeTimeout`.
     """
-    stage = _Decode(decoder or InProcessDecoder(), size, max_pixels, crop_fraction)
+    stage = _Decode(decoder or InProcessDecoder(), resize, max_pixels)
     if cache is None or not cache.enabled:
         fetched = fetcher.fetch(ref)
         return stage(fetched, fetched.fetch_ms, None)
-    known = cache.etag_for(ref.uri, size, crop_fraction)
+    known = cache.etag_for(ref.uri, resize)
     fetched = fetcher.fetch(ref, if_none_match=known)
     fetch_ms = fetched.fetch_ms
     if fetched.not_modified:
-        image = cache.get(CacheKey(ref.uri, known, size, crop_fraction))
+        image = cache.get(CacheKey(ref.uri, known, resize))
         if image is not None:
             return PreparedImage(image.tensor, known, fetch_ms, cache_hit=True)
         fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
         fetch_ms += fetched.fetch_ms
         return stage(fetched, fetch_ms, cache)
-    key = CacheKey.of(fetched, size, crop_fraction)
+    key = CacheKey.of(fetched, resize)
     image = cache.get(key) if key is not None else None
     if image is not None:
         return PreparedImage(image.tensor, fetched.etag, fetch_ms, cache_hit=True)
@@ -117,14 +114,12 @@ def fetch_decode(fetcher: Fetch, ref: ObjectRef, *, size: int, max_pixels: int,
 @dataclass(frozen=True)
 class _Decode:
     decoder: Decoder
-    size: int
+    resize: Resize
     max_pixels: int
-    crop_fraction: float
 
     def __call__(self, fetched: FetchedObject, fetch_ms: float, cache: DecodedImageCache | None) -> PreparedImage:
-        image = self.decoder.decode(fetched.data, self.size, max_pixels=self.max_pixels,
-                                    crop_fraction=self.crop_fraction)
-        key = CacheKey.of(fetched, self.size, self.crop_fraction)
+        image = self.decoder.decode(fetched.data, self.resize, max_pixels=self.max_pixels)
+        key = CacheKey.of(fetched, self.resize)
         if cache is not None and key is not None:
             cache.put(key, image)
         return PreparedImage(image.tensor, fetched.etag, fetch_ms, image.decode_ms, image.resize_ms, cache_hit=False)

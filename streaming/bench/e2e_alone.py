@@ -28,6 +28,7 @@ INFER_CONCURRENCY = 2  # the job's infer_concurrency: batches in flight to Trito
 
 def preprocess(bench: "Bench", photos: list[BenchPhoto]) -> dict[str, Any]:
     """CPU-seconds per image of fetch + decode + resize, this process, round-robin over the photos."""
+    from streaming.contract import Resize
     from streaming.prepare import fetch_decode
     from streaming.fetch import Fetcher
     from streaming.uris import parse_uri
@@ -37,7 +38,7 @@ def preprocess(bench: "Bench", photos: list[BenchPhoto]) -> dict[str, Any]:
     per_core: list[float] = []
     s3_cpu = images = 0.0
     with Fetcher(config).open() as fetcher:
-        calls = [(lambda ref=ref: fetch_decode(fetcher, ref, size=INPUT_SIZE,
+        calls = [(lambda ref=ref: fetch_decode(fetcher, ref, resize=Resize(),
                                                max_pixels=config.max_pixels), p.megapixels)
                  for ref, p in zip(refs, photos)]
         for call, _ in calls:  # warm: connections, imports, first allocations

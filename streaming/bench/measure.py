@@ -46,17 +46,17 @@ def measure(calls: Sequence[tuple[Callable[[], object], float]], min_seconds: fl
 def _decode_worker(paths: list[str], backend: str, seconds: float, start_at: float) -> tuple[int, float, float]:
     """One worker process of a scaling run: decode the files round-robin for `seconds` of wall
     time, starting at `start_at` (time.time()) so that all workers overlap."""
-    from streaming.contract import INPUT_SIZE
+    from streaming.contract import Resize
     from streaming.decode import decode_to_tensor
 
     blobs = [open(path, "rb").read() for path in paths]
     for blob in blobs:  # warm: imports, library loading, first allocations
-        decode_to_tensor(blob, INPUT_SIZE, max_pixels=100_000_000, jpeg_backend=backend)
+        decode_to_tensor(blob, Resize(), max_pixels=100_000_000, jpeg_backend=backend)
     time.sleep(max(0.0, start_at - time.time()))
     images = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     while time.perf_counter() - wall0 < seconds:
-        decode_to_tensor(blobs[images % len(blobs)], INPUT_SIZE, max_pixels=100_000_000, jpeg_backend=backend)
+        decode_to_tensor(blobs[images % len(blobs)], Resize(), max_pixels=100_000_000, jpeg_backend=backend)
         images += 1
     return images, time.process_time() - cpu0, time.perf_counter() - wall0
 

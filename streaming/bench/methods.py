@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from streaming.contract import INPUT_SIZE, RESIZE_FILTER, crop_box
+from streaming.contract import INPUT_SIZE, RESIZE_FILTER, Resize, crop_box
 from streaming.decode import decode_to_tensor
 
 SIZE = INPUT_SIZE
@@ -111,10 +111,10 @@ def _cv2_crop_resize(cv2, bgr: np.ndarray, width: int, height: int, reduction: i
 # -- (d) this engine -------------------------------------------------------------------
 def engine(backend: str) -> Callable[[bytes], np.ndarray]:
     def decode(data: bytes, size: int = SIZE) -> np.ndarray:
-        return decode_to_tensor(data, size, max_pixels=MAX_PIXELS, jpeg_backend=backend).tensor
+        return decode_to_tensor(data, Resize(size), max_pixels=MAX_PIXELS, jpeg_backend=backend).tensor
     return decode
 
 
 def engine_scale(data: bytes, backend: str = "turbojpeg") -> tuple[int, int]:
     """The DCT scaling factor the engine decodes this photo at."""
-    return decode_to_tensor(data, SIZE, max_pixels=MAX_PIXELS, jpeg_backend=backend).scale
+    return decode_to_tensor(data, Resize(SIZE), max_pixels=MAX_PIXELS, jpeg_backend=backend).scale

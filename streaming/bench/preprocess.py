@@ -26,7 +26,7 @@ from streaming.bench.climit import CLimit
 from streaming.bench.measure import Sample, WorkerPool, measure
 from streaming.bench.photos import GROUPS, BenchPhoto
 from streaming.bench.stores import PhotoStore
-from streaming.contract import INPUT_DTYPE, input_shape
+from streaming.contract import INPUT_DTYPE, Resize, input_shape
 from streaming.decode import JPEG_BACKEND
 from streaming.decoder_pool import DecoderPool
 
@@ -117,9 +117,9 @@ def _calls(photos: list[BenchPhoto], store: PhotoStore, fetcher: Any,
         calls["engine_turbojpeg"][p.name] = lambda data=data: m.engine("turbojpeg")(data)
         calls["engine_pillow"][p.name] = lambda data=data: m.engine("pillow")(data)
         calls["engine_fetch"][p.name] = lambda ref=ref: fetch_decode(
-            fetcher, ref, size=m.SIZE, max_pixels=m.MAX_PIXELS).tensor
+            fetcher, ref, resize=Resize(m.SIZE), max_pixels=m.MAX_PIXELS).tensor
         calls["engine_pool"][p.name] = lambda data=data: pool.decode(
-            data, m.SIZE, max_pixels=m.MAX_PIXELS, jpeg_backend=JPEG_BACKEND).tensor
+            data, Resize(m.SIZE), max_pixels=m.MAX_PIXELS, jpeg_backend=JPEG_BACKEND).tensor
     return calls
 
 

@@ -5,7 +5,8 @@
     PATH=.venv/bin:$PATH tests/fuzz/fuzz_decode.py -merge=1 tests/fuzz/corpus/decode NEW_DIR   # keep what adds coverage
 
 `decode_to_tensor` may only return a 224x224x3 uint8 tensor or raise one of its three typed
-errors, and the JPEG guards' marker walk and scan count (`streaming.jpeg_markers`) must be total
+errors (each input is decoded with a centre crop, bicubic, or squashed, bilinear, by the parity
+of its length, so that both geometries are fuzzed at no extra cost per input), and the JPEG guards' marker walk and scan count (`streaming.jpeg_markers`) must be total
 and exact on every input that starts FF D8; anything else (another exception, a crash in C, more than -timeout seconds for one
 input, more than -rss_limit_mb of memory) is a finding: libFuzzer stops, writes the input to
 `-artifact_prefix` and exits non-zero. Our code and Pillow's Python plugins are instrumented
@@ -28,11 +29,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["PIL", "streaming"]):
+    from streaming.contract import Resize
     from streaming.decode import decode_to_tensor
     from streaming.errors import CorruptImage, ImageTooLarge, UnsupportedImage
     from streaming.jpeg_markers import count_scans, jpeg_header
 
 SIZE = 224
+RESIZES = (Resize(SIZE), Resize(SIZE, "squash", filter="bilinear"))
 MAX_PIXELS = 4_000_000  # smaller than production's, so that one input stays well under -timeout
 SELFTEST = os.environ.get("IMGSTREAM_FUZZ_SELFTEST") == "1"
 
@@ -45,7 +48,7 @@ def test_one_input(data: bytes) -> None:
         if count_scans(data) != data.count(b"\xff\xda") or header.coefficient_bytes < 0:
             raise AssertionError("JPEG guard parse disagrees with the bytes")
     try:
-        image = decode_to_tensor(data, SIZE, max_pixels=MAX_PIXELS)
+        image = decode_to_tensor(data, RESIZES[len(data) % 2], max_pixels=MAX_PIXELS)
     except (CorruptImage, ImageTooLarge, UnsupportedImage):
         return
     tensor = image.tensor

@@ -11,6 +11,7 @@ import pytest
 from streaming.cache import DecodedImageCache
 from streaming.stack.job_config import stack_config
 from streaming.config import Secret
+from streaming.contract import Resize
 from streaming.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, PipelineError
 from streaming.fetch import FetchedObject, Fetcher
 from streaming.prepare import fetch_decode
@@ -133,8 +134,8 @@ def test_parallel_fetches_share_the_pools_and_keep_their_outcomes(fetcher, confi
 def test_cache_hit_skips_transfer_and_decode(fetcher, config, bucket):
     cache = DecodedImageCache(16 * 1024 * 1024)
     photo = ref(config, bucket, "photo.jpg")
-    first = fetch_decode(fetcher, photo, size=224, max_pixels=config.max_pixels, cache=cache)
-    second = fetch_decode(fetcher, photo, size=224, max_pixels=config.max_pixels, cache=cache)
+    first = fetch_decode(fetcher, photo, resize=Resize(224), max_pixels=config.max_pixels, cache=cache)
+    second = fetch_decode(fetcher, photo, resize=Resize(224), max_pixels=config.max_pixels, cache=cache)
     assert not first.cache_hit and second.cache_hit
     assert second.tensor is first.tensor and second.etag == first.etag
     assert (cache.stats().hits, cache.stats().misses) == (1, 1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streaming.cache import DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD_BYTES, CacheKey, DecodedImageCache
+from streaming.contract import Resize
 from streaming.decode import DecodedImage
 
 ENTRY = 224 * 224 * 3 + ENTRY_OVERHEAD_BYTES
@@ -19,15 +20,15 @@ def image(value: int = 0) -> DecodedImage:
     return DecodedImage(tensor, 640, 480, 1.0, 0.5, "turbojpeg")
 
 
-def key(uri: str, version: str = "etag1") -> CacheKey:
-    return CacheKey(uri, version, 224, 224 / 256)
+def key(uri: str, version: str = "etag1", resize: Resize = Resize(224)) -> CacheKey:
+    return CacheKey(uri, version, resize)
 
 
 def test_off_by_default():
     cache = DecodedImageCache()
     assert DEFAULT_CACHE_BYTES == 0 and not cache.enabled
     assert cache.put(key("s3://b/a"), image()) is False
-    assert cache.get(key("s3://b/a")) is None and cache.etag_for("s3://b/a", 224) is None
+    assert cache.get(key("s3://b/a")) is None and cache.etag_for("s3://b/a", Resize(224)) is None
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.entries, stats.bytes) == (0, 0, 0, 0)
 
@@ -61,12 +62,27 @@ def test_entry_bigger_than_the_cache_is_not_stored():
 def test_new_version_replaces_the_old_one_and_etag_is_offered():
     cache = DecodedImageCache(10 * ENTRY)
     cache.put(key("a", "v1"), image(1))
-    assert cache.etag_for("a", 224, 224 / 256) == "v1"
+    assert cache.etag_for("a", Resize(224)) == "v1"
     cache.put(key("a", "v2"), image(2))
     assert cache.get(key("a", "v1")) is None
-    assert cache.etag_for("a", 224, 224 / 256) == "v2"
+    assert cache.etag_for("a", Resize(224)) == "v2"
     assert cache.stats().replaced == 1 and cache.stats().entries == 1
-    assert cache.etag_for("a", 96, 224 / 256) is None  # another output size is another entry
+    assert cache.etag_for("a", Resize(96)) is None  # another output size is another entry
+
+
+RESIZES = [Resize(224), Resize(224, "squash"), Resize(224, filter="bilinear"), Resize(224, crop_fraction=1.0),
+           Resize(96)]
+
+
+def test_each_resize_is_its_own_entry_and_versions_replace_only_their_own():
+    assert len({key("a", "v1", r) for r in RESIZES}) == len(RESIZES)
+    cache = DecodedImageCache(10 * ENTRY)
+    for n, resize in enumerate(RESIZES):
+        cache.put(key("a", "v1", resize), image(n))
+    assert [cache.get(key("a", "v1", r)).tensor[0, 0, 0] for r in RESIZES] == list(range(len(RESIZES)))
+    cache.put(key("a", "v2", Resize(224, "squash")), image(9))  # a new version, made for one Resize
+    assert cache.etag_for("a", Resize(224, "squash")) == "v2" and cache.etag_for("a", Resize(224)) == "v1"
+    assert cache.stats().replaced == 1 and cache.stats().entries == len(RESIZES)
 
 
 def test_clear_keeps_counters():

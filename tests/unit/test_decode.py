@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from streaming.contract import CROP_FRACTION
+from streaming.contract import CROP_FRACTION, ContractError, Resize
 from streaming.decode import JPEG_BACKEND, DecodedImage, _jpeg_orientation, _scaling_factor, decode_to_tensor
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
-from tests.corpus import make_images
+from tests.corpus import corpus, make_images
 
 pytestmark = pytest.mark.filterwarnings("error")  # no decoder warning may leak out
 MAX_PIXELS = 64_000_000
@@ -46,15 +46,16 @@ def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def reference(data: bytes, size: int = 224) -> np.ndarray:
-    """The Pillow reference: full decode, upright, centre crop of 224/256, bicubic."""
+def reference(data: bytes, size: int = 224, mode: str = "center_crop", filter: str = "bicubic") -> np.ndarray:
+    """The Pillow reference: full decode, upright, then the centre crop of 224/256 or (squash)
+    the whole image, resized with `filter`."""
     with Image.open(BytesIO(data)) as image:
         image = ImageOps.exif_transpose(image).convert("RGB")
     width, height = image.size
     crop = int(min(width, height) * CROP_FRACTION)
     left, top = (width - crop + 1) // 2, (height - crop + 1) // 2
-    resized = image.resize((size, size), Image.Resampling.BICUBIC,
-                           box=(left, top, left + crop, top + crop))
+    box = (0, 0, width, height) if mode == "squash" else (left, top, left + crop, top + crop)
+    resized = image.resize((size, size), Image.Resampling[filter.upper()], box=box)
     return np.asarray(resized)
 
 
@@ -63,8 +64,8 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def decode(data: bytes, size: int = 224, max_pixels: int = MAX_PIXELS,
-           backend: str = "auto") -> DecodedImage:
-    return decode_to_tensor(data, size, max_pixels=max_pixels, jpeg_backend=backend)
+           backend: str = "auto", **resize: str) -> DecodedImage:
+    return decode_to_tensor(data, Resize(size, **resize), max_pixels=max_pixels, jpeg_backend=backend)
 
 
 def assert_tensor(decoded: DecodedImage, size: int = 224) -> None:
@@ -118,19 +119,27 @@ def test_unknown_backend_is_a_programming_error(picture):
         decode(encode(picture), backend="opencv")
 
 
-@pytest.mark.parametrize("backend, width, height, scale", [
-    ("turbojpeg", 1024, 768, (3, 8)),  # crop 672 -> 252: the M/8 factors libjpeg-turbo offers
-    ("pillow", 1024, 768, (1, 2)),  # Pillow's draft() only has 1/2, 1/4, 1/8
-    ("turbojpeg", 4000, 3000, (1, 8)),
-    ("pillow", 4000, 3000, (1, 8)),
-    ("turbojpeg", 320, 240, (1, 1)),
+@pytest.mark.parametrize("backend, width, height, mode, scale", [
+    ("turbojpeg", 1024, 768, "center_crop", (3, 8)),  # crop 672 -> 252: the M/8 factors libjpeg-turbo offers
+    ("pillow", 1024, 768, "center_crop", (1, 2)),  # Pillow's draft() only has 1/2, 1/4, 1/8
+    ("turbojpeg", 4000, 3000, "center_crop", (1, 8)),
+    ("pillow", 4000, 3000, "center_crop", (1, 8)),
+    ("turbojpeg", 320, 240, "center_crop", (1, 1)),
+    ("turbojpeg", 2000, 1000, "center_crop", (3, 8)),  # crop 875: 2/8 would leave 218
+    ("turbojpeg", 2000, 1000, "squash", (1, 4)),  # the whole height, 1000: 2/8 leaves 250
+    ("pillow", 2000, 1000, "center_crop", (1, 2)),
+    ("pillow", 2000, 1000, "squash", (1, 4)),
+    ("turbojpeg", 4000, 300, "squash", (3, 4)),  # both sides keep >= 224: the height 300 at 6/8 is 225
+    ("pillow", 4000, 300, "squash", (1, 1)),
+    ("turbojpeg", 200, 3000, "squash", (1, 1)),  # narrower than the output: widened, never scaled
 ])
-def test_decodes_at_the_smallest_scale_that_covers_the_crop(backend, width, height, scale):
+def test_decodes_at_the_smallest_scale_that_covers_the_region(backend, width, height, mode, scale):
     data = encode(Image.new("RGB", (width, height), (10, 120, 200)), quality=80)
-    decoded = decode(data, backend=backend)
+    decoded = decode(data, backend=backend, mode=mode)
     assert decoded.scale == scale
-    crop = int(min(width, height) * CROP_FRACTION)
-    assert crop * scale[0] / scale[1] >= 224 or scale == (1, 1)  # small images are upscaled
+    assert decoded.tensor[100, 100].tolist() == pytest.approx([10, 120, 200], abs=3)
+    side = min(width, height) if mode == "squash" else int(min(width, height) * CROP_FRACTION)
+    assert side * scale[0] / scale[1] >= 224 or scale == (1, 1)  # small images are upscaled
 
 
 def test_reused_decode_buffers_never_leak_between_images_or_threads():
@@ -186,9 +195,12 @@ _UPRIGHT_TO_STORED = {  # the inverse of the transpose each EXIF orientation ask
 }
 
 
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(orientation, fmt):
+def test_exif_orientation_is_applied(orientation, fmt, mode):
+    """Squash too: 5-8 store the picture on its side (300x400 for a 400x300 one); the output is
+    the upright picture squashed, as exif_transpose then resize gives."""
     upright = Image.new("RGB", (400, 300), (0, 0, 255))
     upright.paste((255, 0, 0), (0, 0, 200, 150))  # red top-left quadrant
     upright.paste((0, 255, 0), (200, 150, 400, 300))  # green bottom-right quadrant
@@ -197,14 +209,25 @@ def test_exif_orientation_is_applied(orientation, fmt):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(stored, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
-    decoded = decode(data)
+    decoded = decode(data, mode=mode)
     assert_tensor(decoded)
     assert decoded.path == ("turbojpeg" if fmt == "JPEG" else "pillow")
     tensor = decoded.tensor.astype(int)
     assert tensor[20, 20].tolist() == pytest.approx([255, 0, 0], abs=12)  # top-left: red
     assert tensor[200, 200].tolist() == pytest.approx([0, 255, 0], abs=12)  # bottom-right: green
     assert tensor[20, 200].tolist() == pytest.approx([0, 0, 255], abs=12)  # top-right: blue
-    assert mean_abs_diff(decoded.tensor, reference(data)) < 2.0
+    assert mean_abs_diff(decoded.tensor, reference(data, mode=mode)) < 2.0
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_gives_the_upright_reference(orientation, mode, backend):
+    """160x120 stored: the centre square's offsets are odd (27.5, 7.5), rounded up in the upright
+    picture as the reference does, whichever way the stored axes run."""
+    data = make_images.exif_rotated(orientation)
+    decoded = decode(data, backend=backend, mode=mode, filter="bilinear")
+    assert mean_abs_diff(decoded.tensor, reference(data, mode=mode, filter="bilinear")) < 1.0
 
 
 def test_jpeg_orientation_parser_reads_exif_and_tolerates_junk():
@@ -221,6 +244,75 @@ def test_jpeg_orientation_parser_reads_exif_and_tolerates_junk():
 def test_scaling_factor_is_smallest_that_keeps_size(crop, expected):
     from turbojpeg import TurboJPEG
     assert _scaling_factor(TurboJPEG().scaling_factors, crop, 224) == expected
+
+
+# -- what the contract's Resize asks for: squash, bilinear -------------------------------
+# The corpus' pictures (160x120; transparency left out: the reference drops it, the decoder flattens it).
+CORPUS_PICTURES = ["baseline.jpg", "progressive.jpg", "exif-rotated-6.jpg", "gray.jpg", "cmyk.jpg",
+                   "png-rgb.png", "png-16bit-rgb.png", "gif.gif", "webp-lossy.webp", "tiff.tiff", "bmp.bmp"]
+RESIZES = [("squash", "bicubic"), ("squash", "bilinear"), ("center_crop", "bilinear")]
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+@pytest.mark.parametrize("size", [224, 48], ids=["upscaled", "dct-scaled"])  # 48: every JPEG at 1/2
+@pytest.mark.parametrize("mode, filter", RESIZES, ids=["-".join(r) for r in RESIZES])
+@pytest.mark.parametrize("name", CORPUS_PICTURES)
+def test_corpus_pictures_match_the_pillow_reference_for_each_resize(name, mode, filter, size, backend):
+    data = (corpus.IMAGES / name).read_bytes()
+    decoded = decode(data, size, backend=backend, mode=mode, filter=filter)
+    assert_tensor(decoded, size)
+    jpeg = name.endswith(".jpg")
+    assert decoded.path == (backend if jpeg and name != "cmyk.jpg" else "pillow")
+    assert decoded.scale == ((1, 2) if jpeg and size == 48 else (1, 1))
+    assert mean_abs_diff(decoded.tensor, reference(data, size, mode, filter)) < (2.0 if size == 48 else 1.0)
+
+
+@pytest.fixture(scope="module")
+def large_photos() -> dict[str, Image.Image]:
+    return {"wide": photo(2400, 1800, seed=7), "thin": photo(300, 2400, seed=8)}
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("filter", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("shape", ["wide", "thin"])
+def test_squash_of_a_large_photo_matches_the_pillow_reference(large_photos, shape, filter, fmt, backend):
+    """DCT-scaled (JPEG) and reduced by a different whole factor on each axis (both paths)."""
+    data = encode(large_photos[shape], fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    decoded = decode(data, backend=backend, mode="squash", filter=filter)
+    assert_tensor(decoded)
+    assert mean_abs_diff(decoded.tensor, reference(data, mode="squash", filter=filter)) < FAST_PATH_TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_bilinear_is_not_bicubic(picture, backend):
+    data = encode(picture, quality=90)
+    bilinear, bicubic = (decode(data, backend=backend, filter=f).tensor for f in ("bilinear", "bicubic"))
+    assert mean_abs_diff(bilinear, reference(data, filter="bilinear")) < mean_abs_diff(bicubic, reference(
+        data, filter="bilinear"))
+
+
+def test_an_unknown_resize_cannot_reach_the_decoder():
+    with pytest.raises(ContractError, match="input.resize"):
+        Resize(224, "letterbox")
+    with pytest.raises(ContractError, match="input.interpolation"):
+        Resize(224, filter="lanczos")
+    with pytest.raises(ContractError, match="input.crop_fraction"):
+        Resize(224, crop_fraction=0.0)
+    with pytest.raises(TypeError, match="contract.Resize"):  # the old (data, size) call
+        decode_to_tensor(encode(photo(64, 48)), 224, max_pixels=MAX_PIXELS)
+
+
+BOMBS = [e for e in corpus.manifest()["images"] if "bomb" in e["file"]]
+
+
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
+@pytest.mark.parametrize("entry", BOMBS, ids=[e["file"] for e in BOMBS])
+def test_corpus_bombs_are_refused_whatever_the_resize(entry, mode):
+    with pytest.raises(PipelineError) as caught:
+        decode_to_tensor((corpus.IMAGES / entry["file"]).read_bytes(), Resize(224, mode),
+                         max_pixels=corpus.JOB_SETTINGS["max_pixels"])
+    assert caught.value.code == entry["expect"]
 
 
 # -- the Pillow path ---------------------------------------------------------------------
@@ -277,12 +369,13 @@ def scan_bomb(scans: int) -> bytes:
     return make_images.scan_bomb(scans, photo(640, 480))
 
 
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
 @pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
-def test_progressive_scan_bomb_is_refused_before_decoding(backend):
+def test_progressive_scan_bomb_is_refused_before_decoding(backend, mode):
     with pytest.raises(UnsupportedImage, match="501 scans"):
-        decode(scan_bomb(500), backend=backend)  # 500 refinement scans + the DC scan
+        decode(scan_bomb(500), backend=backend, mode=mode)  # 500 refinement scans + the DC scan
     with pytest.raises(UnsupportedImage, match="20001 scans"):  # decoding it would take seconds
-        decode(scan_bomb(20_000), backend=backend)
+        decode(scan_bomb(20_000), backend=backend, mode=mode)
 
 
 def jpeg_with_declared_size(width: int, height: int, progressive: bool = False) -> bytes:
@@ -292,8 +385,9 @@ def jpeg_with_declared_size(width: int, height: int, progressive: bool = False) 
     return bytes(data)
 
 
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
 @pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
-def test_error_cases_give_their_codes(picture, backend):
+def test_error_cases_give_their_codes(picture, backend, mode):
     jpeg = encode(picture, quality=90)
     progressive = encode(picture, quality=90, progressive=True)
     png = encode(picture.resize((200, 150)), "PNG")
@@ -323,7 +417,7 @@ def test_error_cases_give_their_codes(picture, backend):
     ]
     for data, error in cases:
         with pytest.raises(error) as caught:
-            decode(data, backend=backend)
+            decode(data, backend=backend, mode=mode)
         assert caught.value.code == error.code and caught.value.stage == "decode"
 
 
@@ -387,16 +481,19 @@ def test_long_thin_image_is_cropped_before_it_is_converted():
     assert decoded.tensor[220, 112].tolist() == [255, 255, 255]
 
 
+@pytest.mark.parametrize("mode", ["center_crop", "squash"])
 @pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
-def test_max_decode_bytes_is_checked_before_decoding(picture, backend):
+def test_max_decode_bytes_is_checked_before_decoding(picture, backend, mode):
     jpeg, png = encode(picture, quality=90), encode(picture.convert("RGBA"), "PNG")
     progressive = encode(photo(1600, 1200), quality=90, progressive=True)
+    resize = Resize(224, mode)
     for data in (jpeg, png, progressive):
-        assert_tensor(decode_to_tensor(data, max_pixels=MAX_PIXELS, jpeg_backend=backend))
+        assert_tensor(decode_to_tensor(data, resize, max_pixels=MAX_PIXELS, jpeg_backend=backend))
     with pytest.raises(ImageTooLarge, match="max_decode_bytes"):
-        decode_to_tensor(png, max_pixels=MAX_PIXELS, jpeg_backend=backend, max_decode_bytes=20 * 2**20)
+        decode_to_tensor(png, resize, max_pixels=MAX_PIXELS, jpeg_backend=backend, max_decode_bytes=20 * 2**20)
     # a progressive file buffers its whole-image coefficients (6 bytes a pixel at 4:4:4... here 4:2:0: 3)
     with pytest.raises(ImageTooLarge, match="max_decode_bytes"):
-        decode_to_tensor(progressive, max_pixels=MAX_PIXELS, jpeg_backend=backend, max_decode_bytes=28 * 2**20)
-    assert_tensor(decode_to_tensor(encode(photo(1600, 1200), quality=90), max_pixels=MAX_PIXELS,
+        decode_to_tensor(progressive, resize, max_pixels=MAX_PIXELS, jpeg_backend=backend,
+                         max_decode_bytes=28 * 2**20)
+    assert_tensor(decode_to_tensor(encode(photo(1600, 1200), quality=90), resize, max_pixels=MAX_PIXELS,
                                    jpeg_backend=backend, max_decode_bytes=28 * 2**20))  # baseline: no buffer

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from streaming.contract import Resize
 from streaming.decode import decode_to_tensor
 from streaming.decoder_pool import DecoderPool
 from streaming.errors import CorruptImage, DecodeTimeout, ImageTooLarge, UnsupportedImage
@@ -63,6 +65,31 @@ def test_decodes_as_in_process_and_errors_keep_their_codes(pool):
     with pytest.raises(ValueError, match="jpeg_backend"):
         pool.decode(good_jpeg(), max_pixels=MAX_PIXELS, jpeg_backend="opencv")
     assert pool.replaced == 0
+
+
+@pytest.mark.parametrize("resize", [Resize(96, "squash", filter="bilinear"), Resize(300, "squash"),
+                                    Resize(128, crop_fraction=0.5, filter="bilinear")],
+                         ids=["squash-bilinear", "squash-upscaled", "crop-half-bilinear"])
+def test_the_resize_travels_to_the_worker(pool, resize):
+    data = make_images.save(make_images.picture((1000, 400)), "JPEG", quality=90, exif=exif(6))
+    here = decode_to_tensor(data, resize, max_pixels=MAX_PIXELS)
+    there = pool.decode(data, resize, max_pixels=MAX_PIXELS)
+    assert there.tensor.shape == (resize.size, resize.size, 3)
+    assert np.array_equal(here.tensor, there.tensor) and there.scale == here.scale
+    default = decode_to_tensor(data, Resize(resize.size), max_pixels=MAX_PIXELS)
+    assert not np.array_equal(there.tensor, default.tensor)  # not what the defaults make
+
+
+def test_a_resize_that_is_not_one_is_refused_before_a_worker_is_taken(pool):
+    with pytest.raises(TypeError, match="contract.Resize"):
+        pool.decode(good_jpeg(), 224, max_pixels=MAX_PIXELS)
+    assert pool.replaced == 0
+
+
+def exif(orientation: int) -> bytes:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    return tags.tobytes()
 
 
 def test_a_decode_past_max_decode_ms_is_stopped_and_its_slot_freed():

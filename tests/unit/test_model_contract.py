@@ -3,6 +3,7 @@ benchmarks use its geometry, names and labels, and nobody keeps a copy."""
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def test_reference_crop_follows_the_models_size_and_the_engine_keeps_224_over_25
     assert contract.reference_crop_fraction(224) == contract.CROP_FRACTION
     assert contract.reference_crop_fraction(240) == 240 / 272
     assert preprocess.center_crop_box(640, 480, 240) == contract.crop_box(640, 480, 240 / 272)
-    assert decode.CROP_FRACTION == contract.CROP_FRACTION
+    default = inspect.signature(decode.decode_to_tensor).parameters["resize"].default
+    assert default == contract.Resize(contract.INPUT_SIZE, "center_crop", contract.CROP_FRACTION, "bicubic")
 
 
 def test_the_builders_client_and_graph_use_the_contracts_names():

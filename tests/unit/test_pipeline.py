@@ -41,9 +41,9 @@ class Decoder:
     def __init__(self):
         self.decodes = 0
 
-    def decode(self, data, size=224, *, max_pixels, crop_fraction=0.875):
+    def decode(self, data, resize, *, max_pixels):
         self.decodes += 1
-        tensor = np.zeros((size, size, 3), np.uint8)
+        tensor = np.zeros((resize.size, resize.size, 3), np.uint8)
         tensor.setflags(write=False)
         return DecodedImage(tensor, 640, 480, 2.0, 1.0, "stand-in")
 

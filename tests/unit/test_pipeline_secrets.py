@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from streaming import pipeline as pipeline_module
 from streaming.config import PipelineConfig, Secret
+from streaming.contract import lite_contract
+from streaming.errors import InferenceUnavailable
 from streaming.events import Label, Prediction, result_to_json
 from streaming.fetch import Fetcher
 from streaming.metrics import PipelineStats
@@ -94,6 +96,15 @@ def servers():
     web.close()
 
 
+class UnreachableModel:
+    """The Lite contract (so requests get as far as fetching), and a Triton that never answers."""
+
+    contract = lite_contract()
+
+    def infer(self, batch):
+        raise InferenceUnavailable("triton: StatusCode.UNAVAILABLE failed to connect to 127.0.0.1:1")
+
+
 def test_canary_credentials_never_leak(servers, caplog, capsys, monkeypatch):
     forbidden, failing, web = servers
     monkeypatch.setattr(pipeline_module, "TRITON_STARTUP_WAIT_S", 0.2)
@@ -114,7 +125,7 @@ def test_canary_credentials_never_leak(servers, caplog, capsys, monkeypatch):
     stats = PipelineStats()
     stats.register(MetricGroup(names), in_flight=lambda: 0)
     for endpoint in (forbidden.endpoint, failing.endpoint, "http://127.0.0.1:1"):
-        engine = ImagePipeline(dataclasses.replace(base, s3_endpoint=endpoint))
+        engine = ImagePipeline(dataclasses.replace(base, s3_endpoint=endpoint), classifier=UnreachableModel())
         engine.open()
         try:
             for event in events:
