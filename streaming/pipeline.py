@@ -112,11 +112,14 @@ class AsyncImagePipeline:
         for client in reversed(built):  # only what open() built: the caller closes its stand-ins
             client.close()
 
-    def prepare(self, request: ImageRequest, contract: ModelContract) -> PreparedImage:
-        """URI policy, fetch, decode for the model's contract: the CPU side of one request. Raises PipelineError."""
+    def prepare(self, request: ImageRequest) -> tuple[PreparedImage, ModelContract]:
+        """URI policy, fetch, decode for the served model's contract (cached; read from Triton only
+        until it first answers): the CPU side of one request, and the contract it was made for.
+        Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
+        contract = self.classifier.contract
         return fetch_decode(self.fetcher, ref, resize=contract.resize, max_pixels=self.config.max_pixels,
-                            cache=self.cache, decoder=self.decoder)
+                            cache=self.cache, decoder=self.decoder), contract
 
     def infer(self, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
         """One batch's (output, model version) per image. A batch made for an older contract (another
@@ -169,8 +172,7 @@ class AsyncImagePipeline:
         """The prepared image, the contract it was made for, and what prepare spent outside its
         stages (ms): waiting for a thread, then for a decode slot."""
         started = perf_counter()
-        contract = self.classifier.contract  # cached; read from Triton only before the first success
-        prepared = self.prepare(request, contract)
+        prepared, contract = self.prepare(request)
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
         return prepared, contract, (started - submitted) * 1000 + outside
 
