@@ -130,7 +130,7 @@ def validate(model: onnx.ModelProto, contract: ModelContract, labels: list[str] 
             raise ModelImportError("output", f"the model has {width} classes, the contract's output.num_classes "
                                              f"is {spec.num_classes}")
         if labels is not None and len(labels) != spec.num_classes:
-            raise ModelImportError("labels", f"labels.txt has {len(labels)} lines, the model has "
+            raise ModelImportError("labels", f"the labels file has {len(labels)} lines, the model has "
                                              f"{spec.num_classes} classes")
     elif _fixed(width) and width != spec.dim:
         raise ModelImportError("output", f"the model's embedding has {width} values, the contract's output.dim "

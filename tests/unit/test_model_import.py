@@ -91,7 +91,7 @@ def _tiny(*, layout="NCHW", in_shape=None, in_type=TensorProto.FLOAT, out_shape=
     (_tiny(in_shape=["N", 3, 16, 16]), _contract(), None, "input", "takes 16x16 images but the contract's input.size is 8"),
     (_tiny(in_shape=[1, 3, SIZE, SIZE]), _contract(), None, "input", "fixed batch size 1"),
     (_tiny(layout="NHWC"), _contract(layout="NCHW"), None, "input", "8 channels where the contract's layout NCHW"),
-    (_tiny(), _contract(), ["a", "b", "c"], "labels", "labels.txt has 3 lines, the model has 4 classes"),
+    (_tiny(), _contract(), ["a", "b", "c"], "labels", "the labels file has 3 lines, the model has 4 classes"),
     (_tiny(), _contract(width=5), None, "output", "the model has 4 classes, the contract's output.num_classes is 5"),
     (_tiny(), _contract(kind="embedding", width=8), None, "output", "embedding has 4 values, the contract's output.dim is 8"),
     (_tiny(out_rank4=True), _contract(), None, "output", "expected rank 2"),
