@@ -29,10 +29,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from streaming.contract import CHANNELS, PIXEL_MEAN, PIXEL_STD, ModelContract
 from triton_models import export_onnx
-from triton_models.variants import ArtifactStore
+from triton_models.variants import ArtifactStore, float_input_model
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-EXAMPLE_REVISION = "1"  # bump when the graphs below change
+EXAMPLE_REVISION = "2"  # bump when the graphs below change
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
@@ -73,12 +73,9 @@ def example_contract(name: str) -> ModelContract:
 def example_model(name: str, lite: onnx.ModelProto) -> onnx.ModelProto:
     """The example ``name`` made from the built-in FP32 Lite graph ``lite`` (uint8 in, softmax out)."""
     ex = _example(name)
-    model = onnx.ModelProto.FromString(lite.SerializeToString())
+    model = float_input_model(lite)  # float32 NCHW input `IMAGE`, already in Lite's (x - 127) / 128
     g = model.graph
-    front = list(g.node[:4])
-    if [n.op_type for n in front] != ["Cast", "Sub", "Div", "Transpose"]:
-        raise ValueError(f"unexpected Lite graph front: {[n.op_type for n in front]}")
-    nchw = front[-1].output[0]
+    nchw = g.input[0].name
     mean, std = np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD)
     scale = (255.0 * std / PIXEL_STD).reshape(1, CHANNELS, 1, 1).astype(np.float32)
     offset = ((255.0 * mean - PIXEL_MEAN) / PIXEL_STD).reshape(1, CHANNELS, 1, 1).astype(np.float32)
@@ -95,7 +92,7 @@ def example_model(name: str, lite: onnx.ModelProto) -> onnx.ModelProto:
     flatten, gemm, softmax = g.node[-3:]
     tail = [gemm, softmax] if not ex.head else [softmax]
     (flatten if not ex.head else gemm).output[0] = ex.output_name
-    keep = [n for n in g.node if n not in front and n not in tail]
+    keep = [n for n in g.node if n not in tail]
     del g.node[:]
     g.node.extend(new_front + keep)
     used = {i for n in g.node for i in n.input}

@@ -29,13 +29,6 @@ SIZE = 8
 
 
 @pytest.fixture(scope="module")
-def store():
-    store = build.store_in(StackLayout.from_env().root)
-    photos.ensure_photos(store.photos_dir)
-    return store
-
-
-@pytest.fixture(scope="module")
 def pics(store) -> list[Path]:
     return [p.path for p in photos.calibration_photos(store.photos_dir)][:24]
 

@@ -19,17 +19,10 @@ from PIL import Image
 from streaming.contract import load_labels
 from streaming.stack.layout import StackLayout
 from streaming.stack.samples import ensure_samples, sample_folders
-from triton_models import build, evaluate, photos, qt_rcc
+from triton_models import evaluate, photos, qt_rcc
 from triton_models.hand_labels import HAND_LABELS
 from triton_models.preprocess import center_crop_box
 from triton_models.variants import Variant
-
-
-@pytest.fixture(scope="module")
-def store():
-    store = build.store_in(StackLayout.from_env().root)
-    photos.ensure_photos(store.photos_dir)
-    return store
 
 
 @pytest.fixture(scope="module")
