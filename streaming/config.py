@@ -43,6 +43,7 @@ class ConfigError(ValueError):
     def __init__(self, field_name: str, reason: str):
         super().__init__(f"{field_name}: {reason}")
         self.field = field_name
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class PipelineConfig:
     triton_grpc: str = "127.0.0.1:8001"
     model_name: str = "efficientnet_lite0"
     model_version: str = ""
+    allowed_models: tuple[str, ...] = ()  # other models an event may name ("model"); empty: model_name only
     # The input size, resize rule and output kind come from the model's contract, read from Triton.
     top_k: int = 0  # labels per classes result; 0: the model contract's top_k
     infer_timeout_s: float = 30.0

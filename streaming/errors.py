@@ -124,6 +124,11 @@ class ModelNotFound(InferenceFailed):
     code, stage = "model_not_found", "infer"
 
 
+class ModelNotAllowed(Permanent):
+    """The event names a model that is neither `model_name` nor in `allowed_models`."""
+    code, stage = "model_not_allowed", "parse"
+
+
 class ModelChanged(Retryable):
     """The served model's contract changed (a new version with another input size or output) while
     this request was prepared for the old one; the pipeline prepares it again once, then gives up."""

@@ -42,11 +42,15 @@ SALVAGE_MAX_BYTES = 64 * 1024  # salvage_id reads no more of an event than this
 RESULT_TOO_LARGE = ResultTooLarge.code  # a result that would exceed MAX_RESULT_BYTES
 
 
+MAX_MODEL_CHARS = 256  # of an event's "model" (a Triton model name)
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     id: str
     uri: str
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None  # the model the event names ("model"); None: the job's model_name
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,12 @@ def parse_request(raw: bytes | str, *, max_bytes: int = 64 * 1024) -> ImageReque
             raise InvalidEvent(f"field {key!r} must be a non-empty string")
         if not _valid_unicode(data[key]):
             raise InvalidEvent(f"field {key!r} is not valid Unicode (a lone surrogate escape)")
-    attributes = {k: v for k, v in data.items() if k not in ("id", "uri")}
-    return ImageRequest(data["id"], data["uri"], attributes)
+    model = data.get("model")
+    if "model" in data and not (isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS
+                                  and _valid_unicode(model)):
+        raise InvalidEvent(f"field 'model' must be a model name (a string of 1 to {MAX_MODEL_CHARS} characters)")
+    attributes = {k: v for k, v in data.items() if k not in ("id", "uri", "model")}
+    return ImageRequest(data["id"], data["uri"], attributes, model)
 
 
 def salvage_id(raw: bytes | str, *, max_bytes: int = SALVAGE_MAX_BYTES) -> tuple[str | None, str | None]:

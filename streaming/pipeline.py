@@ -13,10 +13,12 @@ event loop, one request at a time. The fetcher, the classifier and the decoder a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from streaming.config import PipelineConfig
 from streaming.cores import available_cores
 from streaming.decoder_pool import DecoderPool
 from streaming.contract import ModelContract
-from streaming.errors import ModelChanged, PipelineError, RequestTimeout
+from streaming.errors import ModelChanged, ModelNotAllowed, PipelineError, RequestTimeout
 from streaming.events import ErrorResult, ImageRequest, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
 from streaming.infer import Inferred, TritonClassifier
@@ -62,21 +64,26 @@ def error_result(raw: bytes | str, request: ImageRequest | None, exc: BaseExcept
 class AsyncImagePipeline:
     """Many requests in flight on one asyncio loop; the Flink async operator drives it.
 
+    An event may name its model (`"model"`) among `allowed_models`; each model has its own
+    contract and its own micro-batches. `classifier` serves `model_name`, `models` the others.
+
     Clients are built in `open()` (in the Flink worker), so the object pickles cleanly. What is
-    passed in (`fetcher`, `classifier`, `decoder`) is used as is and not closed here; what
-    `open()` builds, `close()` closes."""
+    passed in (`fetcher`, `classifier`, `models`, `decoder`) is used as is and not closed here;
+    what `open()` builds, `close()` closes."""
 
     def __init__(self, config: PipelineConfig, *, fetcher: Fetch | None = None,
-                 classifier: Model | None = None, decoder: Decoder | None = None):
+                 classifier: Model | None = None, decoder: Decoder | None = None,
+                 models: Mapping[str, Model] | None = None):
         self.config = config
         self.fetcher = fetcher
         self.classifier = classifier
+        self.models: dict[str, Model] = dict(models or {})  # the allowed models other than model_name
         self.decoder = decoder  # the decode slots: a DecoderPool unless passed in
         self.cache: DecodedImageCache | None = None
         self._built: list[Any] = []  # built by open(), closed by close()
         self._prepare_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
-        self._batcher: MicroBatcher | None = None
+        self._batchers: dict[str, MicroBatcher] = {}  # one per model
         self.in_flight = 0
 
     def open(self) -> None:
@@ -94,15 +101,33 @@ class AsyncImagePipeline:
             self._built.append(self.fetcher)
         self.cache = DecodedImageCache(self.config.cache_bytes)
         if self.classifier is None:
-            classifier = TritonClassifier(self.config)
-            self._built.append(classifier)
-            classifier.open()
-            self.classifier = classifier
-            if not classifier.wait_ready(TRITON_STARTUP_WAIT_S):
-                # Not fatal: each request then fails (after retries) with inference_unavailable.
-                log.warning("model %s not ready on %s", self.config.model_name, self.config.triton_grpc)
+            self.classifier = self._open_model(self.config)
+        for name in self.config.allowed_models:
+            if name != self.config.model_name and name not in self.models:
+                self.models[name] = self._open_model(dataclasses.replace(self.config, model_name=name,
+                                                                         model_version=""))
         self._prepare_pool = ThreadPoolExecutor(self.config.fetch_concurrency, thread_name_prefix="prepare")
         self._infer_pool = ThreadPoolExecutor(self.config.infer_concurrency, thread_name_prefix="infer")
+
+    def _open_model(self, config: PipelineConfig) -> TritonClassifier:
+        classifier = TritonClassifier(config)
+        self._built.append(classifier)
+        classifier.open()
+        if not classifier.wait_ready(TRITON_STARTUP_WAIT_S):
+            # Not fatal: each request then fails (after retries) with inference_unavailable.
+            log.warning("model %s not ready on %s", config.model_name, config.triton_grpc)
+        return classifier
+
+    def model(self, request: ImageRequest) -> tuple[str, Model]:
+        """The model a request names (or `model_name`), and its client. Raises ModelNotAllowed."""
+        name = request.model or self.config.model_name
+        if name == self.config.model_name:
+            return name, self.classifier
+        model = self.models.get(name)
+        if model is None:
+            allowed = ", ".join(sorted({self.config.model_name, *self.config.allowed_models}))
+            raise ModelNotAllowed(f"model {name!r} is not allowed here (allowed_models: {allowed})")
+        return name, model
 
     def close(self) -> None:
         for pool in (self._prepare_pool, self._infer_pool):
@@ -112,22 +137,22 @@ class AsyncImagePipeline:
         for client in reversed(built):  # only what open() built: the caller closes its stand-ins
             client.close()
 
-    def prepare(self, request: ImageRequest) -> tuple[PreparedImage, ModelContract]:
-        """URI policy, fetch, decode for the served model's contract (cached; read from Triton only
-        until it first answers): the CPU side of one request, and the contract it was made for.
+    def prepare(self, request: ImageRequest, model: Model) -> tuple[PreparedImage, ModelContract]:
+        """URI policy, fetch, decode for the model's contract (cached; read from Triton only until
+        it first answers): the CPU side of one request, and the contract it was made for.
         Raises PipelineError."""
         ref = parse_uri(request.uri, self.config)
-        contract = self.classifier.contract
+        contract = model.contract
         return fetch_decode(self.fetcher, ref, resize=contract.resize, max_pixels=self.config.max_pixels,
                             cache=self.cache, decoder=self.decoder), contract
 
-    def infer(self, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
+    def infer(self, model: Model, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
         """One batch's (output, model version) per image. A batch made for an older contract (another
         size: the served model changed meanwhile) raises ModelChanged: its requests are prepared again."""
-        size = self.classifier.contract.resize.size
+        size = model.contract.resize.size
         if any(t.shape[:2] != (size, size) for t in tensors):
-            raise ModelChanged(f"model {self.config.model_name!r} now takes {size}x{size} images")
-        inferred = self.classifier.infer(np.stack(tensors))
+            raise ModelChanged(f"the model now takes {size}x{size} images")
+        inferred = model.infer(np.stack(tensors))
         return [(output, inferred.version) for output in inferred.outputs]
 
     async def process(self, raw: bytes | str) -> Result:
@@ -148,14 +173,15 @@ class AsyncImagePipeline:
 
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
         loop = asyncio.get_running_loop()
+        name, model = self.model(request)
         for attempt in range(2):  # a second time only when the served model changed meanwhile
             submitted = perf_counter()
             prepared, contract, waited_ms = await loop.run_in_executor(self._prepare_pool, self._timed_prepare,
-                                                                       request, submitted)
+                                                                       request, model, submitted)
             timings.update(prepared.timings_ms())
             timings["queue"] = timings.get("queue", 0.0) + waited_ms
             try:
-                batched = await self._batcher_for_loop().submit(prepared.tensor)
+                batched = await self._batcher_for(name, model).submit(prepared.tensor)
             except ModelChanged:
                 if attempt:
                     raise
@@ -164,25 +190,27 @@ class AsyncImagePipeline:
             timings["infer"] = batched.call_ms
             timings["total"] = (perf_counter() - started) * 1000
             output, version = batched.value
-            return Prediction.of(request.id, request.uri, self.config.model_name, version, contract.output, output,
+            return Prediction.of(request.id, request.uri, name, version, contract.output, output,
                                  timings, batched.batch_size)
         raise AssertionError("unreachable")
 
-    def _timed_prepare(self, request: ImageRequest, submitted: float) -> tuple[PreparedImage, ModelContract, float]:
+    def _timed_prepare(self, request: ImageRequest, model: Model,
+                       submitted: float) -> tuple[PreparedImage, ModelContract, float]:
         """The prepared image, the contract it was made for, and what prepare spent outside its
         stages (ms): waiting for a thread, then for a decode slot."""
         started = perf_counter()
-        prepared, contract = self.prepare(request)
+        prepared, contract = self.prepare(request, model)
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
         return prepared, contract, (started - submitted) * 1000 + outside
 
-    def _batcher_for_loop(self) -> MicroBatcher:
-        # created lazily, on the loop that awaits it
-        if self._batcher is None:
-            self._batcher = MicroBatcher(self.infer, max_size=self.config.max_batch_size,
-                                         max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
-                                         max_concurrent_batches=self.config.infer_concurrency)
-        return self._batcher
+    def _batcher_for(self, name: str, model: Model) -> MicroBatcher:
+        # created lazily, on the loop that awaits it; one per model (a batch goes to one model)
+        if name not in self._batchers:
+            self._batchers[name] = MicroBatcher(functools.partial(self.infer, model),
+                                                max_size=self.config.max_batch_size,
+                                                max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
+                                                max_concurrent_batches=self.config.infer_concurrency)
+        return self._batchers[name]
 
 
 class ImagePipeline:
@@ -190,8 +218,10 @@ class ImagePipeline:
     one request at a time. Takes the same stand-ins; use `open()`/`close()` or `with`."""
 
     def __init__(self, config: PipelineConfig, *, fetcher: Fetch | None = None,
-                 classifier: Model | None = None, decoder: Decoder | None = None):
-        self.pipeline = AsyncImagePipeline(config, fetcher=fetcher, classifier=classifier, decoder=decoder)
+                 classifier: Model | None = None, decoder: Decoder | None = None,
+                 models: Mapping[str, Model] | None = None):
+        self.pipeline = AsyncImagePipeline(config, fetcher=fetcher, classifier=classifier, decoder=decoder,
+                                           models=models)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property

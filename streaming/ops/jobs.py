@@ -49,15 +49,24 @@ def _rest(layout: StackLayout, path: str, method: str = "GET", body: dict | None
 def check_config(layout: StackLayout, config: PipelineConfig, *, create_topics: bool = False) -> list[str]:
     """What `job submit` checks before submitting anything: Kafka answers (with the config's security),
     `requests_topic` and `results_topic` exist (with `create_topics`: missing ones are created, and
-    returned), Triton serves `model_name` with a valid contract. Raises ConfigError naming the field."""
+    returned), Triton serves `model_name` and each of `allowed_models` with a valid contract. Raises
+    ConfigError naming the field."""
+    from streaming.config import ConfigError
     from streaming.infer import TritonClassifier
 
     created = _check_topics(layout, config, create_topics)
-    classifier = TritonClassifier(config)
-    try:
-        classifier.check_model(timeout_s=CHECK_TIMEOUT_S)
-    finally:
-        classifier.close()
+    others = [dataclasses.replace(config, model_name=name, model_version="")
+              for name in config.allowed_models if name != config.model_name]
+    for model_config in [config, *others]:
+        classifier = TritonClassifier(model_config)
+        try:
+            classifier.check_model(timeout_s=CHECK_TIMEOUT_S)
+        except ConfigError as exc:
+            if model_config is config:
+                raise
+            raise ConfigError("allowed_models", exc.reason) from None
+        finally:
+            classifier.close()
     return created
 
 

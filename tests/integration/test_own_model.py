@@ -69,6 +69,21 @@ def test_an_embedding_model_returns_unit_vectors(pipeline_config, imported_model
     assert similarity[~np.eye(len(similarity), dtype=bool)].max() < 0.99  # different photos differ
 
 
+def test_events_choose_among_the_allowed_models(pipeline_config, imported_models, photo_uris):
+    mine = imported_models[CLASSES_EXAMPLE]
+    config = dataclasses.replace(pipeline_config, allowed_models=(mine, imported_models[EMBEDDING_EXAMPLE]))
+    events = [{"id": "default", "uri": photo_uris[0]}, {"id": "mine", "uri": photo_uris[0], "model": mine},
+              {"id": "vector", "uri": photo_uris[0], "model": imported_models[EMBEDDING_EXAMPLE]},
+              {"id": "other", "uri": photo_uris[0], "model": "efficientnet_lite2"}]
+    with ImagePipeline(config) as pipe:
+        results = {e["id"]: json.loads(result_to_json(pipe.process(json.dumps(e)))) for e in events}
+    assert results["default"]["model"] == "efficientnet_lite0" and len(results["default"]["top_k"]) == 5
+    assert results["mine"]["model"] == mine and results["mine"]["top_k"][0]["index"] == \
+        results["default"]["top_k"][0]["index"]  # both models agree on this photo's class
+    assert results["vector"]["dim"] == 1280 and "top_k" not in results["vector"]
+    assert results["other"]["error"]["code"] == "model_not_allowed"
+
+
 def keyed_records(bootstrap: str, topic: str) -> list[tuple[dict, dict]]:
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                              isolation_level="read_committed", consumer_timeout_ms=3000)

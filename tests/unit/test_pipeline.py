@@ -194,5 +194,29 @@ def test_a_batch_of_tensors_of_an_older_size_is_refused_before_triton(parts):
     pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder)
     classifier.contract = lite_contract(240)
     with pytest.raises(ModelChanged):
-        pipeline.infer([np.zeros((224, 224, 3), np.uint8)])
+        pipeline.infer(classifier, [np.zeros((224, 224, 3), np.uint8)])
     assert classifier.batches == []
+
+
+def test_an_event_may_name_an_allowed_model_and_batches_are_per_model(parts):
+    store, decoder, default = parts
+    other = Classifier()
+    other.contract = lite_contract(240)
+    with ImagePipeline(config(allowed_models=("other",)), fetcher=store, classifier=default, decoder=decoder,
+                       models={"other": other}) as pipe:
+        plain = pipe.process(event("a"))
+        named = pipe.process(json.dumps({"id": "b", "uri": "s3://photos/a.jpg", "model": "other"}))
+        refused = pipe.process(json.dumps({"id": "c", "uri": "s3://photos/a.jpg", "model": "secret_model"}))
+    assert (plain.model, named.model) == ("efficientnet_lite0", "other")
+    assert default.batches == [1] and other.batches == [1]  # each went to its own model
+    assert isinstance(refused, ErrorResult)
+    assert (refused.id, refused.code, refused.stage) == ("c", "model_not_allowed", "parse")
+    assert "secret_model" in refused.message and "efficientnet_lite0, other" in refused.message
+
+
+@pytest.mark.parametrize("model", [5, "", "m" * 257, None])
+def test_a_model_field_that_is_not_a_name_is_an_invalid_event(parts, model):
+    store, decoder, classifier = parts
+    with ImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder) as pipe:
+        result = pipe.process(json.dumps({"id": "x", "uri": "s3://photos/a.jpg", "model": model}))
+    assert isinstance(result, ErrorResult) and result.code == "invalid_event"
