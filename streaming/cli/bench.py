@@ -148,6 +148,59 @@ def e2e(
         raise typer.Exit(1)
 
 
+@bench_app.command("profile")
+def profile(
+    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
+    seconds: float = typer.Option(20.0, help="How long py-spy samples the worker."),
+    fraction: float = typer.Option(0.5, help="Steady load while sampling, as a fraction of the burst's images/s."),
+    sample_hz: int = typer.Option(100, "--rate-hz", help="py-spy samples per second."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the profile's files [.stack/results]."),
+    py_spy: Optional[str] = typer.Option(None, "--py-spy", help="The py-spy executable (default: beside python, else on PATH)."),
+    max_files: int = typer.Option(MAX_FILES, "--max-files", help="At most this many photos from a folder or prefix."),
+    max_object_bytes: int = typer.Option(MAX_OBJECT_BYTES, "--max-object-bytes", help="Skip photos larger than this."),
+) -> None:
+    """py-spy on the job's Python worker under a steady load: where its samples go, by stage."""
+    from streaming.bench import profile as bench
+    from streaming.stack.job_config import stack_config
+    from streaming.stack import stack as local_stack
+    from streaming.stack.layout import StackLayout
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    executable = bench.find_py_spy(py_spy)
+    if executable is None:
+        log(f"error: py-spy not found: pip install 'imgstream[bench]' (py-spy=={bench.PY_SPY_VERSION}) or --py-spy PATH")
+        raise typer.Exit(2)
+    if seconds < 1 or not 0 < fraction <= 1:
+        raise typer.BadParameter("--seconds must be at least 1 and --fraction in (0, 1]")
+    layout = StackLayout.from_env()
+    if not local_stack.status(layout)["healthy"]:
+        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
+        raise typer.Exit(2)
+    prepared = local_stack.prepare(layout)
+    try:
+        base = stack_config(layout, setting)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    (workload,) = _workloads(layout, [photos], False, max_files, max_object_bytes)
+    settings = bench.ProfileSettings(seconds=seconds, fraction=fraction, sample_hz=sample_hz)
+    folder = out or layout.root / "results"
+    try:
+        report = bench.run(layout, base, prepared.connector_jar, workload, settings, folder, executable, log=log)
+    except RuntimeError as exc:
+        log(f"error: {exc}")
+        raise typer.Exit(2)
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("profile"):]) \
+        if "profile" in sys.argv else "imgstream bench profile"
+    path = Path(report["files"]["collapsed"]).with_name(Path(report["files"]["collapsed"]).name
+                                                        .replace(".collapsed.txt", ".json"))
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(bench.text(report))
+    log(f"wrote {path}")
+
+
 @bench_app.command("soak")
 def soak(
     minutes: float = typer.Option(5.0, help="Length of the hostile phase (the clean phase is a third of it)."),
