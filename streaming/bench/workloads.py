@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -99,7 +100,10 @@ def collect(entries: Iterable[tuple[str, int]], read: Callable[[str], bytes], *,
         except Exception as exc:  # any reason Pillow refuses it: listed, not fatal
             skipped.append(f"{name}: {type(exc).__name__}")
             continue
-        unique = name.replace("/", "_")
+        unique = re.sub(r"[^A-Za-z0-9._-]+", "_", name)  # a safe S3 key and URI path
+        if any(p.name == unique for p in photos):
+            skipped.append(f"{name}: same key as another photo once made safe ({unique})")
+            continue
         photos.append(BenchPhoto(unique, f"{width * height / 1e6:.1f}MP", data, width, height))
     return photos, skipped
 

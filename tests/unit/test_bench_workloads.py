@@ -79,6 +79,8 @@ def test_folder_workload_is_bounded_in_count_and_size(tmp_path):
     (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"0" * 5000)
     (tmp_path / "notes.txt").write_text("not a photo")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "sub" / "my photo.jpg").write_bytes(_jpeg())
+    (tmp_path / "sub_my_photo.jpg").write_bytes(_jpeg())
     source = workloads.parse_source(str(tmp_path))
     workload = workloads.folder_workload(source, max_files=4, max_object_bytes=4000)
     assert [p.name for p in workload.photos] == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]
@@ -86,7 +88,9 @@ def test_folder_workload_is_bounded_in_count_and_size(tmp_path):
     assert "big.png: 5004 bytes > 4000" in reasons and "notes.txt: not an image" in reasons
     assert "broken.jpg:" in reasons and "p4.jpg: over the 4-file limit" in reasons
     everything = workloads.folder_workload(source)
-    assert "sub_p9.JPEG" in {p.name for p in everything.photos} and len(everything.photos) == 6
+    names = {p.name for p in everything.photos}
+    assert {"sub_p9.JPEG", "sub_my_photo.jpg"} <= names and len(everything.photos) == 7
+    assert any(s.startswith("sub_my_photo.jpg: same key") for s in everything.skipped)
     with pytest.raises(ValueError):
         workloads.folder_workload(source, max_files=0)
 
