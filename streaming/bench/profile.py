@@ -3,8 +3,11 @@
 One job (the stack's config, at-least-once) on fresh topics, a warm-up, a burst to find its
 peak, then `seconds` at `fraction` of that peak while py-spy samples the job's Python worker
 (the SDK harness process, PyFlink's beam_boot) and `memory.CpuMeter` times every process group.
-py-spy runs without `--idle` (threads waiting on I/O or a lock are not sampled) and without
-`--subprocesses`: the decoder processes are measured apart, by the meter. Writes the raw
+py-spy runs with `--gil`: it samples only the thread that holds the GIL, so samples are the
+worker's Python CPU time (without it, py-spy's idle detection let threads parked in
+`Condition.wait` and the selectors fill 85% of the samples in a first run); C code that releases
+the GIL (grpc's core, socket reads, memcpy) is not seen. Without `--subprocesses`: the decoder
+processes are measured apart, by the meter. Writes the raw
 collapsed stacks (`.collapsed.txt`, flamegraph.pl's input), a speedscope file and a JSON report.
 """
 from __future__ import annotations
@@ -66,7 +69,7 @@ def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, workload
         stem = out / f"profile-{e2e._slug(workload.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
         raw = stem.with_suffix(".collapsed.txt")
         out.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(worker), "--rate", str(settings.sample_hz),
+        spy = subprocess.Popen([py_spy, "record", "--gil", "--pid", str(worker), "--rate", str(settings.sample_hz),
                                 "--duration", str(int(settings.seconds)), "--format", "raw", "--output", str(raw)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         meter = memory.CpuMeter(groups).start()
