@@ -5,7 +5,7 @@ peak, then `seconds` at `fraction` of that peak while py-spy samples the job's P
 (the SDK harness process, PyFlink's beam_boot) and `memory.CpuMeter` times every process group.
 py-spy runs with `--gil`: it samples only the thread that holds the GIL, so samples are the
 worker's Python CPU time (without it, py-spy's idle detection let threads parked in
-`Condition.wait` and the selectors fill 85% of the samples in a first run); C code that releases
+`Condition.wait` and the selectors fill over 90% of the samples in a first run); C code that releases
 the GIL (grpc's core, socket reads, memcpy) is not seen. Without `--subprocesses`: the decoder
 processes are measured apart, by the meter. Writes the raw
 collapsed stacks (`.collapsed.txt`, flamegraph.pl's input), a speedscope file and a JSON report.
