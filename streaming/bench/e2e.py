@@ -14,11 +14,17 @@ work alone and against the naive design, in one run.
 
 Every run records the CPU-seconds each process group used (`memory.CpuMeter`), and the
 machine's busy time that no stack process accounts for ("other"), so a shared machine shows.
+
+Workloads (`workloads.py`): the first one (by default `large`, the photos above) gets all of the
+above; each further one (by default `small`, ImageNet-sized photos) gets its own preprocessing
+alone (inference alone does not depend on the photos) and a main job with its bursts and one
+rate point at 50% of its peak, under `report["other_workloads"][name]` with the same keys.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from typing import Any, Callable
 
 from streaming.ops import jobs
 from streaming.bench import load, memory
+from streaming.bench.workloads import Workload, builtin_workload
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.photos import BenchPhoto, sample_photos
 from streaming.config import PipelineConfig
@@ -129,6 +136,9 @@ class Bench:
         row["cpu_s"] = cpu
         row["wall_s"] = round(meter.wall_s, 2)
         row["cpu_s_per_image"] = {k: round(v / result.results, 5) for k, v in cpu.items()} if result.results else {}
+        row["cpu_s_within"] = meter.within  # parts of a group (the decoder processes of the Python workers)
+        row["cpu_s_per_image_within"] = ({k: round(v / result.results, 5) for k, v in meter.within.items()}
+                                         if result.results else {})
         if result.results < count:
             self.log(f"  {label}: only {result.results}/{count} results")
         return row
@@ -137,25 +147,31 @@ class Bench:
         return max(self.settings.min_requests, int(expected_per_s * self.settings.peak_seconds))
 
 
+def default_workloads(layout: StackLayout, settings: Settings) -> list[Workload]:
+    return [builtin_workload(name, layout.samples_dir, smoke=settings.mode == "smoke") for name in ("large", "small")]
+
+
 def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, settings: Settings,
-        log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+        log: Callable[[str], None] = print, progress: bool = True,
+        workloads: list[Workload] | None = None) -> dict[str, Any]:
     """Every measurement; returns the report (see `e2e_report.py` for its tables and targets)."""
     from streaming.bench import e2e_alone as alone
 
     started = time.time()
     load_before = os.getloadavg()
-    photos = e2e_photos(layout.samples_dir, smoke=settings.mode == "smoke")
-    uris = upload(layout, photos)
+    first, *others = workloads or default_workloads(layout, settings)
+    photos = list(first.photos)
+    uris = upload(layout, photos, first.name)
     base = dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, BUCKET))), cache_bytes=0,
                                start_from="earliest")
     bench = Bench(layout, base, settings, connector_jar, uris, memory.ProcessGroups(layout), log, progress)
-    log(f"photos: {len(photos)} ({', '.join(sorted({p.group for p in photos}))}); mode {settings.mode}")
+    log(f"workload {first.name}: {len(photos)} photos ({', '.join(sorted({p.group for p in photos}))}); "
+        f"mode {settings.mode}")
 
     report: dict[str, Any] = {"benchmark": "e2e", "mode": settings.mode,
                               "settings": dataclasses.asdict(settings),
                               "config": {k: getattr(base, k) for k in CONFIG_KEYS},
-                              "photos": [{"name": p.name, "group": p.group, "width": p.width, "height": p.height,
-                                          "bytes": len(p.data)} for p in photos]}
+                              "workload": first.summary(), "photos": photo_rows(photos)}
     log("the work alone: preprocessing ...")
     report["alone"] = {"preprocess": alone.preprocess(bench, photos)}
     log("the work alone: inference ...")
@@ -183,8 +199,42 @@ def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, settings
     for name, config, plan in jobs_plan:
         log(f"job {name}: parallelism {config.parallelism}, {config.model_name}, {config.delivery_guarantee} ...")
         report["runs"][name] = job_runs(bench, name, config, plan, expected, report["runs"].get("main"))
+    report["other_workloads"] = {}
+    for workload in others:
+        report["other_workloads"][workload.name] = workload_runs(bench, workload, main_config, report["alone"])
     report["machine"] = machine(load_before, started)
     return report
+
+
+def workload_runs(bench: Bench, workload: Workload, config: PipelineConfig, alone_first: dict) -> dict[str, Any]:
+    """A further workload: its preprocessing alone, and the main job's bursts and 50% point."""
+    from streaming.bench import e2e_alone as alone
+
+    photos = list(workload.photos)
+    bench = dataclasses.replace(bench, uris=upload(bench.layout, photos, workload.name))
+    bench.log(f"workload {workload.name}: {len(photos)} photos; the work alone: preprocessing ...")
+    pre = alone.preprocess(bench, photos)
+    cores = os.cpu_count() or 1
+    inference = alone_first["inference"]
+    out: dict[str, Any] = {"workload": workload.summary(), "photos": photo_rows(photos),
+                           "alone": {"preprocess": pre, "inference": inference, "inference_from": "the first workload",
+                                     "ideal_images_per_s": {m: round(cores / (pre["cpu_s_per_image"]
+                                                                              + row["triton_cpu_s_per_image"]), 2)
+                                                            for m, row in inference.items()}}}
+    expected = out["alone"]["ideal_images_per_s"][config.model_name]
+    name = f"{_slug(workload.name)}-main"
+    bench.log(f"job {name}: parallelism {config.parallelism}, {config.model_name}, {config.delivery_guarantee} ...")
+    out["runs"] = {"main": job_runs(bench, name, config, "half", expected, None)}
+    return out
+
+
+def photo_rows(photos: list[BenchPhoto]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "group": p.group, "width": p.width, "height": p.height, "bytes": len(p.data)}
+            for p in photos]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "photos"
 
 
 CONFIG_KEYS = ("model_name", "max_batch_size", "max_batch_wait_ms", "infer_concurrency", "max_in_flight",
@@ -196,14 +246,15 @@ def int8_name(model: str) -> str:
     return model if model.endswith("_int8") else f"{model}_int8"
 
 
-def upload(layout: StackLayout, photos: list[BenchPhoto]) -> list[str]:
+def upload(layout: StackLayout, photos: list[BenchPhoto], workload: str = "large") -> list[str]:
     from streaming.stack import s3 as stack_s3
 
     client = stack_s3.s3_client(layout)
     stack_s3.ensure_bucket(layout, BUCKET, client)
+    prefix = f"photos/{_slug(workload)}"
     for photo in photos:
-        client.put_object(Bucket=BUCKET, Key=f"photos/{photo.name}", Body=photo.data)
-    return [f"s3://{BUCKET}/photos/{p.name}" for p in photos]
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{photo.name}", Body=photo.data)
+    return [f"s3://{BUCKET}/{prefix}/{p.name}" for p in photos]
 
 
 def free_slots(layout: StackLayout) -> int:
@@ -248,16 +299,17 @@ def job_runs(bench: Bench, name: str, config: PipelineConfig, plan: str, expecte
                   for i in range(s.peak_rounds)]
         peak = out["peak"] = max(bursts, key=lambda row: rate_of(row) or 0.0)
         out["peak_rounds_images_per_s"] = [rate_of(row) for row in bursts]
-        if plan == "curve":
+        if plan in ("curve", "half"):  # "half": only the 50% point, for a further workload
             top = rate_of(peak)
             out["curve"] = []
-            for fraction in s.fractions:
+            for fraction in s.fractions if plan == "curve" else (MEMORY_FRACTION,):
                 rate = fraction * top
                 count = max(s.min_requests, int(rate * s.curve_seconds))
                 row = bench.load(config, f"{name}: {fraction:.0%} = {rate:.1f}/s", count, rate)
                 row["fraction"] = fraction
                 out["curve"].append(row)
-            out["memory"] = memory_run(bench, config, MEMORY_FRACTION * top)
+            if plan == "curve":
+                out["memory"] = memory_run(bench, config, MEMORY_FRACTION * top)
     finally:
         load.stop_job(bench.layout, job_id, config)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from streaming.bench import e2e_workloads
 from streaming.bench.load import STAGE_ORDER
 from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
 
@@ -59,6 +60,7 @@ def complete(report: dict[str, Any]) -> dict[str, Any]:
     report["ratios"] = ratios(report)
     report["targets"] = targets(report)
     report["estimate"] = estimate(report)
+    report["workload_columns"] = e2e_workloads.columns(report)
     return report
 
 

@@ -5,6 +5,10 @@ Python workers (its descendants, split out), Triton with its python-backend stub
 S3Proxy, the JobManager; plus extra trees the benchmark names (the naive consumers, their
 Triton) and this process (the load generator). CPU time is read with psutil; a process that
 exits keeps the CPU time it was last seen with, so short-lived workers are not lost.
+
+Within a group, `CpuMeter` also adds up the parts that `PARTS` names: the decoder processes
+(`python -m streaming.decoder_worker`, children of a Python worker) inside `python_workers`,
+reported apart as `within["python_workers/decoders"]` (the groups themselves are unchanged).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from streaming.stack.layout import StackLayout
 STACK_SERVICES = {"kafka": "kafka", "s3proxy": "s3proxy", "flink-jm": "flink-jobmanager",
                   "triton": "triton"}
 RSS_GROUPS = ("taskmanager_jvm", "python_workers", "triton")  # what the memory target is about
+DECODER_MODULE = "streaming.decoder_worker"
+PARTS = {"python_workers": ("decoders", DECODER_MODULE)}  # group -> (part, what its command line holds)
 
 
 def _tree(pid: int | None) -> list[psutil.Process]:
@@ -61,6 +67,29 @@ class ProcessGroups:
         return groups
 
 
+def python_workers(layout: StackLayout) -> list[psutil.Process]:
+    """The TaskManager's Python worker processes (PyFlink's beam_boot, process mode; the SDK
+    harness runs in that process), without their decoder processes."""
+    found = []
+    for proc in _tree(process.running_pid(layout.run_dir, "flink-taskmanager")):
+        if "pyflink.fn_execution.beam.beam_boot" in _cmdline(proc):
+            found.append(proc)
+    return found
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def part_of(group: str, cmdline: str) -> str | None:
+    """The part of `group` (see `PARTS`) a process with that command line belongs to, if any."""
+    part = PARTS.get(group)
+    return part[0] if part and part[1] in cmdline else None
+
+
 def _cpu_s(proc: psutil.Process) -> float | None:
     try:
         t = proc.cpu_times()
@@ -81,10 +110,12 @@ class CpuMeter:
         self._started = False
         self._first: dict[int, tuple[str, float]] = {}
         self._last: dict[int, tuple[str, float]] = {}
+        self._parts: dict[int, str | None] = {}  # pid -> "group/part" or None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wall0 = self._busy0 = 0.0
         self.result: dict[str, float] = {}
+        self.within: dict[str, float] = {}  # "group/part" -> CPU-seconds, a share of the group's
         self.wall_s = 0.0
         self.machine_busy_s = 0.0
 
@@ -96,6 +127,9 @@ class CpuMeter:
                     continue
                 self._first.setdefault(proc.pid, (name, 0.0 if self._started else cpu))
                 self._last[proc.pid] = (name, cpu)
+                if proc.pid not in self._parts:
+                    part = part_of(name, _cmdline(proc)) if name in PARTS else None
+                    self._parts[proc.pid] = f"{name}/{part}" if part else None
 
     def start(self) -> "CpuMeter":
         self._snapshot()  # processes alive now: count from here
@@ -119,9 +153,13 @@ class CpuMeter:
         self.wall_s = time.perf_counter() - self._wall0
         self.machine_busy_s = _busy_s() - self._busy0
         out: dict[str, float] = {}
+        within = {f"{group}/{part}": 0.0 for group, (part, _) in PARTS.items()}
         for pid, (name, cpu) in self._last.items():
             first = self._first.get(pid, (name, 0.0))[1]
             out[name] = out.get(name, 0.0) + max(0.0, cpu - first)
+            if self._parts.get(pid):
+                within[self._parts[pid]] += max(0.0, cpu - first)
+        self.within = {k: round(v, 2) for k, v in within.items()}
         out["other (not the stack)"] = max(0.0, self.machine_busy_s - sum(out.values()))
         self.result = {k: round(v, 2) for k, v in sorted(out.items())}
         return self.result

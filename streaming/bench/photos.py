@@ -11,6 +11,12 @@
   (Pillow `quality="keep"`) for 1080p, the same settings for 12MP.
 
 `tiny_photos` makes small synthetic stand-ins with the same group names, for smoke tests.
+
+`small_photos` is the end-to-end benchmark's "small" workload, ImageNet-sized: every sample
+photo (the 12 mate-backgrounds and the 6 scikit-image photos) scaled to a short side of 375
+(aspect kept: 600x375 for a 16:10 wallpaper, 500x375 for 4:3), plus a 4:3 detail of each
+mate photo (its centre, half the width, scaled to 500x375), JPEG quality 90, 4:2:0: 30
+distinct photos of 0.14-0.23 MP and 17-74 KB (mean 38 KB). Same sample files and Pillow, same bytes.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ HD_SOURCES = ("Storm.jpg", "RainDrops.jpg")
 MOSAIC_SOURCES = ("LadyBird.jpg", "TwoWings.jpg", "Garden.jpg", "YellowFlower.jpg")
 MOSAIC_TILE = (2000, 1500)
 MOSAIC_QUALITY = 92
+SMALL_SHORT_SIDE = 375
+SMALL_DETAIL = (500, 375)
+SMALL_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,39 @@ def tiny_photos() -> list[BenchPhoto]:
         data = _encode(image, quality=90, progressive="progressive" in group)
         photos.append(_photo(f"tiny-{group.replace(' ', '-')}.jpg", group, data))
     return photos
+
+
+def small_photos(samples_dir: Path) -> list[BenchPhoto]:
+    """The small workload (see the module docstring), sorted by name; deterministic."""
+    photos = []
+    for path in sorted([*samples_dir.glob("mate-backgrounds/*.jpg"), *samples_dir.glob("python3-skimage/*.*")]):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        stem = path.stem.lower()
+        photos.append(_small(f"small-{stem}.jpg", _scale_short_side(image, SMALL_SHORT_SIDE)))
+        if path.parent.name == "mate-backgrounds":
+            photos.append(_small(f"small-{stem}-detail.jpg", _detail(image, SMALL_DETAIL)))
+    return photos
+
+
+def _scale_short_side(image: Image.Image, short: int) -> Image.Image:
+    width, height = image.size
+    scale = short / min(width, height)
+    return image.resize((round(width * scale), round(height * scale)), Image.Resampling.LANCZOS)
+
+
+def _detail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre 4:3 region half as wide as the photo, scaled to `size`."""
+    width, height = image.size
+    crop_w = width // 2
+    crop_h = crop_w * size[1] // size[0]
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.Resampling.LANCZOS)
+
+
+def _small(name: str, image: Image.Image) -> BenchPhoto:
+    data = _encode(image, quality=SMALL_QUALITY, subsampling=2)
+    return _photo(name, f"{image.width * image.height / 1e6:.2f}MP small", data)
 
 
 def _mosaic(paths: list[Path]) -> Image.Image:

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from streaming.bench.workloads import MAX_FILES, MAX_OBJECT_BYTES
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (tables + JSON; never timed assertions in tests).")
 
 
@@ -81,8 +83,15 @@ def e2e(
     smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long runs: a test of the shape only."),
     report_path: Optional[Path] = typer.Option(None, "--report", exists=True, dir_okay=False,
                                                help="Print the tables of a saved JSON report; run nothing."),
+    photos: Optional[List[str]] = typer.Option(
+        None, "--photos", help="Workload: large, small, a folder of images or s3://bucket/prefix/ on the stack's "
+        "S3 (repeatable; the first gets every run, the others the main job). Default: large and small."),
+    max_files: int = typer.Option(MAX_FILES, "--max-files", help="At most this many photos from a folder or prefix."),
+    max_object_bytes: int = typer.Option(MAX_OBJECT_BYTES, "--max-object-bytes",
+                                         help="Skip photos larger than this."),
 ) -> None:
-    """The pipeline end to end on the local stack vs the work alone (ideal) and the naive design, one run."""
+    """The pipeline end to end on the local stack vs the work alone (ideal) and the naive design, one run,
+    on two workloads by default: large photos (1.3-12 MP) and small ones (~0.2 MP)."""
     import signal
     import time
 
@@ -112,11 +121,13 @@ def e2e(
         base = stack_config(layout, setting)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    chosen = _workloads(layout, photos, smoke, max_files, max_object_bytes)
+
     def interrupted(signum, _frame):  # a killed run still cancels its job and stops its processes
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
-    report = bench.run(layout, base, prepared.connector_jar, bench.MODES[mode], log=log)
+    report = bench.run(layout, base, prepared.connector_jar, bench.MODES[mode], log=log, workloads=chosen)
     report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("e2e"):]) \
         if "e2e" in sys.argv else f"imgstream bench e2e{' --quick' if quick else ''}"
     report["overrides"] = list(setting or [])
@@ -135,6 +146,59 @@ def e2e(
     log(f"wrote {path}" + (f" and {report['plot']}" if report["plot"] else ""))
     if check and not all(t["met"] for t in report["targets"]):
         raise typer.Exit(1)
+
+
+@bench_app.command("profile")
+def profile(
+    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
+    seconds: float = typer.Option(20.0, help="How long py-spy samples the worker."),
+    fraction: float = typer.Option(0.5, help="Steady load while sampling, as a fraction of the burst's images/s."),
+    sample_hz: int = typer.Option(100, "--rate-hz", help="py-spy samples per second."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the profile's files [.stack/results]."),
+    py_spy: Optional[str] = typer.Option(None, "--py-spy", help="The py-spy executable (default: beside python, else on PATH)."),
+    max_files: int = typer.Option(MAX_FILES, "--max-files", help="At most this many photos from a folder or prefix."),
+    max_object_bytes: int = typer.Option(MAX_OBJECT_BYTES, "--max-object-bytes", help="Skip photos larger than this."),
+) -> None:
+    """py-spy on the job's Python worker under a steady load: where its samples go, by stage."""
+    from streaming.bench import profile as bench
+    from streaming.stack.job_config import stack_config
+    from streaming.stack import stack as local_stack
+    from streaming.stack.layout import StackLayout
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    executable = bench.find_py_spy(py_spy)
+    if executable is None:
+        log(f"error: py-spy not found: pip install 'imgstream[bench]' (py-spy=={bench.PY_SPY_VERSION}) or --py-spy PATH")
+        raise typer.Exit(2)
+    if seconds < 1 or not 0 < fraction <= 1:
+        raise typer.BadParameter("--seconds must be at least 1 and --fraction in (0, 1]")
+    layout = StackLayout.from_env()
+    if not local_stack.status(layout)["healthy"]:
+        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
+        raise typer.Exit(2)
+    prepared = local_stack.prepare(layout)
+    try:
+        base = stack_config(layout, setting)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    (workload,) = _workloads(layout, [photos], False, max_files, max_object_bytes)
+    settings = bench.ProfileSettings(seconds=seconds, fraction=fraction, sample_hz=sample_hz)
+    folder = out or layout.root / "results"
+    try:
+        report = bench.run(layout, base, prepared.connector_jar, workload, settings, folder, executable, log=log)
+    except RuntimeError as exc:
+        log(f"error: {exc}")
+        raise typer.Exit(2)
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("profile"):]) \
+        if "profile" in sys.argv else "imgstream bench profile"
+    path = Path(report["files"]["collapsed"]).with_name(Path(report["files"]["collapsed"]).name
+                                                        .replace(".collapsed.txt", ".json"))
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(bench.text(report))
+    log(f"wrote {path}")
 
 
 @bench_app.command("soak")
@@ -191,13 +255,32 @@ def soak(
         raise typer.Exit(1)
 
 
+def _workloads(layout, photos: Optional[List[str]], smoke: bool, max_files: int, max_object_bytes: int) -> list:
+    """`--photos` as workloads (the samples fetched first); BadParameter on a bad value."""
+    from streaming.bench import workloads
+    from streaming.stack import s3 as stack_s3
+    from streaming.stack.samples import ensure_samples
+
+    ensure_samples(layout.samples_dir)
+    try:
+        return workloads.load_workloads(list(photos or []), layout.samples_dir, smoke=smoke,
+                                        s3_client=lambda: stack_s3.s3_client(layout), max_files=max_files,
+                                        max_object_bytes=max_object_bytes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _print_e2e(report: dict) -> None:
     """The tables, the estimate and the targets of a completed e2e report."""
-    from streaming.bench import e2e_report
+    from streaming.bench import e2e_report, e2e_workloads
 
     machine = report["machine"]
     typer.echo(f"{report['command']}  ({machine['cpus']} cores, load average {machine['load_average_before']} "
                f"before, {machine['load_average_after']} after, {machine['duration_s'] / 60:.1f} min)\n")
+    typer.echo(e2e_workloads.side_by_side(report))
+    typer.echo("")
+    first = report.get("workload", {}).get("name", "large")
+    typer.echo(f"The {first} workload in full:\n")
     typer.echo(e2e_report.table(report))
     typer.echo("")
     typer.echo(e2e_report.LEGEND)
