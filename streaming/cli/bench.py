@@ -201,6 +201,60 @@ def profile(
     log(f"wrote {path}")
 
 
+@bench_app.command("checkpoints")
+def checkpoints(
+    intervals: str = typer.Option("1000,2000,5000,10000", help="Checkpoint intervals to measure, ms, comma-separated."),
+    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
+    quick: bool = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings)."),
+    expected: float = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise)."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
+) -> None:
+    """Exactly-once latency and peak per checkpoint interval, against at-least-once, in one run."""
+    import dataclasses
+    import time
+
+    from streaming.bench import checkpoints as bench
+    from streaming.bench import e2e, memory
+    from streaming.stack.job_config import stack_config
+    from streaming.stack import stack as local_stack
+    from streaming.stack.layout import StackLayout
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    try:
+        chosen = tuple(int(v) for v in intervals.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter("comma-separated milliseconds, e.g. 1000,2000,5000", param_hint="--intervals") from None
+    if not chosen or min(chosen) < 100:
+        raise typer.BadParameter("at least one interval, each >= 100 ms", param_hint="--intervals")
+    layout = StackLayout.from_env()
+    if not local_stack.status(layout)["healthy"]:
+        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
+        raise typer.Exit(2)
+    prepared = local_stack.prepare(layout)
+    try:
+        base = stack_config(layout, setting)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
+    uris = e2e.upload(layout, list(workload.photos), workload.name)
+    base = dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, e2e.BUCKET))),
+                               cache_bytes=0, start_from="earliest")
+    settings = e2e.MODES["quick" if quick else "full"]
+    runner = e2e.Bench(layout, base, settings, prepared.connector_jar, uris, memory.ProcessGroups(layout), log)
+    report = bench.sweep(runner, base, chosen, expected or (120.0 if workload.name == "small" else 40.0))
+    report["workload"] = workload.summary()
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("checkpoints"):]) \
+        if "checkpoints" in sys.argv else "imgstream bench checkpoints"
+    path = json_path or layout.root / "results" / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(bench.table(report))
+    log(f"wrote {path}")
+
+
 @bench_app.command("soak")
 def soak(
     minutes: float = typer.Option(5.0, help="Length of the hostile phase (the clean phase is a third of it)."),
