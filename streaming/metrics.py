@@ -2,10 +2,16 @@
 
 PyFlink's counters are Beam metrics bound to the bundle thread; our results complete on the
 async I/O thread, so we count here (thread-safe) and Flink polls these values as gauges.
+
+PyFlink evaluates every gauge at the end of every bundle (20 times a second at the default
+`bundle_time_ms`), so the latency percentiles and the mean batch size are computed at most once
+per `REFRESH_S` (one sort per stage) and the gauges read that snapshot: sorting the windows for
+each gauge at each bundle end cost 2.2 ms per bundle here, ~1 ms of CPU per image at 35 images/s.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
 from typing import Any
 
@@ -14,6 +20,8 @@ from streaming.events import ErrorResult, Result
 
 STAGES = ("queue", "fetch", "decode", "resize", "infer", "total")
 WINDOW = 2048  # latest results the latency percentiles are taken over
+REFRESH_S = 1.0  # the percentiles and the mean batch size are recomputed at most this often
+QUANTILES = (("p50", 0.5), ("p99", 0.99))
 
 
 def all_error_codes() -> list[str]:
@@ -27,10 +35,11 @@ def all_error_codes() -> list[str]:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return _at(sorted(values), q)
+
+
+def _at(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 class PipelineStats:
@@ -40,6 +49,8 @@ class PipelineStats:
         self.errors: Counter[str] = Counter({code: 0 for code in all_error_codes()})
         self._latency = {stage: deque(maxlen=WINDOW) for stage in STAGES}
         self._batch_sizes: deque[float] = deque(maxlen=WINDOW)
+        self._snapshot: dict[str, float] = {}
+        self._snapshot_at = float("-inf")  # time.monotonic() of the snapshot
 
     def record(self, result: Result) -> None:
         with self._lock:
@@ -54,14 +65,26 @@ class PipelineStats:
                 if stage in self._latency:
                     self._latency[stage].append(value)
 
-    def latency_ms(self, stage: str, q: float) -> float:
-        with self._lock:
-            return percentile(list(self._latency[stage]), q)
+    def latency_ms(self, stage: str, label: str) -> float:
+        """The stage's latency percentile `label` ("p50", "p99") as of the last snapshot."""
+        return self._current()[f"{stage}_{label}"]
 
     def mean_batch_size(self) -> float:
-        with self._lock:
-            sizes = list(self._batch_sizes)
-        return sum(sizes) / len(sizes) if sizes else 0.0
+        return self._current()["batch_size_mean"]
+
+    def _current(self) -> dict[str, float]:
+        """The snapshot, recomputed when older than REFRESH_S."""
+        now = time.monotonic()
+        if now - self._snapshot_at >= REFRESH_S:
+            with self._lock:
+                windows = {stage: list(values) for stage, values in self._latency.items()}
+                sizes = list(self._batch_sizes)
+            snapshot = {"batch_size_mean": sum(sizes) / len(sizes) if sizes else 0.0}
+            for stage, values in windows.items():
+                values.sort()
+                snapshot.update({f"{stage}_{label}": _at(values, q) for label, q in QUANTILES})
+            self._snapshot, self._snapshot_at = snapshot, now
+        return self._snapshot
 
     def register(self, group: Any, in_flight) -> None:
         """Gauges on a Flink metric group (integers: Flink's Python gauges take ints)."""
@@ -74,5 +97,5 @@ class PipelineStats:
         group.gauge("batch_size_mean_x100", lambda: int(self.mean_batch_size() * 100))
         latency = group.add_group("latency_ms")
         for stage in STAGES:
-            for label, q in (("p50", 0.5), ("p99", 0.99)):
-                latency.gauge(f"{stage}_{label}", lambda s=stage, q=q: int(self.latency_ms(s, q)))
+            for label, _ in QUANTILES:
+                latency.gauge(f"{stage}_{label}", lambda s=stage, label=label: int(self.latency_ms(s, label)))

@@ -35,3 +35,19 @@ def test_gauges_follow_results():
     assert read["in_flight"] == 7
     assert read["batch_size_mean_x100"] == 400
     assert read["latency_ms.total_p50"] == 20 and read["latency_ms.total_p99"] == 30
+
+
+def test_gauges_read_a_snapshot_refreshed_at_most_once_per_refresh_s(monkeypatch):
+    from streaming import metrics
+
+    clock = [100.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    stats, group = PipelineStats(), Group()
+    stats.register(group, in_flight=lambda: 0)
+    stats.record(Prediction("a", "u", "m", (), {"total": 10.0}, batch_size=2))
+    assert group.gauges["latency_ms.total_p50"]() == 10
+    stats.record(Prediction("b", "u", "m", (), {"total": 50.0}, batch_size=6))
+    clock[0] += metrics.REFRESH_S / 2  # every gauge of a bundle end within REFRESH_S reads the same snapshot
+    assert group.gauges["latency_ms.total_p99"]() == 10 and group.gauges["batch_size_mean_x100"]() == 200
+    clock[0] += metrics.REFRESH_S
+    assert group.gauges["latency_ms.total_p99"]() == 50 and group.gauges["batch_size_mean_x100"]() == 400
