@@ -10,6 +10,7 @@ is in no result, no Flink or Kafka log, no worker log.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -55,11 +56,29 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def _written_since(root: Path, pattern: str, started: float) -> list[Path]:
+    """Files under `root` matching `pattern` written since `started`. Flink deletes other jobs'
+    python-dist folders at any moment: os.walk skips a folder that vanishes mid-walk (glob raises)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                if path.relative_to(root).match(pattern) and path.stat().st_mtime >= started - 1:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found
+
+
 def logs_since(started: float, *layouts: StackLayout) -> list[Path]:
     """Log files of the stacks (services, Flink's own, the Python workers') written since `started`."""
     found = []
     for stack in layouts:
-        for pattern in ("run/*.log", "data/flink/log/*", "data/flink/tmp/**/*.log", "data/kafka/*.log"):
-            found += [p for p in stack.root.glob(pattern) if p.is_file() and p.stat().st_mtime >= started - 1]
+        for folder, pattern in (("run", "*.log"), ("data/flink/log", "*"), ("data/flink/tmp", "*.log"),
+                                ("data/kafka", "*.log")):
+            depth = None if folder == "data/flink/tmp" else 1
+            found += [p for p in _written_since(stack.root / folder, pattern, started)
+                      if depth is None or p.parent == stack.root / folder]
     assert any("kafka" in p.name for p in found) and any("taskmanager" in p.name for p in found), found
     return found
