@@ -121,7 +121,9 @@ class PipelineConfig:
     max_in_flight: int = 64  # requests in flight per operator; more backpressures Kafka
     # Flink
     parallelism: int = 1
-    checkpoint_interval_ms: int = 10_000
+    # exactly-once results wait for the next checkpoint: 2 s measured p50 1.2 s at half load with no
+    # loss of peak, 10 s p50 5.9 s (`imgstream bench checkpoints`, README)
+    checkpoint_interval_ms: int = 2_000
     # Python results reach the JVM at the end of a bundle; a bundle ends after this many
     # records or milliseconds (and waits for its in-flight requests): small = low latency.
     bundle_size: int = 256
