@@ -17,15 +17,16 @@ from typing import Any
 
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
-from streaming.config import PipelineConfig
 
 DEFAULT_INTERVALS_MS = (1000, 2000, 5000, 10000)
 P50_TARGET_MS = 1500.0  # issue 14: p50 at half load, exactly-once
 PEAK_LOSS_TARGET = 0.10  # at most 10% less peak than at-least-once
 
 
-def sweep(bench: Bench, base: PipelineConfig, intervals_ms: tuple[int, ...], expected: float) -> dict[str, Any]:
-    """The at-least-once reference, then one exactly-once job per interval (see the module doc)."""
+def sweep(bench: Bench, intervals_ms: tuple[int, ...], expected: float) -> dict[str, Any]:
+    """The at-least-once reference, then one exactly-once job per interval (see the module doc), all
+    with `bench.base`'s other settings."""
+    base = bench.base
     reference = dataclasses.replace(base, delivery_guarantee="at_least_once")
     bench.log("job at-least-once: peak, then 50% ...")
     alo = job_runs(bench, "alo", reference, "half", expected, None)

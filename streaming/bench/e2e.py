@@ -161,10 +161,8 @@ def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, settings
     load_before = os.getloadavg()
     first, *others = workloads or default_workloads(layout, settings)
     photos = list(first.photos)
-    uris = upload(layout, photos, first.name)
-    base = dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, BUCKET))), cache_bytes=0,
-                               start_from="earliest")
-    bench = Bench(layout, base, settings, connector_jar, uris, memory.ProcessGroups(layout), log, progress)
+    bench = new_bench(layout, base, connector_jar, settings, first, log, progress)
+    base = bench.base
     log(f"workload {first.name}: {len(photos)} photos ({', '.join(sorted({p.group for p in photos}))}); "
         f"mode {settings.mode}")
 
@@ -226,6 +224,21 @@ def workload_runs(bench: Bench, workload: Workload, config: PipelineConfig, alon
     bench.log(f"job {name}: parallelism {config.parallelism}, {config.model_name}, {config.delivery_guarantee} ...")
     out["runs"] = {"main": job_runs(bench, name, config, "half", expected, None)}
     return out
+
+
+def bench_config(base: PipelineConfig) -> PipelineConfig:
+    """The job settings every benchmark job runs with: the benchmark's bucket allowed, no cache
+    (every image is decoded), topics read from the start."""
+    return dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, BUCKET))),
+                               cache_bytes=0, start_from="earliest")
+
+
+def new_bench(layout: StackLayout, base: PipelineConfig, connector_jar: Path, settings: Settings,
+              workload: Workload, log: Callable[[str], None], progress: bool = True) -> Bench:
+    """A Bench over `workload`'s photos, uploaded to the benchmark's bucket, with `bench_config(base)`."""
+    uris = upload(layout, list(workload.photos), workload.name)
+    return Bench(layout, bench_config(base), settings, connector_jar, uris, memory.ProcessGroups(layout), log,
+                 progress)
 
 
 def photo_rows(photos: list[BenchPhoto]) -> list[dict[str, Any]]:

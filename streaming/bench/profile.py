@@ -52,8 +52,7 @@ def run(layout: StackLayout, base: PipelineConfig, connector_jar: Path, workload
         settings: ProfileSettings, out: Path, py_spy: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The profile; returns its report (the files it wrote under `files`)."""
     uris = e2e.upload(layout, list(workload.photos), workload.name)
-    config = dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, e2e.BUCKET))),
-                                 cache_bytes=0, start_from="earliest", delivery_guarantee="at_least_once")
+    config = dataclasses.replace(e2e.bench_config(base), delivery_guarantee="at_least_once")
     before = {p.pid for p in memory.python_workers(layout)}
     job = jobs.submit_on_fresh_topics(layout, config, connector_jar, f"bench-profile-{e2e._slug(workload.name)}")
     config = job.config

@@ -97,9 +97,6 @@ def e2e(
 
     from streaming.bench import e2e as bench
     from streaming.bench import e2e_report, plot
-    from streaming.stack.job_config import stack_config
-    from streaming.stack import stack as local_stack
-    from streaming.stack.layout import StackLayout
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
@@ -111,16 +108,8 @@ def e2e(
             raise typer.Exit(1)
         return
 
-    layout = StackLayout.from_env()
-    if not local_stack.status(layout)["healthy"]:
-        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
-        raise typer.Exit(2)
-    prepared = local_stack.prepare(layout)
+    layout, prepared, base = _stack_and_config(setting)
     mode = "smoke" if smoke else "quick" if quick else "full"
-    try:
-        base = stack_config(layout, setting)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
     chosen = _workloads(layout, photos, smoke, max_files, max_object_bytes)
 
     def interrupted(signum, _frame):  # a killed run still cancels its job and stops its processes
@@ -162,9 +151,6 @@ def profile(
 ) -> None:
     """py-spy on the job's Python worker under a steady load: where its samples go, by stage."""
     from streaming.bench import profile as bench
-    from streaming.stack.job_config import stack_config
-    from streaming.stack import stack as local_stack
-    from streaming.stack.layout import StackLayout
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
@@ -175,15 +161,7 @@ def profile(
         raise typer.Exit(2)
     if seconds < 1 or not 0 < fraction <= 1:
         raise typer.BadParameter("--seconds must be at least 1 and --fraction in (0, 1]")
-    layout = StackLayout.from_env()
-    if not local_stack.status(layout)["healthy"]:
-        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
-        raise typer.Exit(2)
-    prepared = local_stack.prepare(layout)
-    try:
-        base = stack_config(layout, setting)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    layout, prepared, base = _stack_and_config(setting)
     (workload,) = _workloads(layout, [photos], False, max_files, max_object_bytes)
     settings = bench.ProfileSettings(seconds=seconds, fraction=fraction, sample_hz=sample_hz)
     folder = out or layout.root / "results"
@@ -211,14 +189,10 @@ def checkpoints(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
 ) -> None:
     """Exactly-once latency and peak per checkpoint interval, against at-least-once, in one run."""
-    import dataclasses
     import time
 
     from streaming.bench import checkpoints as bench
-    from streaming.bench import e2e, memory
-    from streaming.stack.job_config import stack_config
-    from streaming.stack import stack as local_stack
-    from streaming.stack.layout import StackLayout
+    from streaming.bench import e2e
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
@@ -229,22 +203,11 @@ def checkpoints(
         raise typer.BadParameter("comma-separated milliseconds, e.g. 1000,2000,5000", param_hint="--intervals") from None
     if not chosen or min(chosen) < 100:
         raise typer.BadParameter("at least one interval, each >= 100 ms", param_hint="--intervals")
-    layout = StackLayout.from_env()
-    if not local_stack.status(layout)["healthy"]:
-        log("error: the local stack is not up (or not healthy): run `imgstream stack up` first")
-        raise typer.Exit(2)
-    prepared = local_stack.prepare(layout)
-    try:
-        base = stack_config(layout, setting)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    layout, prepared, base = _stack_and_config(setting)
     (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
-    uris = e2e.upload(layout, list(workload.photos), workload.name)
-    base = dataclasses.replace(base, allowed_buckets=tuple(dict.fromkeys((*base.allowed_buckets, e2e.BUCKET))),
-                               cache_bytes=0, start_from="earliest")
-    settings = e2e.MODES["quick" if quick else "full"]
-    runner = e2e.Bench(layout, base, settings, prepared.connector_jar, uris, memory.ProcessGroups(layout), log)
-    report = bench.sweep(runner, base, chosen, expected or (120.0 if workload.name == "small" else 40.0))
+    runner = e2e.new_bench(layout, base, prepared.connector_jar, e2e.MODES["quick" if quick else "full"], workload,
+                           log)
+    report = bench.sweep(runner, chosen, expected or (120.0 if workload.name == "small" else 40.0))
     report["workload"] = workload.summary()
     report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("checkpoints"):]) \
         if "checkpoints" in sys.argv else "imgstream bench checkpoints"
@@ -268,9 +231,6 @@ def soak(
     import dataclasses
 
     from streaming.bench import soak as bench
-    from streaming.stack.job_config import stack_config
-    from streaming.stack import stack as local_stack
-    from streaming.stack.layout import StackLayout
 
     import streaming
 
@@ -283,15 +243,8 @@ def soak(
         typer.echo("error: the bad-input corpus (tests/corpus/) is part of a source checkout: run from one",
                    err=True)
         raise typer.Exit(2)
-    layout = StackLayout.from_env()
-    if not local_stack.status(layout)["healthy"]:
-        typer.echo("error: the local stack is not up (or not healthy): run `imgstream stack up` first", err=True)
-        raise typer.Exit(2)
-    prepared = local_stack.prepare(layout)
-    try:
-        config = stack_config(layout, [f"{k}={v}" for k, v in corpus.JOB_SETTINGS.items()] + list(setting or []))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    layout, prepared, config = _stack_and_config([f"{k}={v}" for k, v in corpus.JOB_SETTINGS.items()]
+                                                 + list(setting or []))
     bucket = "bench-soak"
     bench.upload(layout, bucket, {f"corpus/{name}": data for name, data in corpus.image_files().items()})
     config = dataclasses.replace(config, allowed_schemes=("s3",), allowed_buckets=(bucket,))
@@ -307,6 +260,24 @@ def soak(
             dataclasses.asdict(c) for c in report.checks()]}, indent=2) + "\n")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _stack_and_config(setting: Optional[List[str]]):
+    """(layout, prepared stack, job config with the `--set` overrides) of a healthy local stack;
+    exit 2 when it is not up, BadParameter on a bad override."""
+    from streaming.stack.job_config import stack_config
+    from streaming.stack import stack as local_stack
+    from streaming.stack.layout import StackLayout
+
+    layout = StackLayout.from_env()
+    if not local_stack.status(layout)["healthy"]:
+        typer.echo("error: the local stack is not up (or not healthy): run `imgstream stack up` first", err=True)
+        raise typer.Exit(2)
+    prepared = local_stack.prepare(layout)
+    try:
+        return layout, prepared, stack_config(layout, setting)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _workloads(layout, photos: Optional[List[str]], smoke: bool, max_files: int, max_object_bytes: int) -> list:
