@@ -222,11 +222,15 @@ class TritonClassifier:
     def infer(self, batch: np.ndarray) -> Inferred:
         """The outputs for each image of a (N, S, S, 3) uint8 batch made for the current contract.
 
-        Raises ModelChanged when Triton rejects the batch because the served model's contract changed."""
+        Raises ModelChanged when the batch was made for another contract (its images are of another
+        size: the contract changed since they were prepared) or Triton rejects it because it changed."""
         contract = self.contract
         size = contract.resize.size
-        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[1:] != (size, size, CHANNELS):
+        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[-1] != CHANNELS:
             raise InferenceFailed(f"batch must be uint8 (N,{size},{size},{CHANNELS}), got {batch.dtype} {batch.shape}")
+        if batch.shape[1:3] != (size, size):
+            raise ModelChanged(f"model {self.config.model_name!r} now takes {size}x{size} images, "
+                               f"the batch has {batch.shape[1]}x{batch.shape[2]}")
         try:
             raw, version = self._infer(batch, contract)
         except InferenceFailed:

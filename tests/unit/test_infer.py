@@ -1,4 +1,5 @@
 """How Triton's gRPC errors become the project's errors (the one boundary in streaming/infer.py)."""
+import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
@@ -65,3 +66,16 @@ def test_a_missing_or_inconsistent_contract_is_model_contract_invalid(changes, f
     with pytest.raises(ModelContractInvalid) as caught:
         contract_from_config("m", lite_config(**changes))
     assert fragment in caught.value.message and caught.value.code == "model_contract_invalid"
+
+
+def test_a_batch_made_for_an_older_contract_is_model_changed_before_any_call():
+    from streaming.config import PipelineConfig
+    from streaming.errors import ModelChanged
+    from streaming.infer import TritonClassifier
+
+    classifier = TritonClassifier(PipelineConfig(triton_grpc="127.0.0.1:1"))
+    classifier._contract = lite_contract(240)  # as read from Triton after a new version; no server is asked
+    with pytest.raises(ModelChanged):
+        classifier.infer(np.zeros((2, 224, 224, 3), np.uint8))
+    with pytest.raises(InferenceFailed):
+        classifier.infer(np.zeros((2, 240, 240, 3), np.float32))
