@@ -135,14 +135,24 @@ def _target(name: str, value: float | None, threshold: float, op: str) -> dict[s
 
 
 def estimate(report: dict[str, Any]) -> dict[str, Any]:
-    """Cores and GPUs from the per-image figures measured in this run (see the module constants)."""
-    alone, main = report["alone"], report.get("runs", {}).get("main", {})
+    """Cores and GPUs from the per-image figures measured in this run (see the module constants):
+    the first workload's at the top level, and every workload's under `workloads` (first first)."""
     model = report["config"]["model_name"]
+    first = report.get("workload", {}).get("name", "large")
+    per_workload = {first: _estimate(report, model)}
+    for name, sub in report.get("other_workloads", {}).items():
+        per_workload[name] = _estimate(sub, model)
+    return {**per_workload[first], "workloads": per_workload}
+
+
+def _estimate(sub: dict[str, Any], model: str) -> dict[str, Any]:
+    """One workload's estimate; `sub` is the report itself (the first workload) or one of `other_workloads`."""
+    alone, main = sub["alone"], sub.get("runs", {}).get("main", {})
     per_image = main.get("peak", {}).get("cpu_s_per_image", {})
     cpu_side = sum(per_image.get(k, 0.0) for k in CPU_SIDE) or alone["preprocess"]["cpu_s_per_image"]
     inf = {name: row["triton_cpu_s_per_image"] for name, row in alone["inference"].items()}
     inf_cpu = inf.get(_int8(model), inf.get(model))
-    mean_bytes = sum(p["bytes"] for p in report["photos"]) / max(1, len(report["photos"]))
+    mean_bytes = sum(p["bytes"] for p in sub["photos"]) / max(1, len(sub["photos"]))
     rows = []
     for name, images_per_s in SCENARIOS:
         rows.append({
@@ -296,12 +306,16 @@ def stage_table(report: dict[str, Any]) -> str:
 
 
 def estimate_table(report: dict[str, Any]) -> str:
+    """A row per workload and scenario (reports written before the per-workload estimate: the one workload)."""
     e = report["estimate"]
-    lines = ["| scenario | images/s planned | job cores | + inference on CPU cores | or GPUs | Kafka cores | "
-             "S3 egress Mbit/s | to Triton Mbit/s |", "|---|---|---|---|---|---|---|---|"]
-    for s in e["scenarios"]:
-        lines.append(f"| {s['scenario']} | {s['images_per_s']:.0f} | {s['job_cores']} | {s['cpu_inference_cores']} | "
-                     f"{s['gpus']} | {s['kafka_cores']:.2f} | {s['s3_egress_mbit_s']} | {s['triton_ingress_mbit_s']} |")
+    per_workload = e.get("workloads") or {report.get("workload", {}).get("name", "large"): e}
+    lines = ["| workload | scenario | images/s planned | job cores | + inference on CPU cores | or GPUs | Kafka cores | "
+             "S3 egress Mbit/s | to Triton Mbit/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, w in per_workload.items():
+        for s in w["scenarios"]:
+            lines.append(f"| {name} | {s['scenario']} | {s['images_per_s']:.0f} | {s['job_cores']} | "
+                         f"{s['cpu_inference_cores']} | {s['gpus']} | {s['kafka_cores']:.2f} | {s['s3_egress_mbit_s']} | "
+                         f"{s['triton_ingress_mbit_s']} |")
     return "\n".join(lines)
 
 
@@ -317,12 +331,14 @@ the operator's total (Kafka, the Flink bridge and bundle ends, the sink)."""
 
 def estimate_text(report: dict[str, Any]) -> str:
     e = report["estimate"]
+    per_workload = e.get("workloads") or {report.get("workload", {}).get("name", "large"): e}
+    costs = "; ".join(f"{name}: the job (TaskManager JVM + Python workers) {w['job_cpu_s_per_image'] * 1000:.1f} CPU ms "
+                      f"per image (preprocessing alone {w['preprocess_cpu_s_per_image'] * 1000:.1f}), photos average "
+                      f"{w['mean_photo_bytes'] / 1e6:.2f} MB" for name, w in per_workload.items())
     return "\n".join([
         estimate_table(report), "",
-        f"From this run: the job (TaskManager JVM + Python workers) costs {e['job_cpu_s_per_image'] * 1000:.1f} CPU ms "
-        f"per image (preprocessing alone {e['preprocess_cpu_s_per_image'] * 1000:.1f}); inference "
-        f"{e['inference_model']} on CPU {e['inference_cpu_s_per_image'] * 1000:.1f} CPU ms; photos average "
-        f"{e['mean_photo_bytes'] / 1e6:.2f} MB. Machines planned at {e['utilisation']:.0%} of capacity; 10M/day "
+        f"From this run: {costs}; inference {e['inference_model']} on CPU {e['inference_cpu_s_per_image'] * 1000:.1f} "
+        f"CPU ms. Machines planned at {e['utilisation']:.0%} of capacity; 10M/day "
         f"provisioned at {e['peak_to_average']:g}x its average. GPUs assume {e['gpu_images_per_s_assumed']:.0f} img/s "
         "per GPU (Lite0 INT8, TensorRT, T4-class; NOT measured here).",
         f"Bottleneck here: {e['bottleneck_here']}. With inference on GPUs the CPU side (JPEG decode, then the "

@@ -189,29 +189,58 @@ def checkpoints(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
 ) -> None:
     """Exactly-once latency and peak per checkpoint interval, against at-least-once, in one run."""
+    from streaming.bench import checkpoints as bench
+
+    chosen = _milliseconds(intervals, "--intervals", 100)
+    _sweep("checkpoints", bench, chosen, photos, quick, expected, setting, json_path)
+
+
+@bench_app.command("bundles")
+def bundles(
+    times: str = typer.Option("50,20,10,5", help="Bundle times to measure, ms, comma-separated; the first is "
+                                                 "the reference."),
+    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
+    quick: bool = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings)."),
+    expected: float = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise)."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
+) -> None:
+    """Latency, the job's own CPU per image and peak per PyFlink bundle time (at-least-once), in one run."""
+    from streaming.bench import bundles as bench
+
+    chosen = _milliseconds(times, "--times", 1)
+    _sweep("bundles", bench, chosen, photos, quick, expected, setting, json_path)
+
+
+def _milliseconds(values: str, option: str, least: int) -> tuple[int, ...]:
+    try:
+        chosen = tuple(int(v) for v in values.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter("comma-separated milliseconds, e.g. 1000,2000,5000", param_hint=option) from None
+    if not chosen or min(chosen) < least:
+        raise typer.BadParameter(f"at least one value, each >= {least} ms", param_hint=option)
+    return chosen
+
+
+def _sweep(name: str, bench, values: tuple[int, ...], photos: str, quick: bool, expected: float,
+           setting: Optional[List[str]], json_path: Optional[Path]) -> None:
+    """A job-setting sweep (`bench.sweep`, `bench.table`) on one workload; writes its JSON report."""
     import time
 
-    from streaming.bench import checkpoints as bench
     from streaming.bench import e2e
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
-    try:
-        chosen = tuple(int(v) for v in intervals.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter("comma-separated milliseconds, e.g. 1000,2000,5000", param_hint="--intervals") from None
-    if not chosen or min(chosen) < 100:
-        raise typer.BadParameter("at least one interval, each >= 100 ms", param_hint="--intervals")
     layout, prepared, base = _stack_and_config(setting)
     (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
     runner = e2e.new_bench(layout, base, prepared.connector_jar, e2e.MODES["quick" if quick else "full"], workload,
                            log)
-    report = bench.sweep(runner, chosen, expected or (120.0 if workload.name == "small" else 40.0))
+    report = bench.sweep(runner, values, expected or (120.0 if workload.name == "small" else 40.0))
     report["workload"] = workload.summary()
-    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("checkpoints"):]) \
-        if "checkpoints" in sys.argv else "imgstream bench checkpoints"
-    path = json_path or layout.root / "results" / f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index(name):]) \
+        if name in sys.argv else f"imgstream bench {name}"
+    path = json_path or layout.root / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     typer.echo(bench.table(report))

@@ -236,3 +236,17 @@ def test_the_published_report_prints_its_tables():
     assert sum(line.startswith(("met ", "MISSED ")) for line in result.stdout.splitlines()) == 7
     checked = CliRunner().invoke(bench_app, ["e2e", "--report", str(path), "--check"])
     assert checked.exit_code == (0 if "MISSED" not in result.stdout else 1)
+
+
+def test_estimate_covers_every_workload():
+    report = made_up_report()
+    small = copy.deepcopy({k: report[k] for k in ("alone", "runs", "photos")})
+    small["runs"]["main"]["peak"]["cpu_s_per_image"] = {"python_workers": 0.004, "taskmanager_jvm": 0.001}
+    small["photos"] = [{**p, "bytes": 40_000} for p in small["photos"]]
+    report["other_workloads"] = {"small": small}
+    e = e2e_report.complete(report)["estimate"]
+    assert list(e["workloads"]) == ["large", "small"] and e["workloads"]["large"]["job_cpu_s_per_image"] == e["job_cpu_s_per_image"]
+    thousand = next(s for s in e["workloads"]["small"]["scenarios"] if s["images_per_s"] == 1000)
+    assert thousand["job_cores"] == 8 and thousand["s3_egress_mbit_s"] == 320  # ceil(1000 x 0.005 / 0.7); 40 KB
+    text = e2e_report.estimate_text(report)
+    assert "| small | 1,000 images/s sustained | 1000 | 8 |" in text and "small: the job" in text

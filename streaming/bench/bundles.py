@@ -1,0 +1,81 @@
+"""Latency and CPU per PyFlink bundle time: `imgstream bench bundles`.
+
+PyFlink hands the Python operator its input a bundle at a time: the TaskManager buffers a bundle's
+events (Beam's outbound aggregator flushes at 1 MB or at the bundle's end; a request event is
+~100 bytes), and the async operator returns a bundle's results at its end, once every request in
+it is done. A request so waits for its bundle to close and for its neighbours; a shorter bundle
+cuts that wait and pays a bundle's fixed work (Beam's bundle protocol, the metrics report, the
+TaskManager's flush) more often. One run measures, at-least-once, on the same photos:
+
+- the reference (the first bundle time): its peak, then latency and CPU at half of that peak;
+- every other bundle time: latency and CPU at the same rate, then its own peak.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
+from streaming.bench.e2e_report import rate as rate_of
+from streaming.bench.e2e_workloads import HEADLINE, breakdown
+
+DEFAULT_BUNDLE_TIMES_MS = (50, 20, 10, 5)
+PEAK_LOSS_LIMIT = 0.05  # a bundle time may cost at most this share of the reference's peak
+
+
+def sweep(bench: Bench, times_ms: tuple[int, ...], expected: float) -> dict[str, Any]:
+    """One at-least-once job per bundle time (see the module doc), with `bench.base`'s other settings."""
+    base = dataclasses.replace(bench.base, delivery_guarantee="at_least_once")
+    first, *others = times_ms
+    bench.log(f"job with {first} ms bundles (the reference): peak, then 50% ...")
+    reference = job_runs(bench, f"bundle-{first}", dataclasses.replace(base, bundle_time_ms=first), "half",
+                         expected, None)
+    reference_peak = rate_of(reference.get("peak"))
+    rows = [row(first, (reference.get("curve") or [{}])[0], reference.get("peak"), reference_peak)]
+    for bundle_ms in others:
+        bench.log(f"job with {bundle_ms} ms bundles: the same rate, then peak ...")
+        runs = job_runs(bench, f"bundle-{bundle_ms}", dataclasses.replace(base, bundle_time_ms=bundle_ms), "eo",
+                        expected, reference)
+        rows.append(row(bundle_ms, runs.get("at_50pct", {}), runs.get("peak"), reference_peak))
+    return {"benchmark": "bundles", "rate_fraction": MEMORY_FRACTION, "rows": rows, "cpus": os.cpu_count(),
+            "choice": choose(rows)}
+
+
+def row(bundle_ms: int, at_half: dict, peak_row: dict | None, reference_peak: float | None) -> dict[str, Any]:
+    """One bundle time's figures: latency and the job's own CPU per image at the common rate, its peak."""
+    peak = rate_of(peak_row)
+    p50, outside = at_half.get("p50_ms"), (at_half.get("stages_ms") or {}).get("outside")
+    return {"bundle_time_ms": bundle_ms, "rate_per_s": at_half.get("offered_per_s"), "p50_ms": p50,
+            "p99_ms": at_half.get("p99_ms"), "errors": at_half.get("errors"), "outside_ms": outside,
+            "outside_vs_p50": round(outside / p50, 2) if outside is not None and p50 else None,
+            "job_cpu_ms_at_rate": breakdown(at_half)[HEADLINE] if at_half else None,
+            "job_cpu_ms_at_peak": breakdown(peak_row)[HEADLINE] if peak_row else None,
+            "peak_images_per_s": peak,
+            "peak_vs_reference": round(peak / reference_peak, 3) if peak and reference_peak else None}
+
+
+def choose(rows: list[dict[str, Any]]) -> int | None:
+    """The bundle time with the lowest p50 among those within PEAK_LOSS_LIMIT of the reference's peak."""
+    good = [r for r in rows if r["p50_ms"] is not None and r["peak_vs_reference"] is not None
+            and r["peak_vs_reference"] >= 1 - PEAK_LOSS_LIMIT]
+    return min(good, key=lambda r: r["p50_ms"])["bundle_time_ms"] if good else None
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = ["| bundle time | rate | p50 ms | p99 ms | outside the operator, mean ms (÷ p50) | job's own CPU ms/image "
+             "at that rate | at peak | peak img/s | peak ÷ reference |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['bundle_time_ms']} ms | {_num(r['rate_per_s'], 1)}/s | {_num(r['p50_ms'], 0)} "
+                     f"| {_num(r['p99_ms'], 0)} | {_num(r['outside_ms'], 0)} ({_num(r['outside_vs_p50'], 2)}) "
+                     f"| {_num(r['job_cpu_ms_at_rate'], 2)} | {_num(r['job_cpu_ms_at_peak'], 2)} "
+                     f"| {_num(r['peak_images_per_s'], 1)} | {_num(r['peak_vs_reference'], 2)}× |")
+    choice = report.get("choice")
+    lines.append("")
+    lines.append(f"lowest p50 with peak >= {1 - PEAK_LOSS_LIMIT:.0%} of the reference's: "
+                 + (f"{choice} ms" if choice else "none of those measured"))
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"

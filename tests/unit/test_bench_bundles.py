@@ -1,0 +1,45 @@
+"""The bundle-time sweep's arithmetic: its rows, the chosen bundle time and the table."""
+from streaming.bench import bundles
+
+
+def load_row(p50: float | None, cpu_s: dict[str, float] | None = None) -> dict:
+    """A load run as `Bench.load` returns it (latency, stages, CPU per image by process group)."""
+    if p50 is None:
+        return {}
+    per_image = cpu_s or {"python_workers": 0.006, "taskmanager_jvm": 0.002, "flink-jm": 0.0005}
+    return {"offered_per_s": 40.0, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0, "stages_ms": {"outside": p50 / 2},
+            "cpu_s_per_image": per_image, "cpu_s_per_image_within": {"python_workers/decoders": 0.003},
+            "results": 100, "images_per_s": 40.0}
+
+
+def peak(images_per_s: float | None) -> dict | None:
+    return None if images_per_s is None else {"results": 500, "images_per_s": images_per_s,
+                                              "cpu_s_per_image": {"python_workers": 0.005},
+                                              "cpu_s_per_image_within": {"python_workers/decoders": 0.003}}
+
+
+def report(*rows) -> dict:
+    rows = [bundles.row(50, load_row(300), peak(100.0), 100.0), *rows]
+    return {"rows": rows, "choice": bundles.choose(rows)}
+
+
+def test_the_lowest_p50_within_the_peak_limit_is_chosen():
+    rows = report(bundles.row(20, load_row(200), peak(97.0), 100.0),   # within 5%
+                  bundles.row(10, load_row(120), peak(96.0), 100.0),   # within 5%: lowest p50
+                  bundles.row(5, load_row(90), peak(90.0), 100.0))     # 10% less peak
+    assert rows["choice"] == 10
+    ten = rows["rows"][2]
+    assert ten["peak_vs_reference"] == 0.96 and ten["outside_vs_p50"] == 0.5
+
+
+def test_the_job_cpu_is_the_workers_beyond_decoding_plus_the_jvms():
+    row = bundles.row(10, load_row(120), peak(96.0), 100.0)
+    assert row["job_cpu_ms_at_rate"] == 5.5   # 6 - 3 + 2 + 0.5
+    assert row["job_cpu_ms_at_peak"] == 2.0   # 5 - 3, no JVM figure
+
+
+def test_the_table_and_a_run_that_measured_nothing():
+    text = bundles.table(report(bundles.row(5, load_row(None), peak(None), 100.0)))
+    assert "| 50 ms | 40.0/s | 300 | 600 | 150 (0.50) | 5.50 | 2.00 | 100.0 | 1.00× |" in text
+    assert "| 5 ms | –/s | – | – | – (–) | – | – | – | –× |" in text
+    assert text.endswith("lowest p50 with peak >= 95% of the reference's: 50 ms")
