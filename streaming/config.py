@@ -124,10 +124,12 @@ class PipelineConfig:
     # exactly-once results wait for the next checkpoint: 2 s measured p50 1.2 s at half load with no
     # loss of peak, 10 s p50 5.9 s (`imgstream bench checkpoints`, README)
     checkpoint_interval_ms: int = 2_000
-    # Python results reach the JVM at the end of a bundle; a bundle ends after this many
-    # records or milliseconds (and waits for its in-flight requests): small = low latency.
+    # The Python worker gets a bundle's events when it closes and returns its results once all
+    # are done; a bundle closes after this many records or milliseconds: small = low latency,
+    # more bundles. 10 ms: p50 132 ms at 35 images/s against 245-319 ms for 50 ms, peak within the
+    # run's noise, +2.1-2.4 CPU ms per image at that rate (`imgstream bench bundles`, README).
     bundle_size: int = 256
-    bundle_time_ms: int = 50  # 200 measured p50 0.97 s at half of peak, 50: 0.29 s, same peak (bench e2e)
+    bundle_time_ms: int = 10
 
     def __post_init__(self) -> None:
         _check_numbers(self)

@@ -3,8 +3,8 @@
 PyFlink's counters are Beam metrics bound to the bundle thread; our results complete on the
 async I/O thread, so we count here (thread-safe) and Flink polls these values as gauges.
 
-PyFlink evaluates every gauge at the end of every bundle (20 times a second at the default
-`bundle_time_ms`), so the latency percentiles and the mean batch size are computed at most once
+PyFlink evaluates every gauge at the end of every bundle (up to 100 times a second at the default
+`bundle_time_ms` of 10), so the latency percentiles and the mean batch size are computed at most once
 per `REFRESH_S` (one sort per stage) and the gauges read that snapshot: sorting the windows for
 each gauge at each bundle end cost 2.2 ms per bundle here, ~1 ms of CPU per image at 35 images/s.
 """

@@ -43,3 +43,10 @@ def test_the_table_and_a_run_that_measured_nothing():
     assert "| 50 ms | 40.0/s | 300 | 600 | 150 (0.50) | 5.50 | 2.00 | 100.0 | 1.00× |" in text
     assert "| 5 ms | –/s | – | – | – (–) | – | – | – | –× |" in text
     assert text.endswith("lowest p50 with peak >= 95% of the reference's: 50 ms")
+
+
+def test_the_reference_run_again_is_shown_but_never_chosen():
+    rows = report(bundles.row(10, load_row(200), peak(90.0), 100.0),
+                  bundles.row(50, load_row(150), peak(99.0), 100.0, again=True))
+    assert rows["choice"] == 50 and rows["rows"][-1]["again"]
+    assert "| 50 ms (reference again) | 40.0/s | 150 |" in bundles.table(rows)
