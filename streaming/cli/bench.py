@@ -179,14 +179,19 @@ def profile(
     log(f"wrote {path}")
 
 
+# the options every job-setting sweep (checkpoints, bundles) takes
+_SWEEP_PHOTOS = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/.")
+_SWEEP_QUICK = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings).")
+_SWEEP_EXPECTED = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise).")
+_SWEEP_SET = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs).")
+_SWEEP_JSON = typer.Option(None, "--json", help="Write the report here [.stack/results].")
+
+
 @bench_app.command("checkpoints")
 def checkpoints(
     intervals: str = typer.Option("1000,2000,5000,10000", help="Checkpoint intervals to measure, ms, comma-separated."),
-    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
-    quick: bool = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings)."),
-    expected: float = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise)."),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
+    photos: str = _SWEEP_PHOTOS, quick: bool = _SWEEP_QUICK, expected: float = _SWEEP_EXPECTED,
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
 ) -> None:
     """Exactly-once latency and peak per checkpoint interval, against at-least-once, in one run."""
     from streaming.bench import checkpoints as bench
@@ -199,11 +204,8 @@ def checkpoints(
 def bundles(
     times: str = typer.Option("50,20,10,5", help="Bundle times to measure, ms, comma-separated; the first is "
                                                  "the reference."),
-    photos: str = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/."),
-    quick: bool = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings)."),
-    expected: float = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise)."),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE job config override (all jobs)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here [.stack/results]."),
+    photos: str = _SWEEP_PHOTOS, quick: bool = _SWEEP_QUICK, expected: float = _SWEEP_EXPECTED,
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
 ) -> None:
     """Latency, the job's own CPU per image and peak per PyFlink bundle time (at-least-once), in one run."""
     from streaming.bench import bundles as bench
