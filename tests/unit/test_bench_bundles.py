@@ -50,3 +50,15 @@ def test_the_reference_run_again_is_shown_but_never_chosen():
                   bundles.row(50, load_row(150), peak(99.0), 100.0, again=True))
     assert rows["choice"] == 50 and rows["rows"][-1]["again"]
     assert "| 50 ms (reference again) | 40.0/s | 150 |" in bundles.table(rows)
+
+
+def test_the_published_run_chose_the_default():
+    """The run the README quotes chose the configured default, with the rows it quotes."""
+    import json
+    from pathlib import Path
+
+    from streaming.config import PipelineConfig
+
+    report = json.loads((Path(__file__).parents[2] / "streaming" / "bench" / "results" / "bundles-full.json").read_text())
+    assert report["choice"] == bundles.choose(report["rows"]) == PipelineConfig().bundle_time_ms
+    assert "| 10 ms | 35.3/s | 132 | 307 | 83 (0.63) | 10.42 | 3.30 | 79.3 | 1.12× |" in bundles.table(report)

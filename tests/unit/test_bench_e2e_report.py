@@ -250,3 +250,14 @@ def test_estimate_covers_every_workload():
     assert thousand["job_cores"] == 8 and thousand["s3_egress_mbit_s"] == 320  # ceil(1000 x 0.005 / 0.7); 40 KB
     text = e2e_report.estimate_text(report)
     assert "| small | 1,000 images/s sustained | 1000 | 8 |" in text and "small: the job" in text
+
+
+def test_the_published_two_workload_run_gives_the_readme_estimate():
+    """The README's paper estimate for both workloads is this saved run's, recomputed."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "streaming" / "bench" / "results" / "e2e-quick-two-workloads.json"
+    text = e2e_report.estimate_text(e2e_report.complete(json.loads(path.read_text())))
+    assert "| large | 1,000 images/s sustained | 1000 | 22 | 7 | 1 |" in text
+    assert "| small | 1,000 images/s sustained | 1000 | 9 | 7 | 1 |" in text
