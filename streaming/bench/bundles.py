@@ -20,9 +20,8 @@ from typing import Any
 
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
-from streaming.bench.e2e_workloads import HEADLINE, breakdown
+from streaming.bench.e2e_workloads import HEADLINE, breakdown, figure
 
-DEFAULT_BUNDLE_TIMES_MS = (50, 20, 10, 5)
 PEAK_LOSS_LIMIT = 0.05  # a bundle time may cost at most this share of the reference's peak
 
 
@@ -75,16 +74,14 @@ def table(report: dict[str, Any]) -> str:
              "at that rate | at peak | peak img/s | peak ÷ reference |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         again = " (reference again)" if r.get("again") else ""
-        lines.append(f"| {r['bundle_time_ms']} ms{again} | {_num(r['rate_per_s'], 1)}/s | {_num(r['p50_ms'], 0)} "
-                     f"| {_num(r['p99_ms'], 0)} | {_num(r['outside_ms'], 0)} ({_num(r['outside_vs_p50'], 2)}) "
-                     f"| {_num(r['job_cpu_ms_at_rate'], 2)} | {_num(r['job_cpu_ms_at_peak'], 2)} "
-                     f"| {_num(r['peak_images_per_s'], 1)} | {_num(r['peak_vs_reference'], 2)}× |")
+        lines.append(f"| {r['bundle_time_ms']} ms{again} | {figure(r['rate_per_s'], '.1f')}/s "
+                     f"| {figure(r['p50_ms'], '.0f')} | {figure(r['p99_ms'], '.0f')} "
+                     f"| {figure(r['outside_ms'], '.0f')} ({figure(r['outside_vs_p50'], '.2f')}) "
+                     f"| {figure(r['job_cpu_ms_at_rate'], '.2f')} | {figure(r['job_cpu_ms_at_peak'], '.2f')} "
+                     f"| {figure(r['peak_images_per_s'], '.1f')} | {figure(r['peak_vs_reference'], '.2f')}× |")
     choice = report.get("choice")
     lines.append("")
     lines.append(f"lowest p50 with peak >= {1 - PEAK_LOSS_LIMIT:.0%} of the reference's: "
                  + (f"{choice} ms" if choice else "none of those measured"))
     return "\n".join(lines)
 
-
-def _num(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"

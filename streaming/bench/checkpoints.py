@@ -17,8 +17,8 @@ from typing import Any
 
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
+from streaming.bench.e2e_workloads import figure
 
-DEFAULT_INTERVALS_MS = (1000, 2000, 5000, 10000)
 P50_TARGET_MS = 1500.0  # issue 14: p50 at half load, exactly-once
 PEAK_LOSS_TARGET = 0.10  # at most 10% less peak than at-least-once
 
@@ -64,9 +64,9 @@ def table(report: dict[str, Any]) -> str:
              "| peak ÷ at-least-once |", "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         interval = f"{r['checkpoint_interval_ms'] / 1000:g} s" if r["checkpoint_interval_ms"] else "–"
-        lines.append(f"| {r['delivery_guarantee']} | {interval} | {_num(r['rate_per_s'], 1)}/s | {_num(r['p50_ms'], 0)} "
-                     f"| {_num(r['p99_ms'], 0)} | {_num(r['outside_ms'], 0)} | {_num(r['peak_images_per_s'], 1)} "
-                     f"| {_num(r['peak_vs_at_least_once'], 2)}× |")
+        lines.append(f"| {r['delivery_guarantee']} | {interval} | {figure(r['rate_per_s'], '.1f')}/s "
+                     f"| {figure(r['p50_ms'], '.0f')} | {figure(r['p99_ms'], '.0f')} | {figure(r['outside_ms'], '.0f')} "
+                     f"| {figure(r['peak_images_per_s'], '.1f')} | {figure(r['peak_vs_at_least_once'], '.2f')}× |")
     choice = report.get("choice")
     lines.append("")
     lines.append(f"longest interval with p50 <= {P50_TARGET_MS:.0f} ms at half load and peak >= "
@@ -74,6 +74,3 @@ def table(report: dict[str, Any]) -> str:
                  + (f"{choice} ms" if choice else "none of those measured"))
     return "\n".join(lines)
 
-
-def _num(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"

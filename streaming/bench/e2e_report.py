@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from streaming.bench import e2e_workloads
+from streaming.bench.e2e_workloads import figure, first_workload
 from streaming.bench.load import STAGE_ORDER
 from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
 
@@ -138,7 +139,7 @@ def estimate(report: dict[str, Any]) -> dict[str, Any]:
     """Cores and GPUs from the per-image figures measured in this run (see the module constants):
     the first workload's at the top level, and every workload's under `workloads` (first first)."""
     model = report["config"]["model_name"]
-    first = report.get("workload", {}).get("name", "large")
+    first = first_workload(report)
     per_workload = {first: _estimate(report, model)}
     for name, sub in report.get("other_workloads", {}).items():
         per_workload[name] = _estimate(sub, model)
@@ -180,16 +181,12 @@ def _bottleneck(per_image: dict[str, float]) -> str | None:
 
 
 # -- Markdown ---------------------------------------------------------------------------------
-def _f(value: Any, fmt: str = ".1f", none: str = "–") -> str:
-    return none if value is None else format(value, fmt)
-
-
 def _run_row(label: str, row: dict | None, note: str = "") -> str:
     if not row or "results" not in row:
         reason = (row or {}).get("skipped", "not measured")
         return f"| {label} | – | – | – | – | – | {reason} |"
-    return (f"| {label} | {_f(rate(row))} | {_f(row['p50_ms'], '.0f')} | {_f(row['p95_ms'], '.0f')} | "
-            f"{_f(row['p99_ms'], '.0f')} | {_f(row.get('mean_batch_size'), '.1f')} | {note} |")
+    return (f"| {label} | {figure(rate(row))} | {figure(row['p50_ms'], '.0f')} | {figure(row['p95_ms'], '.0f')} | "
+            f"{figure(row['p99_ms'], '.0f')} | {figure(row.get('mean_batch_size'), '.1f')} | {note} |")
 
 
 def table(report: dict[str, Any]) -> str:
@@ -226,28 +223,28 @@ def table(report: dict[str, Any]) -> str:
     pre = alone["preprocess"]
     lines += ["", "| work alone, per image | CPU ms | note |", "|---|---|---|",
               f"| preprocessing (engine, S3 GET included) | {pre['cpu_s_per_image'] * 1000:.1f} | "
-              f"{pre['images_per_core_s']:.0f} img/s per core; S3Proxy adds {_f(_ms(pre['s3proxy_cpu_s_per_image']))} ms |"]
+              f"{pre['images_per_core_s']:.0f} img/s per core; S3Proxy adds {figure(_ms(pre['s3proxy_cpu_s_per_image']))} ms |"]
     for name, row in alone["inference"].items():
         lines.append(f"| inference {name}, batch {row['batch']} x {row['concurrency']} in flight (Triton CPU) | "
                      f"{row['triton_cpu_s_per_image'] * 1000:.1f} | {row['images_per_s']:.0f} img/s wall; "
                      f"client {row['client_cpu_s_per_image'] * 1000:.2f} ms |")
     lines += ["", cpu_table(report), "", stage_table(report), "",
               "| ratio | value |", "|---|---|",
-              f"| **pipeline ÷ ideal ({model})** | **{_f(r['pipeline_vs_ideal'], '.2f')}** |",
+              f"| **pipeline ÷ ideal ({model})** | **{figure(r['pipeline_vs_ideal'], '.2f')}** |",
               f"| the same in CPU time: (pre + inf) ÷ the stack's CPU per image | "
-              f"{_f(r.get('pipeline_cpu_efficiency'), '.2f')} |",
+              f"{figure(r.get('pipeline_cpu_efficiency'), '.2f')} |",
               f"| other work on the machine during that burst, share of all cores | "
-              f"{_f(r.get('other_work_share_during_peak'), '.0%')} |",
-              f"| **pipeline ÷ naive (1 consumer)** | **{_f(r['pipeline_vs_naive'], '.1f')}x** |",
-              f"| pipeline ÷ naive (2 consumers) | {_f(r.get('pipeline_vs_naive_x2'), '.1f')}x |",
-              f"| **parallelism 2 ÷ 1** | **{_f(r['parallelism_2_vs_1'], '.2f')}x** |",
-              f"| INT8 ÷ FP32 (pipeline) | {_f(r['int8_vs_fp32'], '.2f')}x |",
-              f"| INT8 pipeline ÷ INT8 ideal | {_f(r['int8_vs_ideal'], '.2f')} |",
-              f"| **p99 ÷ p50 at 50% of peak, long run** | **{_f(r.get('p99_over_p50_at_50pct_long'), '.2f')}** |",
-              f"| p99 ÷ p50 at 50% of peak, the curve's point | {_f(r.get('p99_over_p50_at_50pct'), '.2f')} |",
-              f"| exactly-once adds (p50 / p99 at 50%) | {_f(r.get('exactly_once_adds_p50_ms'), '.0f')} ms / "
-              f"{_f(r.get('exactly_once_adds_p99_ms'), '.0f')} ms |",
-              f"| exactly-once peak ÷ at-least-once peak | {_f(r.get('exactly_once_peak_vs_at_least_once'), '.2f')} |"]
+              f"{figure(r.get('other_work_share_during_peak'), '.0%')} |",
+              f"| **pipeline ÷ naive (1 consumer)** | **{figure(r['pipeline_vs_naive'], '.1f')}x** |",
+              f"| pipeline ÷ naive (2 consumers) | {figure(r.get('pipeline_vs_naive_x2'), '.1f')}x |",
+              f"| **parallelism 2 ÷ 1** | **{figure(r['parallelism_2_vs_1'], '.2f')}x** |",
+              f"| INT8 ÷ FP32 (pipeline) | {figure(r['int8_vs_fp32'], '.2f')}x |",
+              f"| INT8 pipeline ÷ INT8 ideal | {figure(r['int8_vs_ideal'], '.2f')} |",
+              f"| **p99 ÷ p50 at 50% of peak, long run** | **{figure(r.get('p99_over_p50_at_50pct_long'), '.2f')}** |",
+              f"| p99 ÷ p50 at 50% of peak, the curve's point | {figure(r.get('p99_over_p50_at_50pct'), '.2f')} |",
+              f"| exactly-once adds (p50 / p99 at 50%) | {figure(r.get('exactly_once_adds_p50_ms'), '.0f')} ms / "
+              f"{figure(r.get('exactly_once_adds_p99_ms'), '.0f')} ms |",
+              f"| exactly-once peak ÷ at-least-once peak | {figure(r.get('exactly_once_peak_vs_at_least_once'), '.2f')} |"]
     return "\n".join(lines)
 
 
@@ -276,7 +273,7 @@ def cpu_table(report: dict[str, Any]) -> str:
     groups = sorted({g for v in runs.values() for g in v["cpu_s_per_image"]}, key=lambda g: (g.startswith("other"), g))
     lines = ["| CPU ms per image, during the burst | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for g in groups:
-        lines.append(f"| {g} | " + " | ".join(_f(_ms(v["cpu_s_per_image"].get(g)), ".1f") for v in runs.values()) + " |")
+        lines.append(f"| {g} | " + " | ".join(figure(_ms(v["cpu_s_per_image"].get(g)), ".1f") for v in runs.values()) + " |")
     lines.append("| machine busy, % of all cores | " + " | ".join(
         f"{_busy(v, report):.0f}%" for v in runs.values()) + " |")
     return "\n".join(lines)
@@ -305,10 +302,15 @@ def stage_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def estimate_table(report: dict[str, Any]) -> str:
-    """A row per workload and scenario (reports written before the per-workload estimate: the one workload)."""
+def _estimates(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Workload name -> its estimate (a report written before the per-workload estimate: its one workload)."""
     e = report["estimate"]
-    per_workload = e.get("workloads") or {report.get("workload", {}).get("name", "large"): e}
+    return e.get("workloads") or {first_workload(report): e}
+
+
+def estimate_table(report: dict[str, Any]) -> str:
+    """A row per workload and scenario."""
+    per_workload = _estimates(report)
     lines = ["| workload | scenario | images/s planned | job cores | + inference on CPU cores | or GPUs | Kafka cores | "
              "S3 egress Mbit/s | to Triton Mbit/s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, w in per_workload.items():
@@ -331,10 +333,9 @@ the operator's total (Kafka, the Flink bridge and bundle ends, the sink)."""
 
 def estimate_text(report: dict[str, Any]) -> str:
     e = report["estimate"]
-    per_workload = e.get("workloads") or {report.get("workload", {}).get("name", "large"): e}
     costs = "; ".join(f"{name}: the job (TaskManager JVM + Python workers) {w['job_cpu_s_per_image'] * 1000:.1f} CPU ms "
                       f"per image (preprocessing alone {w['preprocess_cpu_s_per_image'] * 1000:.1f}), photos average "
-                      f"{w['mean_photo_bytes'] / 1e6:.2f} MB" for name, w in per_workload.items())
+                      f"{w['mean_photo_bytes'] / 1e6:.2f} MB" for name, w in _estimates(report).items())
     return "\n".join([
         estimate_table(report), "",
         f"From this run: {costs}; inference {e['inference_model']} on CPU {e['inference_cpu_s_per_image'] * 1000:.1f} "

@@ -83,34 +83,39 @@ def column(sub: dict[str, Any], model: str) -> dict[str, Any]:
 def columns(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Workload name -> `column`, the first workload first."""
     model = report["config"]["model_name"]
-    first = report.get("workload", {}).get("name", "large")
-    out = {first: column(report, model)}
+    out = {first_workload(report): column(report, model)}
     for name, sub in report.get("other_workloads", {}).items():
         out[name] = column(sub, model)
     return out
 
 
-def _f(value: Any, fmt: str) -> str:
+def figure(value: Any, fmt: str = ".1f") -> str:
+    """A table cell: the value formatted, or – when it was not measured."""
     return "–" if value is None else format(value, fmt)
+
+
+def first_workload(report: dict[str, Any]) -> str:
+    """The name of the report's first workload (the one at its top level)."""
+    return report.get("workload", {}).get("name", "large")
 
 
 def side_by_side(report: dict[str, Any]) -> str:
     """One Markdown table, a column per workload."""
     cols = report.get("workload_columns") or columns(report)
     names = list(cols)
-    rows = [("photos (mean MP, mean KB)", lambda c: f"{c['photos']} ({_f(c['mean_megapixels'], '.2f')} MP, "
-                                                    f"{_f(c['mean_kb'], '.0f')} KB)"),
-            ("**images/s** (main job, best burst)", lambda c: _f(c["images_per_s"], ".1f")),
-            ("ideal: cores / (pre + inf) alone", lambda c: _f(c["ideal_images_per_s"], ".1f")),
-            ("**pipeline ÷ ideal**", lambda c: _f(c["vs_ideal"], ".2f")),
-            ("p50 / p99 ms at 50% of peak", lambda c: f"{_f(c['p50_ms_at_50pct'], '.0f')} / "
-                                                      f"{_f(c['p99_ms_at_50pct'], '.0f')}"),
-            ("work alone: preprocessing / inference, CPU ms", lambda c: f"{_f(c['preprocess_alone_ms'], '.1f')} / "
-                                                                         f"{_f(c['inference_alone_ms'], '.1f')}")]
+    rows = [("photos (mean MP, mean KB)", lambda c: f"{c['photos']} ({figure(c['mean_megapixels'], '.2f')} MP, "
+                                                    f"{figure(c['mean_kb'], '.0f')} KB)"),
+            ("**images/s** (main job, best burst)", lambda c: figure(c["images_per_s"], ".1f")),
+            ("ideal: cores / (pre + inf) alone", lambda c: figure(c["ideal_images_per_s"], ".1f")),
+            ("**pipeline ÷ ideal**", lambda c: figure(c["vs_ideal"], ".2f")),
+            ("p50 / p99 ms at 50% of peak", lambda c: f"{figure(c['p50_ms_at_50pct'], '.0f')} / "
+                                                      f"{figure(c['p99_ms_at_50pct'], '.0f')}"),
+            ("work alone: preprocessing / inference, CPU ms", lambda c: f"{figure(c['preprocess_alone_ms'], '.1f')} / "
+                                                                         f"{figure(c['inference_alone_ms'], '.1f')}")]
     rows.append(("*CPU ms per image during that burst:*", lambda c: ""))
-    rows += [(label, lambda c, key=key: _f(c["cpu_ms_per_image"][key], ".2f")) for key, label in LABELS]
+    rows += [(label, lambda c, key=key: figure(c["cpu_ms_per_image"][key], ".2f")) for key, label in LABELS]
     rows.append(("**job's own CPU ms/image beyond decode and inference**",
-                 lambda c: _f(c["cpu_ms_per_image"][HEADLINE], ".2f")))
+                 lambda c: figure(c["cpu_ms_per_image"][HEADLINE], ".2f")))
     lines = ["| workload | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(cell(cols[n]) for n in names) + " |" for label, cell in rows]
     skipped = [f"{n}: {c['skipped']}" for n, c in cols.items() if c.get("skipped")]

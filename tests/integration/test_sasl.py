@@ -75,10 +75,9 @@ def logs_since(started: float, *layouts: StackLayout) -> list[Path]:
     """Log files of the stacks (services, Flink's own, the Python workers') written since `started`."""
     found = []
     for stack in layouts:
-        for folder, pattern in (("run", "*.log"), ("data/flink/log", "*"), ("data/flink/tmp", "*.log"),
-                                ("data/kafka", "*.log")):
-            depth = None if folder == "data/flink/tmp" else 1
+        for folder, pattern, nested in (("run", "*.log", False), ("data/flink/log", "*", False),
+                                        ("data/flink/tmp", "*.log", True), ("data/kafka", "*.log", False)):
             found += [p for p in _written_since(stack.root / folder, pattern, started)
-                      if depth is None or p.parent == stack.root / folder]
+                      if nested or p.parent == stack.root / folder]
     assert any("kafka" in p.name for p in found) and any("taskmanager" in p.name for p in found), found
     return found
