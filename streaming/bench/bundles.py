@@ -21,27 +21,31 @@ from typing import Any
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.e2e_workloads import HEADLINE, breakdown, figure
+from streaming.config import PipelineConfig
 
 PEAK_LOSS_LIMIT = 0.05  # a bundle time may cost at most this share of the reference's peak
 
 
+def configs(base: PipelineConfig, times_ms: tuple[int, ...]) -> list[PipelineConfig]:
+    """One at-least-once job config per bundle time, `base`'s other settings; ConfigError on a bad value."""
+    return [dataclasses.replace(base, delivery_guarantee="at_least_once", bundle_time_ms=bundle_ms)
+            for bundle_ms in times_ms]
+
+
 def sweep(bench: Bench, times_ms: tuple[int, ...], expected: float) -> dict[str, Any]:
     """One at-least-once job per bundle time (see the module doc), with `bench.base`'s other settings."""
-    base = dataclasses.replace(bench.base, delivery_guarantee="at_least_once")
     first, *others = times_ms
+    first_config, *other_configs = configs(bench.base, times_ms)
     bench.log(f"job with {first} ms bundles (the reference): peak, then 50% ...")
-    reference = job_runs(bench, f"bundle-{first}", dataclasses.replace(base, bundle_time_ms=first), "half",
-                         expected, None)
+    reference = job_runs(bench, f"bundle-{first}", first_config, "half", expected, None)
     reference_peak = rate_of(reference.get("peak"))
     rows = [row(first, (reference.get("curve") or [{}])[0], reference.get("peak"), reference_peak)]
-    for bundle_ms in others:
+    for bundle_ms, config in zip(others, other_configs):
         bench.log(f"job with {bundle_ms} ms bundles: the same rate, then peak ...")
-        runs = job_runs(bench, f"bundle-{bundle_ms}", dataclasses.replace(base, bundle_time_ms=bundle_ms), "eo",
-                        expected, reference)
+        runs = job_runs(bench, f"bundle-{bundle_ms}", config, "eo", expected, reference)
         rows.append(row(bundle_ms, runs.get("at_50pct", {}), runs.get("peak"), reference_peak))
     bench.log(f"job with {first} ms bundles again: the same rate, then peak ...")
-    again = job_runs(bench, f"bundle-{first}-again", dataclasses.replace(base, bundle_time_ms=first), "eo",
-                     expected, reference)
+    again = job_runs(bench, f"bundle-{first}-again", first_config, "eo", expected, reference)
     rows.append(row(first, again.get("at_50pct", {}), again.get("peak"), reference_peak, again=True))
     return {"benchmark": "bundles", "rate_fraction": MEMORY_FRACTION, "rows": rows, "cpus": os.cpu_count(),
             "choice": choose(rows)}

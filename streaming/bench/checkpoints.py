@@ -18,21 +18,26 @@ from typing import Any
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.e2e_workloads import figure
+from streaming.config import PipelineConfig
 
 P50_TARGET_MS = 1500.0  # issue 14: p50 at half load, exactly-once
 PEAK_LOSS_TARGET = 0.10  # at most 10% less peak than at-least-once
 
 
+def configs(base: PipelineConfig, intervals_ms: tuple[int, ...]) -> list[PipelineConfig]:
+    """One exactly-once job config per interval, `base`'s other settings; ConfigError on a bad value."""
+    return [dataclasses.replace(base, delivery_guarantee="exactly_once", checkpoint_interval_ms=interval)
+            for interval in intervals_ms]
+
+
 def sweep(bench: Bench, intervals_ms: tuple[int, ...], expected: float) -> dict[str, Any]:
     """The at-least-once reference, then one exactly-once job per interval (see the module doc), all
     with `bench.base`'s other settings."""
-    base = bench.base
-    reference = dataclasses.replace(base, delivery_guarantee="at_least_once")
+    reference = dataclasses.replace(bench.base, delivery_guarantee="at_least_once")
     bench.log("job at-least-once: peak, then 50% ...")
     alo = job_runs(bench, "alo", reference, "half", expected, None)
     rows = [row("at_least_once", None, alo.get("curve", [{}])[0], rate_of(alo.get("peak")), rate_of(alo.get("peak")))]
-    for interval in intervals_ms:
-        config = dataclasses.replace(base, delivery_guarantee="exactly_once", checkpoint_interval_ms=interval)
+    for interval, config in zip(intervals_ms, configs(bench.base, intervals_ms)):
         bench.log(f"job exactly-once, checkpoints every {interval} ms: 50%, then peak ...")
         eo = job_runs(bench, f"eo-{interval}", config, "eo", expected, alo)
         rows.append(row("exactly_once", interval, eo.get("at_50pct", {}), rate_of(eo.get("peak")),

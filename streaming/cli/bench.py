@@ -197,7 +197,7 @@ def checkpoints(
     from streaming.bench import checkpoints as bench
 
     chosen = _milliseconds(intervals, "--intervals", 100)
-    _sweep("checkpoints", bench, chosen, photos, quick, expected, setting, json_path)
+    _sweep("checkpoints", bench, chosen, "--intervals", photos, quick, expected, setting, json_path)
 
 
 @bench_app.command("bundles")
@@ -211,7 +211,7 @@ def bundles(
     from streaming.bench import bundles as bench
 
     chosen = _milliseconds(times, "--times", 1)
-    _sweep("bundles", bench, chosen, photos, quick, expected, setting, json_path)
+    _sweep("bundles", bench, chosen, "--times", photos, quick, expected, setting, json_path)
 
 
 def _milliseconds(values: str, option: str, least: int) -> tuple[int, ...]:
@@ -224,17 +224,23 @@ def _milliseconds(values: str, option: str, least: int) -> tuple[int, ...]:
     return chosen
 
 
-def _sweep(name: str, bench, values: tuple[int, ...], photos: str, quick: bool, expected: float,
+def _sweep(name: str, bench, values: tuple[int, ...], option: str, photos: str, quick: bool, expected: float,
            setting: Optional[List[str]], json_path: Optional[Path]) -> None:
-    """A job-setting sweep (`bench.sweep`, `bench.table`) on one workload; writes its JSON report."""
+    """A job-setting sweep (`bench.configs`, `bench.sweep`, `bench.table`) on one workload; writes its
+    JSON report. Every job's config is checked before anything runs."""
     import time
 
     from streaming.bench import e2e
+    from streaming.config import ConfigError
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
     layout, prepared, base = _stack_and_config(setting)
+    try:
+        bench.configs(base, values)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
     (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
     runner = e2e.new_bench(layout, base, prepared.connector_jar, e2e.MODES["quick" if quick else "full"], workload,
                            log)

@@ -62,3 +62,16 @@ def test_the_published_run_chose_the_default():
     report = json.loads((Path(__file__).parents[2] / "streaming" / "bench" / "results" / "bundles-full.json").read_text())
     assert report["choice"] == bundles.choose(report["rows"]) == PipelineConfig().bundle_time_ms
     assert "| 10 ms | 35.3/s | 132 | 307 | 83 (0.63) | 10.42 | 3.30 | 79.3 | 1.12× |" in bundles.table(report)
+
+
+def test_every_bundle_time_becomes_an_at_least_once_config_and_an_out_of_range_one_is_refused():
+    import pytest
+
+    from streaming.config import ConfigError, PipelineConfig
+
+    base = PipelineConfig(delivery_guarantee="exactly_once")
+    assert [(c.bundle_time_ms, c.delivery_guarantee) for c in bundles.configs(base, (50, 10))] == \
+        [(50, "at_least_once"), (10, "at_least_once")]
+    with pytest.raises(ConfigError) as refused:
+        bundles.configs(base, (10, 10**20))
+    assert refused.value.field == "bundle_time_ms"

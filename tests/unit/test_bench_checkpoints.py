@@ -28,3 +28,16 @@ def test_no_interval_meeting_the_targets_is_said_so():
 def test_a_run_that_measured_nothing_prints_dashes():
     text = checkpoints.table(report(checkpoints.row("exactly_once", 1000, {}, None, 80.0)))
     assert "| exactly_once | 1 s | –/s | – | – | – | – | –× |" in text
+
+
+def test_every_interval_becomes_an_exactly_once_config_and_an_out_of_range_one_is_refused():
+    import pytest
+
+    from streaming.config import ConfigError, PipelineConfig
+
+    base = PipelineConfig(delivery_guarantee="at_least_once")
+    assert [(c.checkpoint_interval_ms, c.delivery_guarantee) for c in checkpoints.configs(base, (1000, 5000))] == \
+        [(1000, "exactly_once"), (5000, "exactly_once")]
+    with pytest.raises(ConfigError) as refused:
+        checkpoints.configs(base, (1000, 10**20))
+    assert refused.value.field == "checkpoint_interval_ms"
