@@ -9,8 +9,12 @@ point (latency) and that workload's work alone (the ideal). The breakdown:
 * Python workers beyond decoding: the rest (fetch, hand-off, batching, gRPC client, the Beam
   bridge, serialisation, metrics);
 * Flink JVMs: the TaskManager JVM + the JobManager;
+* of which JIT compilation: their C1/C2 compiler threads, compiling a freshly submitted job's
+  code (`memory.JIT_GROUPS`; a benchmark's jobs are minutes old, a production job is not);
 * Triton (server + backend stubs), S3Proxy, Kafka, the load generator (this process), other;
-* the job's own CPU beyond decode and inference = (Python workers - decode) + Flink JVMs.
+* the job's own CPU beyond decode and inference = (Python workers - decode) + Flink JVMs -
+  JIT compilation: what a warmed-up job costs on top of the work itself. Runs recorded before
+  the JIT split have no JIT figure: their headline includes it.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ LABELS = (  # breakdown key -> the table's row
     ("decode_ms", "  of which decode (decoder processes)"),
     ("python_beyond_decode_ms", "  Python workers beyond decoding"),
     ("flink_jvms_ms", "TaskManager JVM + JobManager"),
+    ("jit_ms", "  of which JIT compilation (a new job's warm-up)"),
     ("triton_ms", "Triton"),
     ("s3proxy_ms", "S3Proxy"),
     ("kafka_ms", "Kafka"),
@@ -43,13 +48,14 @@ def breakdown(row: dict[str, Any] | None) -> dict[str, float | None]:
     out = {"python_workers_ms": _ms(per_image, "python_workers"),
            "decode_ms": _ms(within, "python_workers/decoders"),
            "flink_jvms_ms": _ms(per_image, "taskmanager_jvm", "flink-jm"),
+           "jit_ms": _ms(within, "taskmanager_jvm/jit", "flink-jm/jit"),
            "triton_ms": _ms(per_image, "triton"), "s3proxy_ms": _ms(per_image, "s3proxy"),
            "kafka_ms": _ms(per_image, "kafka"), "load_generator_ms": _ms(per_image, "load_generator"),
            "other_ms": _ms(per_image, "other (not the stack)")}
     py, decode, jvms = out["python_workers_ms"], out["decode_ms"], out["flink_jvms_ms"]
     out["python_beyond_decode_ms"] = round(py - decode, 2) if py is not None and decode is not None else None
     beyond = out["python_beyond_decode_ms"]
-    out[HEADLINE] = round(beyond + (jvms or 0.0), 2) if beyond is not None else None
+    out[HEADLINE] = round(beyond + (jvms or 0.0) - (out["jit_ms"] or 0.0), 2) if beyond is not None else None
     return out
 
 
@@ -114,7 +120,7 @@ def side_by_side(report: dict[str, Any]) -> str:
                                                                          f"{figure(c['inference_alone_ms'], '.1f')}")]
     rows.append(("*CPU ms per image during that burst:*", lambda c: ""))
     rows += [(label, lambda c, key=key: figure(c["cpu_ms_per_image"][key], ".2f")) for key, label in LABELS]
-    rows.append(("**job's own CPU ms/image beyond decode and inference**",
+    rows.append(("**job's own CPU ms/image beyond decode, inference and JIT**",
                  lambda c: figure(c["cpu_ms_per_image"][HEADLINE], ".2f")))
     lines = ["| workload | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(cell(cols[n]) for n in names) + " |" for label, cell in rows]

@@ -121,6 +121,6 @@ def text(report: dict[str, Any]) -> str:
         "| CPU ms per image during the profile | |", "|---|---|",
         *[f"| {label.strip()} | {'–' if ms[key] is None else format(ms[key], '.2f')} |"
           for key, label in e2e_workloads.LABELS],
-        f"| job's own CPU beyond decode and inference | "
+        f"| job's own CPU beyond decode, inference and JIT | "
         f"{'–' if ms[e2e_workloads.HEADLINE] is None else format(ms[e2e_workloads.HEADLINE], '.2f')} |", "",
         f"files: {report['files']['collapsed']}, {report['files']['speedscope']}"])

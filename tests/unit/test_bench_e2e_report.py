@@ -153,6 +153,15 @@ def test_estimate_scales_per_image_costs():
     assert "Bottleneck here: python_workers" in e2e_report.estimate_text(report)
 
 
+def test_estimate_leaves_out_the_new_jobs_jit_compilation():
+    report = made_up_report()
+    report["runs"]["main"]["peak"]["cpu_s_per_image_within"] = {"taskmanager_jvm/jit": 0.0035}
+    e = e2e_report.complete(report)["estimate"]
+    assert e["job_cpu_s_per_image"] == pytest.approx(0.0145)  # 0.018 - 0.0035
+    thousand = next(s for s in e["scenarios"] if s["images_per_s"] == 1000)
+    assert thousand["job_cores"] == 21  # ceil(1000 x 0.0145 / 0.7)
+
+
 def test_plot_writes_a_png(tmp_path):
     report = e2e_report.complete(made_up_report())
     path = plot.plot(report, tmp_path / "out" / "e2e.png")

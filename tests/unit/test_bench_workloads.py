@@ -148,6 +148,22 @@ def test_breakdown_splits_the_python_workers_into_decode_and_the_rest():
     assert e2e_workloads.breakdown(None)["python_workers_ms"] is None
 
 
+def test_jit_compilation_is_reported_within_the_flink_jvms_and_left_out_of_the_headline():
+    row = _row(50, 200, 400, cpu_s_per_image_within={"python_workers/decoders": 0.011,
+                                                     "taskmanager_jvm/jit": 0.0015, "flink-jm/jit": 0.0002})
+    row["cpu_s_per_image"]["flink-jm"] = 0.0005
+    b = e2e_workloads.breakdown(row)
+    assert b["flink_jvms_ms"] == pytest.approx(2.5) and b["jit_ms"] == pytest.approx(1.7)
+    assert b["job_beyond_decode_and_inference_ms"] == pytest.approx(5.8)  # 5 + 2.5 - 1.7
+
+
+def test_hotspot_compiler_threads_are_the_jit():
+    for name in ("C2 CompilerThre", "C1 CompilerThre"):  # /proc's comm: 15 characters
+        assert memory.is_jit_thread(name)
+    for name in ("VM Thread", "GC Thread#0", "Source Data Fet", "kafka-producer-", ""):
+        assert not memory.is_jit_thread(name)
+
+
 def test_cpu_meter_names_decoder_processes_a_part_of_the_python_workers():
     assert memory.part_of("python_workers", "/venv/bin/python -m streaming.decoder_worker --max-decode-bytes 1") \
         == "decoders"
@@ -186,7 +202,8 @@ def test_side_by_side_has_a_column_per_workload():
     assert lines[0] == "| workload | large | small |"
     assert all(line.count("|") == 4 for line in lines if line.startswith("|"))
     for needle in ("**images/s**", "pipeline ÷ ideal", "p50 / p99 ms at 50% of peak", "of which decode",
-                   "beyond decoding", "TaskManager JVM + JobManager", "beyond decode and inference"):
+                   "beyond decoding", "TaskManager JVM + JobManager", "of which JIT compilation",
+                   "beyond decode, inference and JIT"):
         assert needle in text, needle
     assert "| **pipeline ÷ ideal** | 0.68 | 0.96 |" in text
 
