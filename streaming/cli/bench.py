@@ -255,6 +255,45 @@ def _sweep(name: str, bench, values: tuple[int, ...], option: str, photos: str, 
     log(f"wrote {path}")
 
 
+@bench_app.command("bridge")
+def bridge(
+    operators: str = typer.Option("async,thread", help="Echo operators, comma-separated: async, map (process "
+                                                       "mode, at each --times), thread (thread mode, once)."),
+    times: str = typer.Option("10,50", help="Bundle times of the process-mode operators, ms, comma-separated."),
+    rate: float = typer.Option(40.0, help="Requests/s of the steady run."),
+    seconds: float = typer.Option(60.0, help="Length of the steady run."),
+    burst: int = typer.Option(6000, help="Requests of the burst (and of each warm-up round)."),
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
+) -> None:
+    """What PyFlink itself costs per second and per request, with an operator that does no work."""
+    import time
+
+    from streaming.bench import bridge as bench
+    from streaming.bench.echo_job import OPERATORS
+    from streaming.config import ConfigError
+
+    chosen_operators = tuple(o.strip() for o in operators.split(",") if o.strip())
+    if not chosen_operators or any(o not in OPERATORS for o in chosen_operators):
+        raise typer.BadParameter(f"comma-separated, each one of {', '.join(OPERATORS)}", param_hint="--operators")
+    if rate <= 0 or seconds <= 0 or burst < 1:
+        raise typer.BadParameter("--rate and --seconds must be positive, --burst at least 1")
+    chosen = bench.variants(chosen_operators, _milliseconds(times, "--times", 1))
+    layout, prepared, base = _stack_and_config(setting)
+    try:
+        bench.configs(base, chosen)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--times") from None
+    report = bench.run(layout, base, prepared.connector_jar, chosen, bench.Plan(rate, seconds, burst),
+                       lambda message: typer.echo(message, err=True))
+    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("bridge"):]) \
+        if "bridge" in sys.argv else "imgstream bench bridge"
+    path = json_path or layout.root / "results" / f"bridge-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(bench.table(report))
+    typer.echo(f"wrote {path}", err=True)
+
+
 @bench_app.command("soak")
 def soak(
     minutes: float = typer.Option(5.0, help="Length of the hostile phase (the clean phase is a third of it)."),

@@ -166,10 +166,12 @@ class RunningJob:
 
 
 def submit_on_fresh_topics(layout: StackLayout, config: PipelineConfig, connector_jar: Path,
-                           name: str, *, kafka_layout: StackLayout | None = None) -> RunningJob:
+                           name: str, *, kafka_layout: StackLayout | None = None, script: Path = JOB_SCRIPT,
+                           args: Sequence[str] = ()) -> RunningJob:
     """Run the job on request/result topics, consumer group and transactional ids of its own
     (`<name>-<random>-...`), reading from the start; waits until it runs (cancels it if it does
-    not). The topics are created on `kafka_layout`'s broker (a second, secured one), else `layout`'s."""
+    not). The topics are created on `kafka_layout`'s broker (a second, secured one), else `layout`'s.
+    `script` and `args` as in `submit`."""
     from streaming.stack import kafka
 
     prefix = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -177,7 +179,7 @@ def submit_on_fresh_topics(layout: StackLayout, config: PipelineConfig, connecto
                                  consumer_group=prefix, transactional_id_prefix=prefix, start_from="earliest")
     kafka.ensure_topics(kafka_layout or layout, [config.requests_topic, config.results_topic],
                         max(layout.topic_partitions, config.parallelism))
-    job_id = submit(layout, config, connector_jar, prefix)
+    job_id = submit(layout, config, connector_jar, prefix, script=script, args=args)
     try:
         wait_running(layout, job_id)
     except BaseException:
