@@ -77,6 +77,15 @@ def split(cpu_s: dict[str, float], within: dict[str, float], per: float) -> dict
     return out
 
 
+def skip_reason(variant: Variant, exc: Exception) -> str:
+    """Why a variant's job did not run: the error's first line, and for thread mode the likely cause."""
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if variant.operator == "thread":
+        reason += (" (PEMJA starts thread mode once per TaskManager process on Java 17: restart the "
+                   "TaskManager, e.g. `imgstream stack down` and `up`, and run thread mode first)")
+    return reason
+
+
 def _measured(groups: memory.ProcessGroups, run: Callable[[], Any]) -> tuple[Any, memory.CpuMeter]:
     meter = memory.CpuMeter(groups).start()
     result = run()
@@ -93,7 +102,7 @@ def measure(layout: StackLayout, config: PipelineConfig, connector_jar: Path, va
         job = jobs.submit_on_fresh_topics(layout, config, connector_jar, f"bench-bridge-{variant.operator}",
                                           script=ECHO_JOB, args=[variant.operator])
     except jobs.JobError as exc:  # e.g. thread mode on a TaskManager that cannot start it again
-        row["skipped"] = str(exc).splitlines()[0]
+        row["skipped"] = skip_reason(variant, exc)
         return row
     try:
         for _ in range(2):

@@ -42,3 +42,11 @@ def test_the_table_has_a_row_per_variant_and_says_why_one_was_skipped():
     assert lines[2] == "| async, 10 ms bundles | 70 | 22 / 60 | 300 (150 + 140 + 10) | 40 | 7.50 | 3000 | 0.180 |"
     assert lines[3].startswith("| thread (thread mode) | skipped: no |")
     assert all(line.count("|") == 9 for line in lines)
+
+
+def test_a_thread_mode_job_that_did_not_start_names_the_likely_cause():
+    error = RuntimeError("job abc is RESTARTING, not running; see the Flink web UI\nmore")
+    thread = bridge.skip_reason(bridge.Variant("thread", None), error)
+    assert thread.startswith("job abc is RESTARTING, not running") and "once per TaskManager" in thread
+    assert bridge.skip_reason(bridge.Variant("async", 10), error) == \
+        "job abc is RESTARTING, not running; see the Flink web UI"
