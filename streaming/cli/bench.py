@@ -56,8 +56,7 @@ def preprocess(
     except RuntimeError as exc:
         log(f"error: {exc}")
         raise typer.Exit(2)
-    result["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("preprocess"):]) \
-        if "preprocess" in sys.argv else "imgstream bench preprocess"
+    result["command"] = _command("preprocess")
     result["targets"] = bench_report.targets(result)
     typer.echo(bench_report.table(result))
     typer.echo("")
@@ -117,8 +116,7 @@ def e2e(
 
     signal.signal(signal.SIGTERM, interrupted)
     report = bench.run(layout, base, prepared.connector_jar, bench.MODES[mode], log=log, workloads=chosen)
-    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("e2e"):]) \
-        if "e2e" in sys.argv else f"imgstream bench e2e{' --quick' if quick else ''}"
+    report["command"] = _command("e2e", f"imgstream bench e2e{' --quick' if quick else ''}")
     report["overrides"] = list(setting or [])
     e2e_report.complete(report)
     folder = out or layout.root / "results"
@@ -170,8 +168,7 @@ def profile(
     except RuntimeError as exc:
         log(f"error: {exc}")
         raise typer.Exit(2)
-    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("profile"):]) \
-        if "profile" in sys.argv else "imgstream bench profile"
+    report["command"] = _command("profile")
     path = Path(report["files"]["collapsed"]).with_name(Path(report["files"]["collapsed"]).name
                                                         .replace(".collapsed.txt", ".json"))
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -228,31 +225,19 @@ def _sweep(name: str, bench, values: tuple[int, ...], option: str, photos: str, 
            setting: Optional[List[str]], json_path: Optional[Path]) -> None:
     """A job-setting sweep (`bench.configs`, `bench.sweep`, `bench.table`) on one workload; writes its
     JSON report. Every job's config is checked before anything runs."""
-    import time
-
     from streaming.bench import e2e
-    from streaming.config import ConfigError
 
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
     layout, prepared, base = _stack_and_config(setting)
-    try:
-        bench.configs(base, values)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+    _check_configs(bench, base, values, option)
     (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
     runner = e2e.new_bench(layout, base, prepared.connector_jar, e2e.MODES["quick" if quick else "full"], workload,
                            log)
     report = bench.sweep(runner, values, expected or (120.0 if workload.name == "small" else 40.0))
     report["workload"] = workload.summary()
-    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index(name):]) \
-        if name in sys.argv else f"imgstream bench {name}"
-    path = json_path or layout.root / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(bench.table(report))
-    log(f"wrote {path}")
+    _write_report(name, bench, report, layout, json_path)
 
 
 @bench_app.command("bridge")
@@ -266,11 +251,8 @@ def bridge(
     setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
 ) -> None:
     """What PyFlink itself costs per second and per request, with an operator that does no work."""
-    import time
-
     from streaming.bench import bridge as bench
     from streaming.bench.echo_job import OPERATORS
-    from streaming.config import ConfigError
 
     chosen_operators = tuple(o.strip() for o in operators.split(",") if o.strip())
     if not chosen_operators or any(o not in OPERATORS for o in chosen_operators):
@@ -279,15 +261,37 @@ def bridge(
         raise typer.BadParameter("--rate and --seconds must be positive, --burst at least 1")
     chosen = bench.variants(chosen_operators, _milliseconds(times, "--times", 1))
     layout, prepared, base = _stack_and_config(setting)
-    try:
-        bench.configs(base, chosen)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--times") from None
+    _check_configs(bench, base, chosen, "--times")
     report = bench.run(layout, base, prepared.connector_jar, chosen, bench.Plan(rate, seconds, burst),
                        lambda message: typer.echo(message, err=True))
-    report["command"] = "imgstream bench " + " ".join(sys.argv[sys.argv.index("bridge"):]) \
-        if "bridge" in sys.argv else "imgstream bench bridge"
-    path = json_path or layout.root / "results" / f"bridge-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _write_report("bridge", bench, report, layout, json_path)
+
+
+def _command(name: str, default: str | None = None) -> str:
+    """The `imgstream bench <name> ...` command line this process was started with, for a report."""
+    if name in sys.argv:
+        return "imgstream bench " + " ".join(sys.argv[sys.argv.index(name):])
+    return default or f"imgstream bench {name}"
+
+
+def _check_configs(bench, base, values, option: str) -> None:
+    """Every job config of a benchmark (`bench.configs`) built before anything runs; BadParameter
+    naming `option` when one is refused."""
+    from streaming.config import ConfigError
+
+    try:
+        bench.configs(base, values)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def _write_report(name: str, bench, report: dict, layout, json_path: Optional[Path]) -> None:
+    """The report with its command line, as JSON at `json_path` (or a dated file under
+    .stack/results), and its `bench.table` printed."""
+    import time
+
+    report["command"] = _command(name)
+    path = json_path or layout.root / "results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     typer.echo(bench.table(report))
