@@ -46,11 +46,31 @@ class Variant:
         return f"{self.operator}, {self.bundle_time_ms} ms bundles"
 
 
+MAX_RATE = 10_000.0  # requests/s: far beyond what one local TaskManager answers
+MAX_SECONDS = 3600.0
+MAX_BURST = 1_000_000
+
+
+class PlanError(ValueError):
+    """A plan value out of bounds; `field` names it."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
 @dataclass(frozen=True)
 class Plan:
     rate: float = 40.0  # requests/s of the steady run
     seconds: float = 60.0  # its length
     burst: int = 6000  # requests of the burst (and of each warm-up round)
+
+    def __post_init__(self) -> None:
+        bounds = {"rate": (self.rate, MAX_RATE), "seconds": (self.seconds, MAX_SECONDS),
+                  "burst": (self.burst, MAX_BURST)}
+        for field, (value, most) in bounds.items():
+            if not 0 < value <= most:  # also refuses NaN
+                raise PlanError(field, f"must be in (0, {most:g}], got {value!r}")
 
 
 def variants(operators: tuple[str, ...], times_ms: tuple[int, ...]) -> list[Variant]:

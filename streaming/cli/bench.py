@@ -257,12 +257,14 @@ def bridge(
     chosen_operators = tuple(o.strip() for o in operators.split(",") if o.strip())
     if not chosen_operators or any(o not in OPERATORS for o in chosen_operators):
         raise typer.BadParameter(f"comma-separated, each one of {', '.join(OPERATORS)}", param_hint="--operators")
-    if rate <= 0 or seconds <= 0 or burst < 1:
-        raise typer.BadParameter("--rate and --seconds must be positive, --burst at least 1")
+    try:
+        plan = bench.Plan(rate, seconds, burst)
+    except bench.PlanError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=f"--{exc.field}") from None
     chosen = bench.variants(chosen_operators, _milliseconds(times, "--times", 1))
     layout, prepared, base = _stack_and_config(setting)
     _check_configs(bench, base, chosen, "--times")
-    report = bench.run(layout, base, prepared.connector_jar, chosen, bench.Plan(rate, seconds, burst),
+    report = bench.run(layout, base, prepared.connector_jar, chosen, plan,
                        lambda message: typer.echo(message, err=True))
     _write_report("bridge", bench, report, layout, json_path)
 

@@ -50,3 +50,21 @@ def test_a_thread_mode_job_that_did_not_start_names_the_likely_cause():
     assert thread.startswith("job abc is RESTARTING, not running") and "once per TaskManager" in thread
     assert bridge.skip_reason(bridge.Variant("async", 10), error) == \
         "job abc is RESTARTING, not running; see the Flink web UI"
+
+
+@pytest.mark.parametrize("field, kwargs", [("rate", {"rate": 1e308}), ("rate", {"rate": float("nan")}),
+                                           ("seconds", {"seconds": 0}), ("seconds", {"seconds": 1e9}),
+                                           ("burst", {"burst": 0}), ("burst", {"burst": 10**12})])
+def test_a_plan_out_of_bounds_names_its_field(field, kwargs):
+    with pytest.raises(bridge.PlanError) as raised:
+        bridge.Plan(**kwargs)
+    assert raised.value.field == field
+
+
+def test_the_cli_refuses_an_absurd_rate_as_an_option_error():
+    from typer.testing import CliRunner
+
+    from streaming.cli.bench import bench_app
+
+    result = CliRunner().invoke(bench_app, ["bridge", "--rate", "1e308"])
+    assert result.exit_code == 2 and "--rate" in result.output and "10000" in result.output, result.output
