@@ -83,7 +83,7 @@ class AsyncImagePipeline:
         self._built: list[Any] = []  # built by open(), closed by close()
         self._prepare_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
-        self._batchers: dict[str, MicroBatcher] = {}  # one per model
+        self._batchers: dict[tuple[str, int], MicroBatcher] = {}  # one per model and image size
         self.in_flight = 0
 
     def open(self) -> None:
@@ -181,7 +181,7 @@ class AsyncImagePipeline:
             timings.update(prepared.timings_ms())
             timings["queue"] = timings.get("queue", 0.0) + waited_ms
             try:
-                batched = await self._batcher_for(name, model).submit(prepared.tensor)
+                batched = await self._batcher_for(name, model, contract.resize.size).submit(prepared.tensor)
             except ModelChanged:
                 if attempt:
                     raise
@@ -203,14 +203,17 @@ class AsyncImagePipeline:
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
         return prepared, contract, (started - submitted) * 1000 + outside
 
-    def _batcher_for(self, name: str, model: Model) -> MicroBatcher:
-        # created lazily, on the loop that awaits it; one per model (a batch goes to one model)
-        if name not in self._batchers:
-            self._batchers[name] = MicroBatcher(functools.partial(self.infer, model),
+    def _batcher_for(self, name: str, model: Model, size: int) -> MicroBatcher:
+        # created lazily, on the loop that awaits it; one per model (a batch goes to one model) and
+        # image size: while the served model changes, requests prepared for the old contract and
+        # those prepared again for the new one never share a batch (the old ones would sink it)
+        key = (name, size)
+        if key not in self._batchers:
+            self._batchers[key] = MicroBatcher(functools.partial(self.infer, model),
                                                 max_size=self.config.max_batch_size,
                                                 max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
                                                 max_concurrent_batches=self.config.infer_concurrency)
-        return self._batchers[name]
+        return self._batchers[key]
 
 
 class ImagePipeline:

@@ -181,6 +181,42 @@ def test_a_request_prepared_for_an_old_contract_is_prepared_again_for_the_new_on
     assert model.sizes == [224, 240] and decoder.decodes == 2 and result.model_version == "2"
 
 
+class SlowFor(Decoder):
+    """Decodes the object of `uri` after `delay_s` (the stand-in store's bytes name their URI)."""
+
+    def __init__(self, uri: str, delay_s: float):
+        super().__init__()
+        self.uri, self.delay_s = uri.encode(), delay_s
+
+    def decode(self, data, resize, *, max_pixels):
+        if data == self.uri:
+            time.sleep(self.delay_s)
+        return super().decode(data, resize, max_pixels=max_pixels)
+
+
+class NamingStore(Store):
+    def fetch(self, ref, *, if_none_match=None):
+        self.fetches += 1
+        return FetchedObject(ref.uri, ref.uri.encode(), None, 0.5)
+
+
+def test_a_request_prepared_again_never_shares_a_batch_with_one_still_of_the_old_size():
+    # a: prepared at 224, its batch rejected (the model now takes 240), prepared again at 240;
+    # b: still being prepared at 224 meanwhile, it reaches the batcher while a's second try waits
+    # there. Were they one batch, both would be refused, and a, on its last try, would fail.
+    model = ChangingModel()
+    decoder = SlowFor("s3://photos/b.jpg", 0.45)
+    pipeline = AsyncImagePipeline(config(max_batch_size=2, max_batch_wait_ms=300, infer_concurrency=2),
+                                  fetcher=NamingStore(), classifier=model, decoder=decoder)
+    pipeline.open()
+    try:
+        a, b = run(pipeline, event("a", "s3://photos/a.jpg"), event("b", "s3://photos/b.jpg"))
+    finally:
+        pipeline.close()
+    assert isinstance(a, Prediction) and isinstance(b, Prediction), (a, b)
+    assert model.sizes == [224, 240, 240] and decoder.decodes == 4
+
+
 def test_a_model_that_keeps_changing_gives_a_retryable_model_changed_error(parts):
     store, decoder, _ = parts
     with ImagePipeline(config(), fetcher=store, classifier=ChangingModel(changes=1), decoder=decoder) as pipe:
