@@ -87,13 +87,13 @@ def configs(base: PipelineConfig, chosen: list[Variant]) -> list[PipelineConfig]
 
 def split(cpu_s: dict[str, float], within: dict[str, float], per: float) -> dict[str, float]:
     """CPU ms of the job's processes per `per` (seconds or requests), the JIT apart."""
-    jit = within.get("taskmanager_jvm/jit", 0.0) + within.get("flink-jm/jit", 0.0)
-    parts = {"taskmanager_jvm": cpu_s.get("taskmanager_jvm", 0.0) - within.get("taskmanager_jvm/jit", 0.0),
+    tm_jit, jm_jit = within.get(memory.TASKMANAGER_JIT, 0.0), within.get(memory.JOBMANAGER_JIT, 0.0)
+    parts = {"taskmanager_jvm": cpu_s.get("taskmanager_jvm", 0.0) - tm_jit,
              "python_worker": cpu_s.get("python_workers", 0.0),
-             "jobmanager": cpu_s.get("flink-jm", 0.0) - within.get("flink-jm/jit", 0.0)}
+             "jobmanager": cpu_s.get("flink-jm", 0.0) - jm_jit}
     out = {k: round(1000 * v / per, 3) for k, v in parts.items()}
     out["job"] = round(sum(out.values()), 3)
-    out["jit"] = round(1000 * jit / per, 3)
+    out["jit"] = round(1000 * (tm_jit + jm_jit) / per, 3)
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from streaming.bench import e2e_workloads
+from streaming.bench import e2e_workloads, memory
 from streaming.bench.e2e_workloads import figure, first_workload
 from streaming.bench.load import STAGE_ORDER
 from streaming.contract import INPUT_DTYPE, INPUT_SIZE, input_shape
@@ -150,7 +150,7 @@ def _estimate(sub: dict[str, Any], model: str) -> dict[str, Any]:
     """One workload's estimate; `sub` is the report itself (the first workload) or one of `other_workloads`."""
     alone, main = sub["alone"], sub.get("runs", {}).get("main", {})
     per_image = main.get("peak", {}).get("cpu_s_per_image", {})
-    jit = (main.get("peak", {}).get("cpu_s_per_image_within") or {}).get("taskmanager_jvm/jit", 0.0)
+    jit = (main.get("peak", {}).get("cpu_s_per_image_within") or {}).get(memory.TASKMANAGER_JIT, 0.0)
     cpu_side = sum(per_image.get(k, 0.0) for k in CPU_SIDE) - jit or alone["preprocess"]["cpu_s_per_image"]
     inf = {name: row["triton_cpu_s_per_image"] for name, row in alone["inference"].items()}
     inf_cpu = inf.get(_int8(model), inf.get(model))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streaming.bench import memory
+
 LABELS = (  # breakdown key -> the table's row
     ("python_workers_ms", "Python workers (incl. decoder processes)"),
     ("decode_ms", "  of which decode (decoder processes)"),
@@ -46,9 +48,9 @@ def breakdown(row: dict[str, Any] | None) -> dict[str, float | None]:
     per_image = (row or {}).get("cpu_s_per_image") or {}
     within = (row or {}).get("cpu_s_per_image_within") or {}
     out = {"python_workers_ms": _ms(per_image, "python_workers"),
-           "decode_ms": _ms(within, "python_workers/decoders"),
+           "decode_ms": _ms(within, memory.DECODERS),
            "flink_jvms_ms": _ms(per_image, "taskmanager_jvm", "flink-jm"),
-           "jit_ms": _ms(within, "taskmanager_jvm/jit", "flink-jm/jit"),
+           "jit_ms": _ms(within, memory.TASKMANAGER_JIT, memory.JOBMANAGER_JIT),
            "triton_ms": _ms(per_image, "triton"), "s3proxy_ms": _ms(per_image, "s3proxy"),
            "kafka_ms": _ms(per_image, "kafka"), "load_generator_ms": _ms(per_image, "load_generator"),
            "other_ms": _ms(per_image, "other (not the stack)")}

@@ -36,6 +36,15 @@ JIT_GROUPS = ("taskmanager_jvm", "flink-jm")  # JVMs whose compiler threads are 
 JIT_THREAD_NAMES = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's, as /proc truncates them
 
 
+def part_key(group: str, part: str) -> str:
+    """A part's key in `CpuMeter.within` (and in a report's `cpu_s_per_image_within`)."""
+    return f"{group}/{part}"
+
+
+DECODERS = part_key("python_workers", "decoders")
+TASKMANAGER_JIT, JOBMANAGER_JIT = (part_key(group, "jit") for group in JIT_GROUPS)
+
+
 def _tree(pid: int | None) -> list[psutil.Process]:
     if pid is None:
         return []
@@ -169,7 +178,7 @@ class CpuMeter:
                 self._last[proc.pid] = (name, cpu)
                 if proc.pid not in self._parts:
                     part = part_of(name, _cmdline(proc)) if name in PARTS else None
-                    self._parts[proc.pid] = f"{name}/{part}" if part else None
+                    self._parts[proc.pid] = part_key(name, part) if part else None
                 if name in JIT_GROUPS:
                     for tid, jit in _jit_cpu_s(proc, self._jit_known).items():
                         self._jit_first.setdefault((name, tid), 0.0 if self._started else jit)
@@ -197,10 +206,10 @@ class CpuMeter:
         self.wall_s = time.perf_counter() - self._wall0
         self.machine_busy_s = _busy_s() - self._busy0
         out: dict[str, float] = {}
-        within = {f"{group}/{part}": 0.0 for group, (part, _) in PARTS.items()}
-        within.update({f"{group}/jit": 0.0 for group in JIT_GROUPS})
+        within = {part_key(group, part): 0.0 for group, (part, _) in PARTS.items()}
+        within.update({part_key(group, "jit"): 0.0 for group in JIT_GROUPS})
         for (group, tid), cpu in self._jit_last.items():
-            within[f"{group}/jit"] += max(0.0, cpu - self._jit_first.get((group, tid), 0.0))
+            within[part_key(group, "jit")] += max(0.0, cpu - self._jit_first.get((group, tid), 0.0))
         for pid, (name, cpu) in self._last.items():
             first = self._first.get(pid, (name, 0.0))[1]
             out[name] = out.get(name, 0.0) + max(0.0, cpu - first)
