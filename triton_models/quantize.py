@@ -28,7 +28,7 @@ from streaming import contract
 from triton_models import export_onnx
 
 RECIPES = ("u8s8", "s8s8")
-QUANT_REVISION = "1"  # bump when the recipe or the graph rewrite changes
+QUANT_REVISION = "2"  # bump when the recipe or the graph rewrite changes
 CALIBRATION_BATCH = 8
 EXCLUDED_NODES = ("softmax",)
 
@@ -80,7 +80,7 @@ def quantize_qdq(fp32_path: Path, images: np.ndarray, *, recipe: str = "u8s8",
     try:
         quantize_static(
             str(fp32_path), str(tmp), _Reader(images, CALIBRATION_BATCH),
-            quant_format=QuantFormat.QDQ, per_channel=True,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=not symmetric,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=list(nodes_to_exclude),

@@ -180,7 +180,9 @@ def test_calibration_writes_an_int8_entry_and_a_plausible_report(examples, pics,
                           photos=pics[:8], calibrate=pics[:8])
     assert result.check.passed and result.check.max_abs_diff < 1e-5
     report = result.int8
-    assert report.model == "my_embedder_int8" and report.photos == 8 and 0.95 < report.cosine_p5 <= report.cosine_mean <= 1.0
+    # 7-bit weights (reduce_range, so that AVX2 CPUs without VNNI do not saturate): 0.92 / 0.96 measured
+    assert report.model == "my_embedder_int8" and report.photos == 8 and 0.9 < report.cosine_p5 <= report.cosine_mean <= 1.0
+    assert report.cosine_mean > 0.94
     cfg = model_config.parse((tmp_path / "my_embedder_int8" / "config.pbtxt").read_text())
     assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("EMBEDDING", [1280], "")]
     assert not (tmp_path / "my_embedder_int8" / "labels.txt").exists()
