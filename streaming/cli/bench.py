@@ -176,7 +176,7 @@ def profile(
     log(f"wrote {path}")
 
 
-# the options every job-setting sweep (checkpoints, bundles) takes
+# the options every job-setting sweep (checkpoints, bundles, settings) takes
 _SWEEP_PHOTOS = typer.Option("small", "--photos", help="Workload: small, large, a folder or s3://bucket/prefix/.")
 _SWEEP_QUICK = typer.Option(False, "--quick", help="Shorter runs (the e2e benchmark's quick settings).")
 _SWEEP_EXPECTED = typer.Option(0.0, help="Images/s the bursts are sized for (0: 120 for small, 40 otherwise).")
@@ -205,19 +205,43 @@ def bundles(
     setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
 ) -> None:
     """Latency, the job's own CPU per image and peak per PyFlink bundle time (at-least-once), in one run."""
-    from streaming.bench import bundles as bench
+    from streaming.bench.settings import BUNDLES
 
     chosen = _milliseconds(times, "--times", 1)
-    _sweep("bundles", bench, chosen, "--times", photos, quick, expected, setting, json_path)
+    _sweep("bundles", BUNDLES, chosen, "--times", photos, quick, expected, setting, json_path)
+
+
+@bench_app.command("settings")
+def settings(
+    field: str = typer.Argument(..., help="The job setting: bundle_time_ms, bundle_size, fetch_concurrency, "
+                                          "decode_concurrency, max_batch_size, max_batch_wait_ms, "
+                                          "infer_concurrency, max_in_flight or cache_bytes."),
+    values: str = typer.Argument(..., help="Its values, comma-separated; the first is the reference."),
+    photos: str = _SWEEP_PHOTOS, quick: bool = _SWEEP_QUICK, expected: float = _SWEEP_EXPECTED,
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
+) -> None:
+    """Latency, the job's own CPU per image and peak per value of one job setting (at-least-once), in one run."""
+    from streaming.bench.settings import Sweep
+
+    try:
+        sweep = Sweep(field)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FIELD") from None
+    _sweep("settings", sweep, _integers(values, "VALUES", 0), "VALUES", photos, quick, expected, setting, json_path)
 
 
 def _milliseconds(values: str, option: str, least: int) -> tuple[int, ...]:
+    return _integers(values, option, least, " ms")
+
+
+def _integers(values: str, option: str, least: int, unit: str = "") -> tuple[int, ...]:
+    """`values`, comma-separated integers, each at least `least`; BadParameter naming `option` otherwise."""
     try:
         chosen = tuple(int(v) for v in values.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter("comma-separated milliseconds, e.g. 1000,2000,5000", param_hint=option) from None
+        raise typer.BadParameter(f"comma-separated integers{unit}, e.g. 1000,2000,5000", param_hint=option) from None
     if not chosen or min(chosen) < least:
-        raise typer.BadParameter(f"at least one value, each >= {least} ms", param_hint=option)
+        raise typer.BadParameter(f"at least one value, each >= {least}{unit}", param_hint=option)
     return chosen
 
 
