@@ -107,3 +107,16 @@ def test_the_cli_refuses_an_unknown_setting_and_a_bad_value_as_option_errors():
     assert unknown.exit_code == 2 and "FIELD" in unknown.output, unknown.output
     bad = CliRunner().invoke(bench_app, ["settings", "max_in_flight", "64,many"])
     assert bad.exit_code == 2 and "VALUES" in bad.output, bad.output
+
+
+def test_the_published_fetch_concurrency_run_gives_the_readme_table():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    report = json.loads((root / "streaming" / "bench" / "results" / "settings-fetch-concurrency-quick.json").read_text())
+    table = Sweep(report["field"]).table(report)
+    assert report["choice"] == 16
+    rows = [line for line in table.splitlines() if line.startswith("| 8 |") or line.startswith("| 16 (reference")]
+    readme = (root / "README.md").read_text()
+    assert len(rows) == 2 and all(row in readme for row in rows)
