@@ -14,12 +14,18 @@ restart should delay requests, not fail them; the waiting backpressures Kafka), 
 as InferenceUnavailable; a model Triton does not know is ModelNotFound at once (NOT_FOUND "...
 is not found"; NOT_FOUND "... has no available versions", seen while Triton stops, is retried);
 anything else is InferenceFailed at once.
+
+With `triton_shared_memory` the batch reaches Triton through a region of /dev/shm instead of the
+request (`streaming.triton_shm`); a region Triton no longer knows (it restarted) is registered
+again and the batch retried like any other retryable failure.
 """
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -33,6 +39,7 @@ from streaming.contract import (
 )
 from streaming.errors import InferenceFailed, InferenceUnavailable, ModelChanged, ModelContractInvalid, ModelNotFound
 from streaming.events import Label
+from streaming.triton_shm import SharedInputs, is_missing_region, shm
 
 # NOT_FOUND: while Triton starts or stops, the model "has no available versions" (retried);
 # a model or version it does not know "is not found" (permanent: see `_is_unknown_model`).
@@ -121,11 +128,15 @@ class TritonClassifier:
         self._version = ""  # the version that served the last batch
         self._lock = threading.Lock()
         self._refreshed = 0.0  # monotonic time of the last contract read
+        self._shared: SharedInputs | None = None  # triton_shared_memory: the regions, made at first use
 
     def open(self) -> None:
         self._client = grpcclient.InferenceServerClient(self.config.triton_grpc)
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -217,7 +228,25 @@ class TritonClassifier:
         if cfg.top_k > contract.output.num_classes and contract.output.kind == "classes":
             raise ConfigError("top_k", f"model {cfg.model_name!r} has {contract.output.num_classes} classes, "
                                        f"top_k is {cfg.top_k}")
+        if cfg.triton_shared_memory:
+            self._check_shared_memory()
         return contract
+
+    def _check_shared_memory(self) -> None:
+        """Triton maps a region of this host's /dev/shm; ConfigError naming triton_shared_memory if not."""
+        from streaming.config import ConfigError
+
+        probe = SharedInputs(self.client, 1)
+        try:
+            with probe.holding(np.zeros((1, 1, 1, CHANNELS), INPUT_DTYPE)):
+                pass
+        except (InferenceServerException, shm.SharedMemoryException) as exc:
+            reason = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+            raise ConfigError("triton_shared_memory", f"Triton at {self.config.triton_grpc} cannot map this host's "
+                                                      f"shared memory ({reason}): it must run on the same host, "
+                                                      f"with the same /dev/shm") from None
+        finally:
+            probe.close()
 
     def infer(self, batch: np.ndarray) -> Inferred:
         """The outputs for each image of a (N, S, S, 3) uint8 batch made for the current contract.
@@ -265,17 +294,19 @@ class TritonClassifier:
                stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> tuple[np.ndarray, str]:
-            inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_TRITON_DTYPE)
-            inp.set_data_from_numpy(batch)
             if output.kind == "classes":
                 out = grpcclient.InferRequestedOutput(output.tensor_name, class_count=self._top_k(contract))
             else:
                 out = grpcclient.InferRequestedOutput(output.tensor_name)
             try:
-                result = self.client.infer(self.config.model_name, [inp], outputs=[out],
-                                           model_version=self.config.model_version,
-                                           client_timeout=self.config.infer_timeout_s)
+                with self._input(batch) as inp:
+                    result = self.client.infer(self.config.model_name, [inp], outputs=[out],
+                                               model_version=self.config.model_version,
+                                               client_timeout=self.config.infer_timeout_s)
             except InferenceServerException as exc:
+                if self._shared is not None and is_missing_region(exc.message() or ""):
+                    self._shared.forget()  # Triton restarted: register again, then retry
+                    raise InferenceUnavailable(f"triton: {exc.message()}") from None
                 raise _translate(exc) from None
             values = result.as_numpy(output.tensor_name)
             if values is None or values.shape[0] != len(batch):
@@ -287,3 +318,22 @@ class TritonClassifier:
             return values.reshape(len(batch), -1), result.get_response().model_version
 
         return call()
+
+    @contextmanager
+    def _input(self, batch: np.ndarray) -> Iterator[grpcclient.InferInput]:
+        """The batch as Triton's input: in the request, or in a shared memory region held meanwhile."""
+        inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_TRITON_DTYPE)
+        if not self.config.triton_shared_memory:
+            inp.set_data_from_numpy(batch)
+            yield inp
+            return
+        with self._lock:
+            if self._shared is None:
+                self._shared = SharedInputs(self.client, self.config.infer_concurrency)
+            shared = self._shared
+        try:
+            with shared.holding(batch) as (region, nbytes):
+                inp.set_shared_memory(region, nbytes)
+                yield inp
+        except shm.SharedMemoryException as exc:  # /dev/shm full or not writable
+            raise InferenceFailed(f"shared memory for the batch: {exc}") from None

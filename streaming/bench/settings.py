@@ -25,16 +25,19 @@ from typing import Any
 from streaming.bench.e2e import MEMORY_FRACTION, Bench, job_runs
 from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.e2e_workloads import HEADLINE, breakdown, figure
-from streaming.config import PipelineConfig
+from streaming.config import ConfigError, PipelineConfig
 
 PEAK_LOSS_LIMIT = 0.05  # a value may cost at most this share of the reference's peak
 FIELDS = ("bundle_time_ms", "bundle_size", "fetch_concurrency", "decode_concurrency", "max_batch_size",
-          "max_batch_wait_ms", "infer_concurrency", "max_in_flight", "cache_bytes")  # the job's tuning knobs
+          "max_batch_wait_ms", "infer_concurrency", "max_in_flight", "cache_bytes",
+          "triton_shared_memory")  # the job's tuning knobs
+SWITCHES = ("triton_shared_memory",)  # on/off settings: values 0 and 1
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """The sweep of one integer job setting, `field`, one of FIELDS (ValueError otherwise)."""
+    """The sweep of one integer (or on/off, `SWITCHES`: 0 or 1) job setting, `field`, one of FIELDS
+    (ValueError otherwise)."""
 
     field: str
 
@@ -48,11 +51,16 @@ class Sweep:
         return self.field.removesuffix("_ms").replace("_", " ")
 
     def label(self, value: int) -> str:
+        if self.field in SWITCHES:
+            return "on" if value else "off"
         return f"{value} ms" if self.field.endswith("_ms") else str(value)
 
     def configs(self, base: PipelineConfig, values: tuple[int, ...]) -> list[PipelineConfig]:
         """One at-least-once job config per value, `base`'s other settings; ConfigError on a bad value."""
-        return [dataclasses.replace(base, delivery_guarantee="at_least_once", **{self.field: value})
+        if self.field in SWITCHES and any(v not in (0, 1) for v in values):
+            raise ConfigError(self.field, f"0 (off) or 1 (on), got {values}")
+        return [dataclasses.replace(base, delivery_guarantee="at_least_once",
+                                    **{self.field: bool(value) if self.field in SWITCHES else value})
                 for value in values]
 
     def sweep(self, bench: Bench, values: tuple[int, ...], expected: float) -> dict[str, Any]:

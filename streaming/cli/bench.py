@@ -215,7 +215,7 @@ def bundles(
 def settings(
     field: str = typer.Argument(..., help="The job setting: bundle_time_ms, bundle_size, fetch_concurrency, "
                                           "decode_concurrency, max_batch_size, max_batch_wait_ms, "
-                                          "infer_concurrency, max_in_flight or cache_bytes."),
+                                          "infer_concurrency, max_in_flight, cache_bytes or triton_shared_memory (0/1)."),
     values: str = typer.Argument(..., help="Its values, comma-separated; the first is the reference."),
     photos: str = _SWEEP_PHOTOS, quick: bool = _SWEEP_QUICK, expected: float = _SWEEP_EXPECTED,
     setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,

@@ -45,12 +45,15 @@ def small_photos(layout, prepared, test_bucket):
 @pytest.fixture
 def job(request, layout, prepared, pipeline_config):
     """A job of its own: exactly-once sink, 2 s checkpoints; serving the built-in Lite0, or with
-    `indirect` parametrisation "imported", the imported PyTorch-style Lite1 (`imported_models`)."""
+    `indirect` parametrisation "imported", the imported PyTorch-style Lite1 (`imported_models`), or
+    "shared-memory", Lite0 with its batches through Triton's system shared memory."""
     model = pipeline_config.model_name
-    if getattr(request, "param", "built-in") == "imported":
+    variant = getattr(request, "param", "built-in")
+    if variant == "imported":
         model = request.getfixturevalue("imported_models")[CLASSES_EXAMPLE]
     config = dataclasses.replace(pipeline_config, checkpoint_interval_ms=2000, delivery_guarantee="exactly_once",
-                                 max_batch_size=16, model_name=model)
+                                 max_batch_size=16, model_name=model,
+                                 triton_shared_memory=variant == "shared-memory")
     job = jobs.submit_on_fresh_topics(layout, config, prepared.connector_jar, "fault")
     yield job
     stop_job(layout, job)
@@ -118,7 +121,9 @@ def test_taskmanager_killed_mid_stream(layout, prepared, job, small_photos):
     assert all("top_k" in r for r in results)
 
 
+@pytest.mark.parametrize("job", ["built-in", "shared-memory"], indirect=True)
 def test_triton_down_for_20_seconds(layout, prepared, job, small_photos):
+    # shared memory: the restarted Triton knows none of the job's regions; they are registered again
     events = kafka_io.make_requests(small_photos[i % len(small_photos)] for i in range(600))
     publisher = publish_in_background(layout, job.requests_topic, events, seconds=15)
     wait_for_results(layout, job.results_topic, 50)

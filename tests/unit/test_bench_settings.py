@@ -120,3 +120,14 @@ def test_the_published_fetch_concurrency_run_gives_the_readme_table():
     rows = [line for line in table.splitlines() if line.startswith("| 8 |") or line.startswith("| 16 (reference")]
     readme = (root / "README.md").read_text()
     assert len(rows) == 2 and all(row in readme for row in rows)
+
+
+def test_an_on_off_setting_takes_0_and_1():
+    from streaming.config import ConfigError, PipelineConfig
+
+    sweep = Sweep("triton_shared_memory")
+    assert [c.triton_shared_memory for c in sweep.configs(PipelineConfig(), (0, 1))] == [False, True]
+    assert (sweep.label(0), sweep.label(1)) == ("off", "on")
+    with pytest.raises(ConfigError) as refused:
+        sweep.configs(PipelineConfig(), (0, 2))
+    assert refused.value.field == "triton_shared_memory"

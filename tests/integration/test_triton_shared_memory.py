@@ -1,0 +1,92 @@
+"""Batches through Triton's system shared memory, against the real Triton: the same outputs as
+over plain gRPC, regions registered again when Triton forgets them, removed at close, and the
+regions of a process that died removed by the next one."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from streaming import triton_shm
+from streaming.infer import TritonClassifier
+from streaming.stack.job_config import stack_config
+
+
+@pytest.fixture
+def config(layout, prepared):
+    return stack_config(layout)
+
+
+@pytest.fixture
+def admin(layout):
+    client = grpcclient.InferenceServerClient(layout.triton_grpc)
+    yield client
+    client.close()
+
+
+def ours(admin) -> set[str]:
+    regions = admin.get_system_shared_memory_status(as_json=True).get("regions", {})
+    return {name for name in regions if name.startswith(triton_shm.PREFIX)}
+
+
+def shm_files() -> set[str]:
+    return {name for name in os.listdir(triton_shm.SHM_DIR) if name.startswith(triton_shm.PREFIX)}
+
+
+def photos_batch(n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
+
+
+def test_the_same_outputs_as_over_grpc_and_nothing_left_behind(config, admin):
+    before_regions, before_files = ours(admin), shm_files()
+    plain, shared = TritonClassifier(config), TritonClassifier(dataclasses.replace(config, triton_shared_memory=True))
+    try:
+        assert shared.check_model().resize.size == 224
+        batch = photos_batch(8)
+        want = plain.infer(batch)
+        got = shared.infer(batch)
+        assert got.outputs == want.outputs and got.version == want.version
+        assert len(ours(admin) - before_regions) == 1  # made at first use, one per call slot in use
+        smaller = shared.infer(batch[:3])  # a smaller batch reuses the region
+        assert smaller.outputs == want.outputs[:3] and len(ours(admin) - before_regions) == 1
+    finally:
+        shared.close()
+        plain.close()
+    assert ours(admin) == before_regions and shm_files() == before_files
+
+
+def test_a_region_triton_forgot_is_registered_again(config, admin):
+    shared = TritonClassifier(dataclasses.replace(config, triton_shared_memory=True, infer_concurrency=1))
+    try:
+        batch = photos_batch(4)
+        before = ours(admin)
+        first = shared.infer(batch)
+        (region,) = ours(admin) - before
+        admin.unregister_system_shared_memory(region)  # what a Triton restart does to every region
+        assert region not in ours(admin)
+        again = shared.infer(batch)
+        assert again.outputs == first.outputs and region in ours(admin)
+    finally:
+        shared.close()
+
+
+def test_the_regions_of_a_process_that_died_are_removed_by_the_next_one(config, admin):
+    code = ("import os, numpy as np, tritonclient.grpc as g\n"
+            "from streaming.triton_shm import SharedInputs\n"
+            f"s = SharedInputs(g.InferenceServerClient({config.triton_grpc!r}), 2)\n"
+            "with s.holding(np.zeros((1, 8, 8, 3), np.uint8)) as (name, size): print(name, flush=True)\n"
+            "os._exit(0)  # dies without close()\n")
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert dead in ours(admin) and dead in shm_files()
+    survivor = triton_shm.SharedInputs(grpcclient.InferenceServerClient(config.triton_grpc), 1)  # sweeps at start
+    try:
+        assert dead not in ours(admin) and dead not in shm_files()
+    finally:
+        survivor.close()
+
