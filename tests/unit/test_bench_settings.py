@@ -131,3 +131,14 @@ def test_an_on_off_setting_takes_0_and_1():
     with pytest.raises(ConfigError) as refused:
         sweep.configs(PipelineConfig(), (0, 2))
     assert refused.value.field == "triton_shared_memory"
+
+
+def test_the_published_shared_memory_run_gives_the_readme_table():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    report = json.loads((root / "streaming" / "bench" / "results" / "settings-triton-shared-memory-quick.json").read_text())
+    table = Sweep(report["field"]).table(report)
+    rows = [line for line in table.splitlines() if line.startswith("| o")]
+    assert len(rows) == 3 and all(row in (root / "README.md").read_text() for row in rows)
