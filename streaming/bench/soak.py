@@ -54,7 +54,10 @@ class SoakSettings:
     bad_per_good: float = 0.5  # bad records sent per good one in the hostile phase
     max_rss_mib: float = 2048.0  # the Python workers (operator + decoder processes), summed
     max_p99_ratio: float = 2.0  # hostile good p99 / clean good p99
-    p99_floor_ms: float = 250.0  # a clean p99 below this counts as this (bundle timing noise)
+    # a clean p99 below this counts as this: on two shared cores one pause of ~0.5 s (GC, JIT, a
+    # neighbour) is among a short run's five slowest good events (the integration run's hostile p99
+    # was 230-235 ms alone, 579 once at the end of the suite); a starving bomb costs seconds
+    p99_floor_ms: float = 500.0
     drain_timeout_s: float = 300.0  # after the last send, how long to wait for every result
     warmup_events: int = 20
 
@@ -98,7 +101,8 @@ class SoakReport:
             Check(f"Python workers' peak RSS under {s['max_rss_mib']:.0f} MiB", self.peak_rss_mib < s["max_rss_mib"],
                   f"{self.peak_rss_mib:.0f} MiB (largest process {self.peak_process_hwm_mib:.0f} MiB)"),
             Check(f"good p99 hostile / clean at most {s['max_p99_ratio']}", self.p99_ratio <= s["max_p99_ratio"],
-                  f"{self.hostile.get('p99_ms')} / {self.clean.get('p99_ms')} ms = {self.p99_ratio:.2f}"),
+                  f"{self.hostile.get('p99_ms')} / {self.clean.get('p99_ms')} ms (counted as at least "
+                  f"{s['p99_floor_ms']:.0f}) = {self.p99_ratio:.2f}"),
         ]
 
     @property
