@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
 
 PREFIX = "imgstream-"
 SHM_DIR = "/dev/shm"
@@ -111,7 +112,13 @@ class SharedInputs:
         region.byte_size = nbytes
 
     def _register(self, region: _Region) -> None:
-        self.client.unregister_system_shared_memory(region.name)  # a stale registration of the same name
+        try:
+            self.client.unregister_system_shared_memory(region.name)  # a stale registration of the same name
+        except InferenceServerException as exc:
+            if "in use" not in (exc.message() or ""):
+                raise
+            region.registered = True  # still registered: Triton is releasing an earlier request's hold
+            return
         self.client.register_system_shared_memory(region.name, region.key, region.byte_size)
         region.registered = True
 

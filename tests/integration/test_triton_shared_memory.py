@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,6 +37,19 @@ def ours(admin) -> set[str]:
 
 def shm_files() -> set[str]:
     return {name for name in os.listdir(triton_shm.SHM_DIR) if name.startswith(triton_shm.PREFIX)}
+
+
+def forget(admin, region: str, timeout_s: float = 10.0) -> None:
+    """Unregister `region`, waiting while Triton still holds it for a response it is releasing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.unregister_system_shared_memory(region)
+            return
+        except Exception as exc:  # noqa: BLE001 - "currently in use": try again shortly
+            if "in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def photos_batch(n: int) -> np.ndarray:
@@ -68,7 +82,7 @@ def test_a_region_triton_forgot_is_registered_again(config, admin):
         before = ours(admin)
         first = shared.infer(batch)
         (region,) = ours(admin) - before
-        admin.unregister_system_shared_memory(region)  # what a Triton restart does to every region
+        forget(admin, region)  # what a Triton restart does to every region
         assert region not in ours(admin)
         again = shared.infer(batch)
         assert again.outputs == first.outputs and region in ours(admin)
