@@ -32,6 +32,7 @@ from streaming.errors import ModelChanged, ModelNotAllowed, PipelineError, Reque
 from streaming.events import ErrorResult, ImageRequest, Prediction, Result, parse_request, salvage_id
 from streaming.fetch import Fetcher
 from streaming.infer import Inferred, TritonClassifier
+from streaming.malloc import keep_large_buffers
 from streaming.prepare import Decoder, Fetch, PreparedImage, fetch_decode
 from streaming.uris import parse_uri
 
@@ -87,6 +88,7 @@ class AsyncImagePipeline:
         self.in_flight = 0
 
     def open(self) -> None:
+        keep_large_buffers(self.config.malloc_keep_bytes)
         if self.decoder is None:
             # one decoder process per decode slot: a decode past max_decode_ms is killed, its slot freed
             pool = DecoderPool(self.config.decode_concurrency or available_cores(),

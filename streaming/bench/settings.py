@@ -27,10 +27,11 @@ from streaming.bench.e2e_report import rate as rate_of
 from streaming.bench.e2e_workloads import HEADLINE, breakdown, figure
 from streaming.config import ConfigError, PipelineConfig
 
+MIB = 1024 * 1024
 PEAK_LOSS_LIMIT = 0.05  # a value may cost at most this share of the reference's peak
 FIELDS = ("bundle_time_ms", "bundle_size", "fetch_concurrency", "decode_concurrency", "max_batch_size",
           "max_batch_wait_ms", "infer_concurrency", "max_in_flight", "cache_bytes",
-          "triton_shared_memory")  # the job's tuning knobs
+          "triton_shared_memory", "malloc_keep_bytes")  # the job's tuning knobs
 SWITCHES = ("triton_shared_memory",)  # on/off settings: values 0 and 1
 
 
@@ -53,6 +54,8 @@ class Sweep:
     def label(self, value: int) -> str:
         if self.field in SWITCHES:
             return "on" if value else "off"
+        if self.field.endswith("_bytes") and value and value % MIB == 0:
+            return f"{value // MIB} MiB"
         return f"{value} ms" if self.field.endswith("_ms") else str(value)
 
     def configs(self, base: PipelineConfig, values: tuple[int, ...]) -> list[PipelineConfig]:

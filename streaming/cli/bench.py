@@ -215,7 +215,8 @@ def bundles(
 def settings(
     field: str = typer.Argument(..., help="The job setting: bundle_time_ms, bundle_size, fetch_concurrency, "
                                           "decode_concurrency, max_batch_size, max_batch_wait_ms, "
-                                          "infer_concurrency, max_in_flight, cache_bytes or triton_shared_memory (0/1)."),
+                                          "infer_concurrency, max_in_flight, cache_bytes, triton_shared_memory (0/1) "
+                                          "or malloc_keep_bytes."),
     values: str = typer.Argument(..., help="Its values, comma-separated; the first is the reference."),
     photos: str = _SWEEP_PHOTOS, quick: bool = _SWEEP_QUICK, expected: float = _SWEEP_EXPECTED,
     setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
@@ -291,6 +292,28 @@ def bridge(
     report = bench.run(layout, base, prepared.connector_jar, chosen, plan,
                        lambda message: typer.echo(message, err=True))
     _write_report("bridge", bench, report, layout, json_path)
+
+
+@bench_app.command("client")
+def client(
+    batches: str = typer.Option("4,16", help="Batch sizes, comma-separated."),
+    calls: int = typer.Option(40, help="Batches sent per variant and round."),
+    rounds: int = typer.Option(3, help="Rounds; the variants' order rotates each round."),
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
+) -> None:
+    """What sending a batch to Triton costs per image: in the request (glibc's malloc thresholds, or
+    large buffers kept) or through shared memory."""
+    from streaming.bench import client as bench
+
+    chosen = _integers(batches, "--batches", 1)
+    try:
+        bench.check_plan(chosen, calls, rounds)
+    except ValueError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    layout, _, base = _stack_and_config(setting)
+    report = bench.run(layout, base, chosen, calls, rounds, lambda message: typer.echo(message, err=True))
+    _write_report("client", bench, report, layout, json_path)
 
 
 def _command(name: str, default: str | None = None) -> str:

@@ -142,3 +142,15 @@ def test_the_published_shared_memory_run_gives_the_readme_table():
     table = Sweep(report["field"]).table(report)
     rows = [line for line in table.splitlines() if line.startswith("| o")]
     assert len(rows) == 3 and all(row in (root / "README.md").read_text() for row in rows)
+
+
+def test_the_published_malloc_run_gives_the_readme_table():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    report = json.loads((root / "streaming" / "bench" / "results" / "settings-malloc-keep-bytes-quick.json").read_text())
+    sweep = Sweep(report["field"])
+    rows = [line for line in sweep.table(report).splitlines() if line.startswith(("| 0", "| 32 MiB"))]
+    assert len(rows) == 3 and all(row in (root / "README.md").read_text() for row in rows)
+    assert sweep.label(32 * 1024 * 1024) == "32 MiB" and sweep.label(0) == "0"
