@@ -164,8 +164,10 @@ class AsyncImagePipeline:
         self.in_flight += 1
         try:
             request = parse_request(raw, max_bytes=self.config.max_event_bytes)
-            return await asyncio.wait_for(self._run(request, timings, started), self.config.request_timeout_s)
-        except asyncio.TimeoutError:
+            # a timer on this task, not wait_for's second task per request
+            async with asyncio.timeout(self.config.request_timeout_s):
+                return await self._run(request, timings, started)
+        except TimeoutError:
             exc = RequestTimeout(f"no result within request_timeout_s={self.config.request_timeout_s}")
             return error_result(raw, request, exc, timings, started)
         except Exception as exc:  # every failure becomes this request's one result
