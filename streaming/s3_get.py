@@ -1,5 +1,12 @@
 """One S3 GetObject attempt over the shared transport: a path-style GET to `s3_endpoint`
-(default ``https://s3.<region>.amazonaws.com``), signed with botocore's SigV4 signer.
+(default ``https://s3.<region>.amazonaws.com``), signed with AWS Signature Version 4.
+
+* Signing: `sigv4_headers`, the algorithm of botocore's `S3SigV4Auth` for a GET without a body
+  (the path signed as sent, the empty body's SHA-256, the signing key derived once a day);
+  `tests/unit/test_s3_get.py` checks that both give the same headers for the same instant.
+  botocore's own signer (an `AWSRequest`, its header maps, URL parsing) cost 0.10-0.11 ms of CPU
+  per GET, this one 0.015-0.020 (5,000 signatures in one process, twice each), of the ~0.95 ms a
+  38-KB GET costs in all.
 
 * Credentials: `s3_access_key`/`s3_secret_key` when set, else botocore's default chain
   (environment, profile, container/instance roles), looked up once; refreshable credentials
@@ -16,6 +23,10 @@ Messages never contain a credential (an error message echoing one is redacted).
 """
 from __future__ import annotations
 
+import datetime
+import functools
+import hashlib
+import hmac
 import html
 import re
 import threading
@@ -28,6 +39,7 @@ from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, Pipeline
 from streaming.transport import USER_AGENT, Transport, read_body, read_limited, transport_errors
 
 MAX_ERROR_BYTES = 16 * 1024
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # a GET's body
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound"})
 _DENIED = frozenset({"AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                      "AllAccessDisabled", "AccountProblem", "InvalidObjectState", "ExpiredToken",
@@ -102,16 +114,10 @@ class S3Getter:
         return FetchFailed(text)  # another 4xx or a redirect: not retried, still marked retryable
 
     def _signed(self, target: str, if_none_match: str | None) -> dict[str, str]:
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
         credentials = self._frozen_credentials()
-        headers = {"Host": self._netloc}
-        if if_none_match:
-            headers["If-None-Match"] = f'"{if_none_match}"'
-        request = AWSRequest(method="GET", url=f"{self._scheme}://{self._netloc}{target}", headers=headers)
-        S3SigV4Auth(credentials, "s3", self._config.s3_region).add_auth(request)
-        signed = dict(request.headers.items())
+        headers = {"If-None-Match": f'"{if_none_match}"'} if if_none_match else {}
+        signed = sigv4_headers(target, self._netloc, headers, credentials, self._config.s3_region,
+                               datetime.datetime.now(datetime.timezone.utc))
         signed.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         return signed
 
@@ -159,6 +165,38 @@ def redact(message: str, config: PipelineConfig) -> str:
         if secret is not None and secret.value:
             message = message.replace(secret.value, "***")
     return message
+
+
+def sigv4_headers(target: str, netloc: str, headers: dict[str, str], credentials: Any, region: str,
+                  now: datetime.datetime) -> dict[str, str]:
+    """`headers` and the SigV4 ones (Host, X-Amz-Date, X-Amz-Content-SHA256, X-Amz-Security-Token
+    with a session token, Authorization) for a GET of `target` (a path without query) from `netloc` at `now`
+    (UTC). `credentials`: botocore's frozen credentials (access_key, secret_key, token)."""
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    out = {"Host": netloc, **headers, "X-Amz-Date": amz_date, "X-Amz-Content-SHA256": EMPTY_SHA256}
+    if credentials.token:
+        out["X-Amz-Security-Token"] = credentials.token
+    signed = {name.lower(): " ".join(value.split()) for name, value in out.items()}
+    names = sorted(signed)
+    # the path as sent, no query (`get` percent-encodes the key: no "?")
+    canonical = "\n".join(("GET", target, "", "".join(f"{name}:{signed[name]}\n" for name in names),
+                           ";".join(names), EMPTY_SHA256))
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(_signing_key(credentials.secret_key, day, region), to_sign.encode(),
+                         hashlib.sha256).hexdigest()
+    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+                            f"SignedHeaders={';'.join(names)}, Signature={signature}")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret_key: str, day: str, region: str) -> bytes:
+    key = f"AWS4{secret_key}".encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
 
 
 def _first(pattern: re.Pattern, body: bytes) -> str:

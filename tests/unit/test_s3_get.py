@@ -271,3 +271,31 @@ def test_unreachable_s3_is_fetch_failed_without_credentials_in_message():
     assert caught.value.stage == "fetch" and caught.value.code == "fetch_failed"
     assert "connecting to S3 http://127.0.0.1:1 failed" in caught.value.message
     assert SECRET_KEY not in str(caught.value) and ACCESS_KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["plain.jpg", "dir/a b+c~.jpg", "ünï/cødé €.jpg", "odd/%41?x=1#y&z=2.jpg", "a//b/"])
+@pytest.mark.parametrize("etag", [None, "abc123"])
+@pytest.mark.parametrize("token", [None, "session-token"])
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9000", "https://s3.eu-west-3.amazonaws.com/prefix"])
+def test_the_signer_gives_botocores_headers_for_the_same_instant(monkeypatch, key, etag, token, endpoint):
+    """sigv4_headers against botocore's S3SigV4Auth: the same Authorization, byte for byte."""
+    import datetime
+    from urllib.parse import quote
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from streaming.s3_get import sigv4_headers
+
+    now = datetime.datetime(2026, 12, 2, 15, 4, 5, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *_: now.replace(tzinfo=None))
+    credentials = Credentials(ACCESS_KEY, SECRET_KEY, token).get_frozen_credentials()
+    scheme, _, rest = endpoint.partition("://")
+    netloc, _, prefix = rest.partition("/")
+    target = (f"/{prefix}" if prefix else "") + f"/bucket/{quote(key, safe='/~')}"
+    headers = {"If-None-Match": f'"{etag}"'} if etag else {}
+    request = AWSRequest(method="GET", url=f"{scheme}://{netloc}{target}", headers={"Host": netloc, **headers})
+    botocore.auth.S3SigV4Auth(credentials, "s3", "eu-west-3").add_auth(request)
+    ours = sigv4_headers(target, netloc, headers, credentials, "eu-west-3", now)
+    assert ours == dict(request.headers.items())
