@@ -294,6 +294,35 @@ def bridge(
     _write_report("bridge", bench, report, layout, json_path)
 
 
+@bench_app.command("worker")
+def worker(
+    photos: str = _SWEEP_PHOTOS,
+    requests: int = typer.Option(600, help="Requests per round."),
+    rounds: int = typer.Option(3, help="Rounds (the median is reported)."),
+    profile: bool = typer.Option(False, "--profile", help="py-spy on this process during the last round."),
+    py_spy: Optional[str] = typer.Option(None, "--py-spy", help="The py-spy executable (default: beside python, else on PATH)."),
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
+) -> None:
+    """The job's Python operator without Flink, in this process: its CPU per image beside the decode alone."""
+    from streaming.bench import profile as bench_profile
+    from streaming.bench import worker as bench
+
+    try:
+        bench.check_plan(requests, rounds)
+    except ValueError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    executable = bench_profile.find_py_spy(py_spy) if profile else None
+    if profile and executable is None:
+        typer.echo("error: py-spy not found: pip install 'imgstream[bench]' or --py-spy PATH", err=True)
+        raise typer.Exit(2)
+    layout, _, base = _stack_and_config(setting)
+    (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
+    report = bench.run(layout, base, workload, requests, rounds, executable, layout.root / "results",
+                       lambda message: typer.echo(message, err=True))
+    _write_report("worker", bench, report, layout, json_path)
+
+
 @bench_app.command("client")
 def client(
     batches: str = typer.Option("4,16", help="Batch sizes, comma-separated."),
