@@ -120,7 +120,7 @@ class PipelineConfig:
     max_batch_wait_ms: int = 10
     infer_concurrency: int = 2  # batches in flight to Triton at once
     # batches through /dev/shm instead of the request: only with Triton on the same host (checked
-    # before a job is submitted); 0.5 ms less client CPU per 224-px image (`streaming/triton_shm.py`)
+    # before a job is submitted); 0.1-0.2 ms less client CPU per 224-px image (`imgstream bench client`)
     triton_shared_memory: bool = False
     # buffers up to this size (batches, tensors, fetched objects) are reused from the worker's heap,
     # not mapped afresh, and up to this much free heap stays per malloc arena (glibc's thresholds,
