@@ -1,4 +1,4 @@
-"""`imgstream bench client`'s plan and table (the measurement itself: tests/integration/test_bench_client.py)."""
+"""`imgstream bench client`'s plan and table (the measurement itself: tests/integration/test_bench_client_on_stack.py)."""
 import pytest
 from typer.testing import CliRunner
 

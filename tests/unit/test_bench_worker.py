@@ -1,4 +1,4 @@
-"""`imgstream bench worker`'s plan and table (the run itself: tests/integration/test_bench_worker.py)."""
+"""`imgstream bench worker`'s plan and table (the run itself: tests/integration/test_bench_worker_on_stack.py)."""
 import pytest
 from typer.testing import CliRunner
 
