@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
-
 from streaming.bench.e2e_workloads import figure
+from streaming.bench.memory import tree_cpu_s
 from streaming.config import PipelineConfig
 from streaming.malloc import MAX_KEEP_BYTES
 from streaming.stack import process
@@ -70,7 +69,7 @@ def check_plan(batches: tuple[int, ...], calls: int, rounds: int) -> None:
 def run(layout: StackLayout, base: PipelineConfig, batches: tuple[int, ...], calls: int, rounds: int,
         log: Callable[[str], None]) -> dict[str, Any]:
     check_plan(batches, calls, rounds)
-    triton = psutil.Process(process.running_pid(layout.run_dir, "triton"))
+    triton = process.running_pid(layout.run_dir, "triton")
     samples: dict[tuple[int, str], list[dict[str, float]]] = {}
     for r in range(rounds):
         order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
@@ -93,7 +92,7 @@ def run(layout: StackLayout, base: PipelineConfig, batches: tuple[int, ...], cal
     return {"model": base.model_name, "calls": calls, "rounds": rounds, "rows": rows}
 
 
-def _measure(config: PipelineConfig, batch: int, calls: int, triton: psutil.Process) -> dict[str, float]:
+def _measure(config: PipelineConfig, batch: int, calls: int, triton: int | None) -> dict[str, float]:
     """One variant in a child process (`child`); Triton's CPU over the same calls."""
     spec = json.dumps({"triton_grpc": config.triton_grpc, "model_name": config.model_name,
                        "malloc_keep_bytes": config.malloc_keep_bytes,
@@ -104,11 +103,11 @@ def _measure(config: PipelineConfig, batch: int, calls: int, triton: psutil.Proc
     try:
         if child.stdout.readline().strip() != "warm":
             raise RuntimeError("the client process did not warm up")
-        before = _tree_cpu(triton)
+        before = tree_cpu_s(triton)
         child.stdin.write("go\n")
         child.stdin.flush()
         measured = json.loads(child.stdout.readline())
-        triton_s = _tree_cpu(triton) - before
+        triton_s = tree_cpu_s(triton) - before
     finally:
         child.kill()
         child.wait()
@@ -117,17 +116,6 @@ def _measure(config: PipelineConfig, batch: int, calls: int, triton: psutil.Proc
             "minor_faults_per_image": measured["minor_faults"] / images,
             "triton_cpu_ms_per_image": 1000 * triton_s / images,
             "wall_ms_per_batch": 1000 * measured["wall_s"] / calls, "peak_rss_mib": measured["max_rss_mib"]}
-
-
-def _tree_cpu(root: psutil.Process) -> float:
-    total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def child(spec: dict[str, Any]) -> None:

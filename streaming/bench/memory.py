@@ -55,6 +55,11 @@ def _tree(pid: int | None) -> list[psutil.Process]:
         return []
 
 
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU-seconds (user + system) of process `pid` and its live descendants."""
+    return sum(cpu for proc in _tree(pid) if (cpu := _cpu_s(proc)) is not None)
+
+
 def _is_python(proc: psutil.Process) -> bool:
     try:
         return "python" in proc.name().lower()

@@ -34,6 +34,7 @@ from streaming.bench import e2e, pyspy
 from streaming.bench.e2e_workloads import figure
 from streaming.bench.workloads import Workload
 from streaming.config import PipelineConfig
+from streaming.events import Prediction
 from streaming.stack.layout import StackLayout
 
 MAX_REQUESTS = 100_000
@@ -93,7 +94,7 @@ def _round(loop: asyncio.AbstractEventLoop, pipeline: Any, events: list[bytes], 
     wall = time.perf_counter() - wall
     own, decoders = sum(me.cpu_times()[:2]) - before, pipeline.decoder.cpu_seconds() - decoders
     n = len(events)
-    errors = sum(1 for r in results if type(r).__name__ != "Prediction")
+    errors = sum(1 for r in results if not isinstance(r, Prediction))
     return {"images_per_s": n / wall, "operator_ms": 1000 * own / n, "decoders_ms": 1000 * decoders / n,
             "errors": errors}
 

@@ -1,8 +1,15 @@
 """`imgstream bench client`'s plan and table (the measurement itself: tests/integration/test_bench_client_on_stack.py)."""
+import os
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 from typer.testing import CliRunner
 
 from streaming.bench import client
+from streaming.bench.memory import tree_cpu_s
 from streaming.cli.bench import bench_app
 
 
@@ -41,3 +48,20 @@ def test_the_published_run_gives_the_readme_table():
     assert len(rows) == 6 and all(row in (root / "README.md").read_text() for row in rows)
     kept = {r["batch"]: r for r in report["rows"] if r["variant"] == client.VARIANTS[1].label}
     assert kept[4]["client_cpu_vs_baseline"] < 1 and kept[16]["client_cpu_vs_baseline"] < 1
+
+
+def test_a_process_trees_cpu_counts_its_children():
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"])
+    try:
+        deadline = time.monotonic() + 20
+        while tree_cpu_s(parent.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tree_cpu_s(parent.pid) >= 0.3  # the child's busy 0.3 s is in its parent's tree
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait()
+    assert tree_cpu_s(None) == 0.0 and tree_cpu_s(os.getpid()) > 0
