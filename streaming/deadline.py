@@ -6,7 +6,7 @@ every attempt runs inside `attempt(timeout_s)`: the sockets it opens or reuses a
 to `watch()` (the transport's connection classes do it), and one process-wide watchdog
 thread, holding a heap of deadlines, shuts those sockets down (``shutdown(SHUT_RDWR)``)
 when their attempt's deadline passes. A read blocked on such a socket returns at once; the
-transport sees a broken connection, which urllib3 discards instead of pooling, and the
+transport sees a broken connection, which it closes instead of pooling, and the
 attempt fails with a transient `DeadlineExceeded`.
 
 The watchdog is a daemon thread, started on first use (and again in a forked child). It is

@@ -1,9 +1,9 @@
 """Fetch an object's bytes from S3, from a file under `file_root`, or over http(s), within the
 config's limits: one retry loop and one deadline per attempt for every scheme.
 
-* Transport: S3 and http(s) share one set of urllib3 pools (`streaming.transport`, up to
-  `fetch_concurrency` keep-alive connections per host). S3 GETs are signed with botocore's
-  SigV4 signer (`streaming.s3_get`); http(s) hops go through the SSRF guard
+* Transport: S3 and http(s) share one set of http.client pools (`streaming.transport`, up to
+  `fetch_concurrency` keep-alive connections per host). S3 GETs are signed with SigV4
+  (`streaming.s3_get`); http(s) hops go through the SSRF guard
   (`streaming.http_fetch`).
 * Deadline: `fetch_timeout_s` is the wall-clock limit of one attempt, covering (http) DNS,
   connect, TLS, status line, headers, body and every redirect hop. A watchdog thread shuts the

@@ -4,7 +4,7 @@ For each hop: the host is resolved once (`netpolicy.resolve_checked`: refused if
 is loopback/private/link-local/... and not trusted), then the connection goes to one of
 those checked addresses (the pool is keyed by IP; the Host header, TLS SNI and certificate
 check use the name), so a second DNS answer can never be what we connect to. Redirects
-(301/302/303/307/308) are not followed by urllib3 but here, each Location checked by the URI
+(301/302/303/307/308) are followed here, each Location checked by the URI
 policy again (`uris.redirect_target`), at most `max_redirects` of them. No proxy from the
 environment is used, no cookies are kept, no credentials are sent.
 
@@ -26,7 +26,7 @@ from streaming import netpolicy
 from streaming.config import PipelineConfig
 from streaming.deadline import Attempt, Transient
 from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, TooManyRedirects
-from streaming.transport import USER_AGENT, Transport, read_body, transport_errors
+from streaming.transport import USER_AGENT, ConnectFailed, Pool, Tls, Transport, read_body, transport_errors
 from streaming.uris import ObjectRef, redirect_target, trusted_networks
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -60,8 +60,6 @@ class HttpGetter:
     def _get_once(self, ref: ObjectRef, if_none_match: str | None,
                   attempt: Attempt) -> tuple[bytes, str | None, bool] | str:
         """The result, or the Location of a redirect."""
-        import urllib3.exceptions as ue
-
         authority = netpolicy.parse_authority(ref.authority, ref.scheme)
         addresses = netpolicy.resolve_checked(authority, trusted_networks(self._config),
                                               lambda *args, **kwargs: self._resolve(attempt, *args, **kwargs))
@@ -76,7 +74,7 @@ class HttpGetter:
                 try:
                     response = self._transport.get(pool, "/" + ref.key, headers, attempt)
                     break
-                except ue.NewConnectionError:
+                except ConnectFailed:
                     if index == len(addresses) - 1:
                         raise  # the host's last address refused too
             try:
@@ -124,9 +122,7 @@ class HttpGetter:
             future.cancel()
             raise attempt.exceeded() from None
 
-    def _pool(self, scheme: str, address: str, authority: netpolicy.Authority) -> Any:
-        kwargs = {}
-        if scheme == "https":  # SNI and certificate check against the name, not the IP
-            kwargs = {"server_hostname": authority.host, "assert_hostname": authority.host,
-                      "cert_reqs": "CERT_REQUIRED"}
-        return self._transport.pool(scheme, address, authority.port, **kwargs)
+    def _pool(self, scheme: str, address: str, authority: netpolicy.Authority) -> Pool:
+        # https: SNI and the certificate check use the name, not the address
+        tls = Tls(authority.host) if scheme == "https" else None
+        return self._transport.pool(scheme, address, authority.port, tls)

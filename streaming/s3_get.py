@@ -36,7 +36,7 @@ from urllib.parse import quote
 from streaming.config import PipelineConfig
 from streaming.deadline import Attempt, Transient
 from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, PipelineError
-from streaming.transport import USER_AGENT, Transport, read_body, read_limited, transport_errors
+from streaming.transport import USER_AGENT, Pool, Tls, Transport, read_body, read_limited, transport_errors
 
 MAX_ERROR_BYTES = 16 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # a GET's body
@@ -73,6 +73,11 @@ class S3Getter:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._netloc = url.netloc
         self._prefix = (url.path or "").rstrip("/")
+        self._tls = None
+        if url.scheme == "https":
+            from botocore.httpsession import get_cert_path
+
+            self._tls = Tls(url.host, get_cert_path(True))
         self._lock = threading.Lock()
         self._credentials: Any = None
 
@@ -95,8 +100,7 @@ class S3Getter:
                     return data, etag.strip('"') if etag else None, False
                 if response.status == 304 and if_none_match:
                     return b"", if_none_match, True
-                body = read_limited(lambda n: response.read1(n, decode_content=False), MAX_ERROR_BYTES,
-                                    attempt, truncate=True)
+                body = read_limited(response.read1, MAX_ERROR_BYTES, attempt, truncate=True)
             finally:
                 response.close()
         raise self._error(response.status, body)
@@ -147,13 +151,8 @@ class S3Getter:
             raise AccessDenied("no S3 credentials found (config or the standard AWS chain)")
         return found
 
-    def _pool(self) -> Any:
-        kwargs = {}
-        if self._scheme == "https":
-            from botocore.httpsession import get_cert_path
-
-            kwargs = {"ca_certs": get_cert_path(True), "cert_reqs": "CERT_REQUIRED"}
-        return self._transport.pool(self._scheme, self._host, self._port, **kwargs)
+    def _pool(self) -> Pool:
+        return self._transport.pool(self._scheme, self._host, self._port, self._tls)
 
     def _redact(self, message: str) -> str:
         return redact(message, self._config)

@@ -110,8 +110,8 @@ def test_one_keep_alive_connection_serves_many_gets(config, bucket):
     with Fetcher(dataclasses.replace(config, fetch_concurrency=1)) as fetcher:
         for _ in range(5):
             assert fetcher.fetch(ref(config, bucket, "exact.bin")).data
-        pools = list(fetcher._transport._manager.pools._container.values())
-    assert len(pools) == 1 and pools[0].num_connections == 1 and pools[0].num_requests == 5
+        pools = list(fetcher._transport._pools.values())
+    assert len(pools) == 1 and pools[0].connections == 1 and pools[0].requests == 5
 
 
 def test_parallel_fetches_share_the_pools_and_keep_their_outcomes(fetcher, config, bucket):

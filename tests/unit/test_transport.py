@@ -1,6 +1,7 @@
-"""The response-head limits (`streaming.transport`): header floods refused as they arrive,
-Content-Length an agreed ASCII number or refused, against raw loopback servers: for http and for
-S3 alike."""
+"""The transport (`streaming.transport`), against loopback servers: the response-head limits
+(header floods refused as they arrive, Content-Length an agreed ASCII number or refused), for http
+and for S3 alike; and its keep-alive pools (a connection is reused only when its response was read
+to the end and the server still holds it open)."""
 from __future__ import annotations
 
 import time
@@ -9,9 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.errors import FetchFailed
-from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, ResponseRefused, content_length
-from tests.net_support import TrickleServer, fetch_both_ways, http_config
+from streaming.config import PipelineConfig
+from streaming.errors import FetchFailed, ObjectNotFound
+from streaming.fetch import Fetcher
+from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, ResponseRefused, Tls, Transport, content_length
+from streaming.uris import ObjectRef, parse_uri
+from tests.net_support import Reply, ScriptedHttpServer, TrickleServer, fetch_both_ways, http_config
+
+BODY = b"\xff\xd8\xff" + b"k" * 9_000
 
 
 @pytest.mark.parametrize("scheme", ["http", "s3"])
@@ -81,3 +87,69 @@ def test_content_length_is_an_agreed_ascii_number_or_refused(values, chunked):
     parts = [p.strip() for v in values for p in v.split(",")]
     assert length is None if not values else (not chunked and {int(p) for p in parts} == {length})
     assert all(p.isascii() and p.isdigit() for p in parts)
+
+
+def _pools(fetcher: Fetcher) -> list:
+    return list(fetcher._transport._pools.values())
+
+
+def test_one_keep_alive_connection_serves_plain_chunked_and_not_modified_answers():
+    routes = {"/plain.jpg": Reply(200, BODY, {"ETag": '"v1"'}), "/chunked.jpg": Reply(200, BODY, chunked=True),
+              "/same.jpg": lambda h: Reply(304) if h.headers.get("If-None-Match") == '"v1"' else Reply(200, BODY)}
+    config = http_config()
+    with ScriptedHttpServer(routes) as web, Fetcher(config) as fetcher:
+        for _ in range(3):
+            assert fetcher.fetch(parse_uri(web.url("/plain.jpg"), config)).data == BODY
+            assert fetcher.fetch(parse_uri(web.url("/chunked.jpg"), config)).data == BODY
+            assert fetcher.fetch(parse_uri(web.url("/same.jpg"), config), if_none_match="v1").not_modified
+        [pool] = _pools(fetcher)
+    assert (pool.connections, pool.requests) == (1, 9) and len(web.requests) == 9
+
+
+def test_a_connection_whose_answer_was_not_read_to_the_end_is_not_reused():
+    config = http_config()
+    with ScriptedHttpServer({"/x.jpg": Reply(200, BODY)}) as web, Fetcher(config) as fetcher:
+        with pytest.raises(ObjectNotFound):  # its body ("no") is left unread
+            fetcher.fetch(parse_uri(web.url("/missing.jpg"), config))
+        assert fetcher.fetch(parse_uri(web.url("/x.jpg"), config)).data == BODY
+        assert fetcher.fetch(parse_uri(web.url("/x.jpg"), config)).data == BODY
+        [pool] = _pools(fetcher)
+    assert (pool.connections, pool.requests) == (2, 3)
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_pooled_connection_the_server_closed_meanwhile_is_replaced_not_failed(scheme):
+    """The server answers as if keeping the connection alive, then closes it: the next fetch
+    sees that before sending (no retries here) and opens a new one."""
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+    with TrickleServer(lambda: iter([reply]), delay_s=0) as server:
+        config = http_config(fetch_retries=0)
+        if scheme == "s3":
+            config = PipelineConfig(**{**config.__dict__, "s3_endpoint": server.endpoint})
+            ref = ObjectRef("s3", "bucket", "key.jpg")
+        else:
+            ref = parse_uri(server.url("/key.jpg"), config)
+        with Fetcher(config) as fetcher:
+            assert fetcher.fetch(ref).data == BODY
+            deadline = time.monotonic() + 5
+            while server.open_connections and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fetcher.fetch(ref).data == BODY
+            [pool] = _pools(fetcher)
+    assert (pool.connections, pool.requests) == (2, 2) and len(server.requests) == 2
+
+
+def test_pools_are_bounded_the_least_recently_used_closed():
+    transport = Transport(4)
+    first = transport.pool("http", "10.0.0.1", 80)
+    others = []
+    for i in range(MAX_POOLS):
+        others.append(transport.pool("http", f"10.0.1.{i}", 80))
+        assert transport.pool("http", "10.0.0.1", 80) is first  # used again: stays
+    assert others[0]._closed and not any(p._closed for p in others[1:])  # the least recently used
+    assert len(transport._pools) == MAX_POOLS and first in transport._pools.values() and not first._closed
+    assert transport.pool("http", "10.0.1.0", 80) is not others[0]
+    with pytest.raises(ValueError, match="https"):
+        transport.pool("https", "10.0.0.1", 443)
+    with pytest.raises(ValueError, match="https"):
+        transport.pool("http", "10.0.0.1", 80, Tls("x.test"))
