@@ -1,7 +1,8 @@
 """A request's whole path, as plain code: event → URI policy → fetch → decode → infer → result.
 
 There is one path, `AsyncImagePipeline.process`, what the Flink job runs: fetch+decode of many
-requests overlap on a bounded thread pool (`streaming.prepare`, decodes in the decoder pool),
+requests overlap on `fetch_concurrency` threads (`streaming.prepare` on a `streaming.offload.Lane`,
+decodes in the decoder pool),
 tensors are grouped into micro-batches for one Triton call each (`streaming.batcher`), and a
 request unfinished after `request_timeout_s` is answered with `request_timeout`. An event gets
 exactly one result: a Prediction, or an ErrorResult naming the cause.
@@ -33,8 +34,9 @@ from streaming.events import ErrorResult, ImageRequest, Prediction, Result, pars
 from streaming.fetch import Fetcher
 from streaming.infer import Inferred, TritonClassifier
 from streaming.malloc import keep_large_buffers
+from streaming.offload import Lane
 from streaming.prepare import Decoder, Fetch, PreparedImage, fetch_decode
-from streaming.uris import parse_uri
+from streaming.uris import ObjectRef, parse_uri
 
 log = logging.getLogger(__name__)
 TRITON_STARTUP_WAIT_S = 60.0
@@ -82,7 +84,7 @@ class AsyncImagePipeline:
         self.decoder = decoder  # the decode slots: a DecoderPool unless passed in
         self.cache: DecodedImageCache | None = None
         self._built: list[Any] = []  # built by open(), closed by close()
-        self._prepare_pool: ThreadPoolExecutor | None = None
+        self._prepare_lane: Lane | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
         self._batchers: dict[tuple[str, int], MicroBatcher] = {}  # one per model and image size
         self.in_flight = 0
@@ -108,7 +110,7 @@ class AsyncImagePipeline:
             if name != self.config.model_name and name not in self.models:
                 self.models[name] = self._open_model(dataclasses.replace(self.config, model_name=name,
                                                                          model_version=""))
-        self._prepare_pool = ThreadPoolExecutor(self.config.fetch_concurrency, thread_name_prefix="prepare")
+        self._prepare_lane = Lane(self.config.fetch_concurrency, "prepare")
         self._infer_pool = ThreadPoolExecutor(self.config.infer_concurrency, thread_name_prefix="infer")
 
     def _open_model(self, config: PipelineConfig) -> TritonClassifier:
@@ -132,18 +134,18 @@ class AsyncImagePipeline:
         return name, model
 
     def close(self) -> None:
-        for pool in (self._prepare_pool, self._infer_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        if self._prepare_lane is not None:
+            self._prepare_lane.close()
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=False, cancel_futures=True)
         built, self._built = self._built, []
         for client in reversed(built):  # only what open() built: the caller closes its stand-ins
             client.close()
 
-    def prepare(self, request: ImageRequest, model: Model) -> tuple[PreparedImage, ModelContract]:
-        """URI policy, fetch, decode for the model's contract (cached; read from Triton only until
-        it first answers): the CPU side of one request, and the contract it was made for.
+    def prepare(self, ref: ObjectRef, model: Model) -> tuple[PreparedImage, ModelContract]:
+        """Fetch, decode for the model's contract (cached; read from Triton only until it first
+        answers): the CPU side of one request, and the contract it was made for.
         Raises PipelineError."""
-        ref = parse_uri(request.uri, self.config)
         contract = model.contract
         return fetch_decode(self.fetcher, ref, resize=contract.resize, max_pixels=self.config.max_pixels,
                             cache=self.cache, decoder=self.decoder), contract
@@ -176,12 +178,11 @@ class AsyncImagePipeline:
             self.in_flight -= 1
 
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
-        loop = asyncio.get_running_loop()
         name, model = self.model(request)
+        ref = parse_uri(request.uri, self.config)  # the URI policy, before any thread or client
         for attempt in range(2):  # a second time only when the served model changed meanwhile
             submitted = perf_counter()
-            prepared, contract, waited_ms = await loop.run_in_executor(self._prepare_pool, self._timed_prepare,
-                                                                       request, model, submitted)
+            prepared, contract, waited_ms = await self._prepare_lane.run(self._timed_prepare, ref, model, submitted)
             timings.update(prepared.timings_ms())
             timings["queue"] = timings.get("queue", 0.0) + waited_ms
             try:
@@ -198,12 +199,12 @@ class AsyncImagePipeline:
                                  timings, batched.batch_size)
         raise AssertionError("unreachable")
 
-    def _timed_prepare(self, request: ImageRequest, model: Model,
+    def _timed_prepare(self, ref: ObjectRef, model: Model,
                        submitted: float) -> tuple[PreparedImage, ModelContract, float]:
         """The prepared image, the contract it was made for, and what prepare spent outside its
         stages (ms): waiting for a thread, then for a decode slot."""
         started = perf_counter()
-        prepared, contract = self.prepare(request, model)
+        prepared, contract = self.prepare(ref, model)
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
         return prepared, contract, (started - submitted) * 1000 + outside
 

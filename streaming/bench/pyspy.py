@@ -25,6 +25,7 @@ SPECIFIC = (  # (stage, substrings of a frame's file): the innermost match decid
     ("gRPC", ("streaming/infer.py", "tritonclient/")),
     ("bridge/serialisation", ("streaming/events.py", "pyflink/", "apache_beam/", "google/protobuf/", "cloudpickle/")),
     ("metrics", ("streaming/metrics.py", "prometheus_client/")),
+    ("event loop/threads", ("streaming/offload.py",)),  # our hand-off to the prepare threads
     ("other", ("streaming/",)),  # the rest of our code (the operator's wiring): other, not what calls it
 )
 GENERIC = (  # used only where no specific rule matched anywhere on the stack

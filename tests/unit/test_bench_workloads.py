@@ -240,6 +240,8 @@ def test_frames_and_collapsed_lines_parse():
      "bridge/serialisation"),
     ("process (pyflink/fn_execution/x.py:1);process (streaming/pipeline.py:1)", "other"),
     ("run (threading.py:1);_worker (concurrent/futures/thread.py:81)", "event loop/threads"),
+    ("run (threading.py:1);_work (streaming/offload.py:60);get (queue.py:1)", "event loop/threads"),
+    ("run (threading.py:1);_call (streaming/offload.py:70);fetch (streaming/fetch.py:1)", "fetch"),
     ("observe (streaming/metrics.py:3);acquire (threading.py:1)", "metrics"),
     ("<module> (script.py:1)", "other"),
 ])
