@@ -56,7 +56,6 @@ class ResponseRefused(FetchFailed):
     """The response head is malformed or too large (not retried)."""
 
 
-# -- the response head -------------------------------------------------------------------
 class _HeadBudget:
     """Wraps the response file while its head is parsed: counts lines and bytes."""
 
