@@ -151,8 +151,8 @@ class Tls:
 class Pool:
     """Idle keep-alive connections to one host; safe to share between threads."""
 
-    def __init__(self, scheme: str, host: str, port: int, max_idle: int, tls: Tls | None):
-        self.scheme, self.host, self.port, self._max_idle, self._tls = scheme, host, port, max_idle, tls
+    def __init__(self, host: str, port: int, max_idle: int, tls: Tls | None):
+        self.host, self.port, self._max_idle, self._tls = host, port, max_idle, tls  # https when tls
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -255,7 +255,7 @@ class Transport:
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = Pool(scheme, host, port, self._max, tls)
+                pool = self._pools[key] = Pool(host, port, self._max, tls)
                 if len(self._pools) > MAX_POOLS:
                     _, evicted = self._pools.popitem(last=False)
             else:
