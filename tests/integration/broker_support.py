@@ -3,8 +3,6 @@ that tells whether a record gets through with given client settings."""
 from __future__ import annotations
 
 import dataclasses
-import gc
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +19,7 @@ def publish_error(bootstrap: str, **security) -> Exception | None:
         producer = KafkaProducer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=3000, max_block_ms=4000,
                                  request_timeout_ms=6000, **security)
     except KafkaError as exc:  # the login failed while bootstrapping
-        return _without_leaks(exc)
+        return exc
     try:
         producer.send("sasl-probe", b"x").get(timeout=10)
         return None
@@ -29,18 +27,6 @@ def publish_error(bootstrap: str, **security) -> Exception | None:
         return exc
     finally:
         producer.close(timeout=2)
-
-
-def _without_leaks(exc: KafkaError) -> KafkaError:
-    """`exc` without its traceback, after collecting what it held: kafka-python leaves a client that
-    failed in its constructor (its wake-up socketpairs) to the garbage collector, which would
-    otherwise close them, with a ResourceWarning, during whichever later test it runs in."""
-    exc = exc.with_traceback(None)
-    exc.__cause__ = exc.__context__ = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-    return exc
 
 
 def classify_through(layout, prepared, config, broker, bucket: str, name: str) -> list[dict]:
