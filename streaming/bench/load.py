@@ -19,6 +19,7 @@ from typing import Callable
 from kafka import KafkaConsumer, KafkaProducer
 
 from streaming.ops import jobs
+from streaming.ops.kafka_io import kafka_client
 from streaming.config import PipelineConfig
 from streaming.metrics import STAGES as OPERATOR_STAGES
 from streaming.metrics import percentile
@@ -79,9 +80,9 @@ def run_load(config: PipelineConfig, uris: list[str], count: int, *, rate_per_s:
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     details: dict[str, dict] = {}
-    consumer = KafkaConsumer(config.results_topic, bootstrap_servers=config.kafka_bootstrap, group_id=None,
-                             auto_offset_reset="earliest", isolation_level="read_committed",
-                             enable_auto_commit=False, fetch_max_wait_ms=20)
+    consumer = kafka_client(KafkaConsumer, config.results_topic, bootstrap_servers=config.kafka_bootstrap,
+                            group_id=None, auto_offset_reset="earliest", isolation_level="read_committed",
+                            enable_auto_commit=False, fetch_max_wait_ms=20)
     consumer.poll(timeout_ms=500)  # join the topic before anything is sent
     done = threading.Event()
 
@@ -102,7 +103,7 @@ def run_load(config: PipelineConfig, uris: list[str], count: int, *, rate_per_s:
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, linger_ms=2, acks=1)
+    producer = kafka_client(KafkaProducer, bootstrap_servers=config.kafka_bootstrap, linger_ms=2, acks=1)
     start = time.perf_counter()
     for i in range(count):
         if rate_per_s:

@@ -31,6 +31,7 @@ from typing import Callable, Protocol, Sequence
 from kafka import KafkaConsumer, KafkaProducer
 
 from streaming.ops import jobs
+from streaming.ops.kafka_io import kafka_client
 from streaming.bench import memory
 from streaming.bench.load import stop_job
 from streaming.config import PipelineConfig
@@ -125,10 +126,10 @@ class _Results:
     def __init__(self, config: PipelineConfig):
         self.arrivals: list[tuple[float, dict]] = []
         self._stop = threading.Event()
-        self._consumer = KafkaConsumer(config.results_topic, bootstrap_servers=config.kafka_bootstrap,
-                                       group_id=None, auto_offset_reset="earliest",
-                                       isolation_level="read_committed", enable_auto_commit=False,
-                                       fetch_max_wait_ms=20)
+        self._consumer = kafka_client(KafkaConsumer, config.results_topic, bootstrap_servers=config.kafka_bootstrap,
+                                      group_id=None, auto_offset_reset="earliest",
+                                      isolation_level="read_committed", enable_auto_commit=False,
+                                      fetch_max_wait_ms=20)
         self._consumer.poll(timeout_ms=500)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -184,7 +185,7 @@ def run(layout: StackLayout, config: PipelineConfig, connector_jar: Path, good_u
     job = jobs.submit_on_fresh_topics(layout, config, connector_jar, "soak")
     groups = memory.ProcessGroups(layout)
     reader = _Results(job.config)
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, linger_ms=2, acks=1)
+    producer = kafka_client(KafkaProducer, bootstrap_servers=config.kafka_bootstrap, linger_ms=2, acks=1)
     expected: Counter = Counter()
     clean_sent: dict[str, float] = {}
     hostile_sent: dict[str, float] = {}

@@ -74,13 +74,13 @@ def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> 
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-    from streaming.ops.kafka_io import client_security
+    from streaming.ops.kafka_io import client_security, kafka_client
 
     timeout_ms = int(CHECK_TIMEOUT_S * 1000)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, client_id="imgstream-check",
-                                 bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                                 **client_security(config))
+        admin = kafka_client(KafkaAdminClient, bootstrap_servers=config.kafka_bootstrap, client_id="imgstream-check",
+                             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                             **client_security(config))
     except (KafkaError, OSError) as exc:
         raise ConfigError("kafka_bootstrap", f"Kafka at {config.kafka_bootstrap} did not answer "
                                              f"({type(exc).__name__})") from None

@@ -28,13 +28,36 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.net.compat import KafkaNetClient
 
 from streaming.config import PipelineConfig
 
 log = logging.getLogger(__name__)
+Client = TypeVar("Client")
+
+
+def kafka_client(kind: Callable[..., Client], *args: Any, **settings: Any) -> Client:
+    """`kind(*args, **settings)`, a kafka-python `KafkaProducer`, `KafkaConsumer` or `KafkaAdminClient`,
+    that leaves nothing behind when it fails. Their constructors start a network client (an I/O
+    thread, an epoll and a socket pair) before they bootstrap, and a failed bootstrap raises
+    without closing it: every failed attempt (a health poll while the broker starts, a refused
+    login) would leak all three. Build every kafka-python client here."""
+    started: list[KafkaNetClient] = []
+
+    def net_client(**kwargs: Any) -> KafkaNetClient:
+        client = KafkaNetClient(**kwargs)
+        started.append(client)
+        return client
+
+    try:
+        return kind(*args, kafka_client=net_client, **settings)
+    except BaseException:
+        for client in started:
+            client.close()
+        raise
 
 
 def client_security(config: PipelineConfig) -> dict[str, Any]:
@@ -65,9 +88,9 @@ def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes | None], *
     `security`: kafka-python settings (`client_security(config)`, or the local stack's).
     `compression`: "gzip", "lz4", "zstd" or "snappy" batches (None: uncompressed).
     `max_request_bytes`: the largest record before compression the producer will send."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                             request_timeout_ms=15_000, max_block_ms=30_000, compression_type=compression,
-                             max_request_size=max_request_bytes, **(security or {}))
+    producer = kafka_client(KafkaProducer, bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                            request_timeout_ms=15_000, max_block_ms=30_000, compression_type=compression,
+                            max_request_size=max_request_bytes, **(security or {}))
     count = 0
     try:
         for event in events:
@@ -97,8 +120,8 @@ def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeou
     (null values) are skipped silently; records that are not a JSON object are skipped and
     described to `on_skipped` (by default a warning on this module's logger): neither counts.
     """
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = kafka_client(
+        KafkaConsumer, topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
         isolation_level="read_committed", consumer_timeout_ms=1000, **(security or {}),
     )

@@ -226,8 +226,8 @@ def kafka_healthy(layout: StackLayout) -> bool:
     except OSError:
         return False
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-health",
+        admin = kafka_io.kafka_client(
+            KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-health",
             bootstrap_timeout_ms=3000, request_timeout_ms=3000,
             reconnect_backoff_ms=100, reconnect_backoff_max_ms=500, **client_security(layout),
         )
@@ -258,8 +258,8 @@ def ensure_topics(layout: StackLayout, names: Sequence[str], partitions: int) ->
     from kafka import KafkaAdminClient
     from kafka.errors import TopicAlreadyExistsError, for_code
 
-    admin = KafkaAdminClient(
-        bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-setup",
+    admin = kafka_io.kafka_client(
+        KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-setup",
         bootstrap_timeout_ms=10000, request_timeout_ms=15000, **client_security(layout),
     )
     try:
@@ -290,8 +290,8 @@ def delete_topics(layout: StackLayout, names: Sequence[str]) -> None:
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=layout.kafka_bootstrap, client_id="imgstream-setup",
-                                 **client_security(layout))
+        admin = kafka_io.kafka_client(KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap,
+                                      client_id="imgstream-setup", **client_security(layout))
     except KafkaError:
         return
     try:

@@ -10,14 +10,16 @@ from typing import Iterator
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from streaming.ops.kafka_io import kafka_client
+
 PASSWORD = "sasl-Canary-7c1e9b2a4f"
 
 
 def publish_error(bootstrap: str, **security) -> Exception | None:
     """None if a record gets through with these settings, else the Kafka error that stopped it."""
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=3000, max_block_ms=4000,
-                                 request_timeout_ms=6000, **security)
+        producer = kafka_client(KafkaProducer, bootstrap_servers=bootstrap, bootstrap_timeout_ms=3000,
+                                max_block_ms=4000, request_timeout_ms=6000, **security)
     except KafkaError as exc:  # the login failed while bootstrapping
         return exc
     try:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient
 
-from streaming.ops import jobs
+from streaming.ops import jobs, kafka_io
 from streaming.stack.job_config import stack_config
 from streaming.stack import kafka
 from tests.integration.job_support import exceptions
@@ -28,7 +28,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 
 
 def topics(layout) -> set[str]:
-    admin = KafkaAdminClient(bootstrap_servers=layout.kafka_bootstrap, **kafka.client_security(layout))
+    admin = kafka_io.kafka_client(KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap, **kafka.client_security(layout))
     try:
         return set(admin.list_topics())
     finally:

@@ -85,8 +85,9 @@ def test_events_choose_among_the_allowed_models(pipeline_config, imported_models
 
 
 def keyed_records(bootstrap: str, topic: str) -> list[tuple[dict, dict]]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             isolation_level="read_committed", consumer_timeout_ms=3000)
+    consumer = kafka_io.kafka_client(KafkaConsumer, topic, bootstrap_servers=bootstrap, group_id=None,
+                                     auto_offset_reset="earliest", isolation_level="read_committed",
+                                     consumer_timeout_ms=3000)
     try:
         return [(json.loads(m.key), json.loads(m.value)) for m in consumer]
     finally:

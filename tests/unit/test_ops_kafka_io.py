@@ -1,11 +1,20 @@
 """kafka-python's keywords for a config's Kafka security settings (`client_security`); the
 settings' validation and the Java clients' properties: test_config.py; the local stack's SASL
-mode: test_stack_kafka.py."""
+mode: test_stack_kafka.py. `kafka_client`: a client whose bootstrap fails leaves nothing open."""
 from __future__ import annotations
+
+import os
+import threading
+
+import psutil
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from streaming.config import PipelineConfig, Secret
 from streaming.ops import kafka_io
 from tests.kafka_support import PASSWORD, sasl
+from tests.net_support import free_port
 
 
 def test_mutual_tls_properties():
@@ -24,3 +33,27 @@ def test_kafka_python_keywords_from_the_config():
     kwargs = kafka_io.client_security(sasl(kafka_security_protocol="SASL_PLAINTEXT"))
     assert kwargs == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
                       "sasl_plain_username": "svc-imgstream", "sasl_plain_password": PASSWORD}
+
+
+def _held() -> tuple[int, int]:
+    """This process's open epolls and Unix sockets (a network client's selector and wake-up pair)."""
+    epolls = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            epolls += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]"
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            pass
+    return epolls, len(psutil.Process().net_connections(kind="unix"))
+
+
+@pytest.mark.parametrize("kind", [KafkaAdminClient, KafkaProducer, KafkaConsumer])
+def test_a_client_that_cannot_bootstrap_leaves_no_thread_or_socket(kind):
+    """Nothing listens on the port: the constructor's bootstrap fails after it started its network
+    client. kafka-python alone would leave that client's I/O thread, epoll and socket pair open."""
+    port = free_port()
+    threads, held = set(threading.enumerate()), _held()
+    for _ in range(3):
+        with pytest.raises(KafkaError):
+            kafka_io.kafka_client(kind, bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=300)
+    assert [t.name for t in set(threading.enumerate()) - threads if t.is_alive()] == []
+    assert _held() == held  # (the refused TCP sockets are kafka-python's own, closed when collected)
