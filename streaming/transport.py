@@ -277,7 +277,7 @@ class Transport:
             raise
 
 
-def read_body(response: Any, limit: int, attempt: Attempt) -> bytes:
+def read_body(response: Response, limit: int, attempt: Attempt) -> bytes:
     """The whole body, refused as soon as it is over `limit` (Content-Length checked first)."""
     length = content_length(response.headers.get_all("Content-Length") or [], chunked=response.chunked)
     if length is not None and length > limit:
