@@ -8,6 +8,10 @@ Each is an ONNX file as most users export one from PyTorch, with its contract be
   ``logits`` [batch, 1000] (no softmax).
 * ``lite0_embedding``: EfficientNet-Lite0 cut after its global average pooling, input
   ``pixel_values`` [batch, 3, 224, 224] (torchvision-normalised), output ``features`` [batch, 1280].
+* ``rate_probe``: not a real model: the mean of each channel of ``pixels`` [batch, 224, 224, 3]
+  (float32 NHWC) times a fixed 3 x 1000 matrix, ``logits`` [batch, 1000] out. It costs Triton
+  almost nothing, so a benchmark run with it measures the job at the rates that inference on GPUs
+  allows (`imgstream bench settings ... --set model_name=rate_probe`).
 
 Lite's weights expect TensorFlow's ``(p - 127) / 128`` of the pixel p; a torchvision input
 t = (p / 255 - mean) / std is turned into it by a per-channel affine at the start of the graph,
@@ -55,15 +59,38 @@ EXAMPLES = {
 }
 
 
+RATE_PROBE = "rate_probe"
+NAMES = (*EXAMPLES, RATE_PROBE)
+PROBE_SIZE = 224
+
+
 def _example(name: str) -> Example:
     if name not in EXAMPLES:
-        raise KeyError(f"no example model {name!r}; known: {', '.join(EXAMPLES)}")
+        raise KeyError(f"no example model {name!r}; known: {', '.join(NAMES)}")
     return EXAMPLES[name]
 
 
 def contract_path(name: str) -> Path:
-    _example(name)
+    if name != RATE_PROBE:
+        _example(name)
     return EXAMPLES_DIR / f"{name}.toml"
+
+
+def rate_probe_model() -> onnx.ModelProto:
+    """``rate_probe`` (see the module's doc): ReduceMean over the image, then one small MatMul."""
+    weights = np.random.default_rng(14).standard_normal((CHANNELS, export_onnx.NUM_CLASSES)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixels"], ["channel_means"], name="probe.mean", axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["channel_means", "probe.weights"], ["logits"], name="probe.matmul")],
+        RATE_PROBE,
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", PROBE_SIZE, PROBE_SIZE, CHANNELS])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", export_onnx.NUM_CLASSES])],
+        [numpy_helper.from_array(weights, "probe.weights")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", export_onnx.OPSET)],
+                              ir_version=export_onnx.IR_VERSION, producer_name="imgstream.triton_models.user_models",
+                              doc_string="imgstream rate_probe: channel means x a fixed matrix; not a real classifier")
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def example_contract(name: str) -> ModelContract:
@@ -116,8 +143,10 @@ def example_model(name: str, lite: onnx.ModelProto) -> onnx.ModelProto:
 def export_example(name: str, out_path: Path, store: ArtifactStore | None = None) -> Path:
     """Write the example model ``name`` to ``out_path``. With a ``store``, the Lite graph comes from its
     cache and the example is cached there too (``example-<name>-<fingerprint>.onnx``)."""
-    ex = _example(name)
     out_path = Path(out_path)
+    if name == RATE_PROBE:  # no weights to load: made in a millisecond
+        return export_onnx.save_atomic(rate_probe_model(), out_path)
+    ex = _example(name)
     if store is None:
         weights = export_onnx.default_weights_path(ex.arch)
         lite = export_onnx.build_model(export_onnx.load_state_dict(weights), arch=ex.arch)

@@ -174,14 +174,15 @@ def models_import(
 
 @models_app.command("example")
 def models_example(
-    name: str = typer.Argument(..., help="lite1_torchvision (classifier) or lite0_embedding (embedding)"),
+    name: str = typer.Argument(..., help="lite1_torchvision (classifier), lite0_embedding (embedding) or "
+                                         "rate_probe (inference almost free: the job at GPU rates)"),
     out: Path = typer.Option(..., help="where to write the ONNX file"),
 ) -> None:
     """Write an example ONNX model (exported the way PyTorch users do) and name its contract."""
     from triton_models import build, user_models
 
-    if name not in user_models.EXAMPLES:
-        raise typer.BadParameter(f"one of {', '.join(user_models.EXAMPLES)}", param_hint="NAME")
+    if name not in user_models.NAMES:
+        raise typer.BadParameter(f"one of {', '.join(user_models.NAMES)}", param_hint="NAME")
     path = user_models.export_example(name, out, build.store_in(StackLayout.from_env().root))
     typer.echo(f"wrote {path}; its contract: {user_models.contract_path(name)}")
 

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as pb
 
-from streaming.contract import CONTRACT_PARAMETER, LABELS_PATH, ModelContract, Normalize, Output, Resize
+from streaming.contract import CONTRACT_PARAMETER, LABELS_PATH, ModelContract, Normalize, Output, Resize, lite_contract
 from streaming.stack.layout import StackLayout
 from triton_models import build, contract_images, model_config, photos, user_models
 from triton_models.import_model import import_model
@@ -233,3 +233,24 @@ def test_list_table_groups_variants_and_summarises_contracts():
     assert rows["mine"]["contract"] == {"size": 240, "resize": "center_crop", "kind": "classes", "top_k": 5,
                                         "num_classes": 1000}
     assert rows["emb"]["state"] == "UNAVAILABLE" and rows["emb"]["contract"]["dim"] == 512
+
+
+def test_rate_probe_imports_and_costs_almost_nothing_beside_lite0(pics, tmp_path):
+    """`rate_probe` (the benchmarks' stand-in for inference on GPUs) goes through the real import,
+    decodes exactly as the built-in efficientnet_lite0 does, and is the channel means x a fixed
+    matrix: thousands of times fewer operations than a real classifier."""
+    onnx_path = user_models.export_example(user_models.RATE_PROBE, tmp_path / "rate_probe.onnx")
+    contract = user_models.example_contract(user_models.RATE_PROBE)
+    assert (contract.resize, contract.normalize) == (lite_contract().resize, lite_contract().normalize)
+    result = import_model(onnx_path, name="rate_probe", contract=contract, repository=tmp_path / "repo", photos=pics,
+                          labels=LABELS_PATH)
+    assert result.check.passed
+    wrapped = ort.InferenceSession(str(tmp_path / "repo" / "rate_probe" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    pixels = np.stack([contract_images.pixels(p, contract) for p in pics[:4]])
+    probabilities = wrapped.run(None, {"IMAGE": pixels})[0]
+    weights = numpy_helper.to_array(onnx.load(str(onnx_path)).graph.initializer[0])
+    logits = ((pixels.reshape(4, -1, 3).astype(np.float64) - 127) / 128).mean(axis=1) @ weights  # (p - 127) / 128 in
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert np.abs(probabilities - expected / expected.sum(axis=1, keepdims=True)).max() < 1e-5
+    assert weights.size == 3 * 1000 and len(onnx.load(str(onnx_path)).graph.node) == 2
