@@ -239,7 +239,15 @@ def test_rate_probe_imports_and_costs_almost_nothing_beside_lite0(pics, tmp_path
     """`rate_probe` (the benchmarks' stand-in for inference on GPUs) goes through the real import,
     decodes exactly as the built-in efficientnet_lite0 does, and is the channel means x a fixed
     matrix: thousands of times fewer operations than a real classifier."""
-    onnx_path = user_models.export_example(user_models.RATE_PROBE, tmp_path / "rate_probe.onnx")
+    from typer.testing import CliRunner
+
+    from streaming.cli import models as cli
+
+    onnx_path = tmp_path / "rate_probe.onnx"
+    wrote = CliRunner().invoke(cli.models_app, ["example", "rate_probe", "--out", str(onnx_path)], catch_exceptions=False)
+    assert wrote.exit_code == 0 and "rate_probe.toml" in wrote.output, wrote.output
+    unknown = CliRunner().invoke(cli.models_app, ["example", "rate_prob", "--out", str(tmp_path / "x.onnx")])
+    assert unknown.exit_code == 2 and "rate_probe" in unknown.output
     contract = user_models.example_contract(user_models.RATE_PROBE)
     assert (contract.resize, contract.normalize) == (lite_contract().resize, lite_contract().normalize)
     result = import_model(onnx_path, name="rate_probe", contract=contract, repository=tmp_path / "repo", photos=pics,
