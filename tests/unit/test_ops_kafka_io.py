@@ -56,4 +56,6 @@ def test_a_client_that_cannot_bootstrap_leaves_no_thread_or_socket(kind):
         with pytest.raises(KafkaError):
             kafka_io.kafka_client(kind, bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=300)
     assert [t.name for t in set(threading.enumerate()) - threads if t.is_alive()] == []
-    assert _held() == held  # (the refused TCP sockets are kafka-python's own, closed when collected)
+    # none more than before (an earlier test's epoll may be collected meanwhile); the refused TCP
+    # sockets are kafka-python's own, closed when collected
+    assert all(now <= before for now, before in zip(_held(), held)), (_held(), held)
