@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streaming.contract import CHANNELS, PIXEL_MEAN, PIXEL_STD, ModelContract
+from streaming.contract import CHANNELS, INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, ModelContract
 from triton_models import export_onnx
 from triton_models.variants import ArtifactStore, float_input_model
 
@@ -61,7 +61,6 @@ EXAMPLES = {
 
 RATE_PROBE = "rate_probe"
 NAMES = (*EXAMPLES, RATE_PROBE)
-PROBE_SIZE = 224
 
 
 def _example(name: str) -> Example:
@@ -71,8 +70,8 @@ def _example(name: str) -> Example:
 
 
 def contract_path(name: str) -> Path:
-    if name != RATE_PROBE:
-        _example(name)
+    if name not in NAMES:
+        raise KeyError(f"no example model {name!r}; known: {', '.join(NAMES)}")
     return EXAMPLES_DIR / f"{name}.toml"
 
 
@@ -83,7 +82,7 @@ def rate_probe_model() -> onnx.ModelProto:
         [helper.make_node("ReduceMean", ["pixels"], ["channel_means"], name="probe.mean", axes=[1, 2], keepdims=0),
          helper.make_node("MatMul", ["channel_means", "probe.weights"], ["logits"], name="probe.matmul")],
         RATE_PROBE,
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", PROBE_SIZE, PROBE_SIZE, CHANNELS])],
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", INPUT_SIZE, INPUT_SIZE, CHANNELS])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", export_onnx.NUM_CLASSES])],
         [numpy_helper.from_array(weights, "probe.weights")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", export_onnx.OPSET)],

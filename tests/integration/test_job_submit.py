@@ -28,7 +28,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 
 
 def topics(layout) -> set[str]:
-    admin = kafka_io.kafka_client(KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap, **kafka.client_security(layout))
+    admin = kafka_io.kafka_client(KafkaAdminClient, bootstrap_servers=layout.kafka_bootstrap,
+                                  **kafka.client_security(layout))
     try:
         return set(admin.list_topics())
     finally:

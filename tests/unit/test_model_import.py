@@ -244,7 +244,8 @@ def test_rate_probe_imports_and_costs_almost_nothing_beside_lite0(pics, tmp_path
     from streaming.cli import models as cli
 
     onnx_path = tmp_path / "rate_probe.onnx"
-    wrote = CliRunner().invoke(cli.models_app, ["example", "rate_probe", "--out", str(onnx_path)], catch_exceptions=False)
+    wrote = CliRunner().invoke(cli.models_app, ["example", "rate_probe", "--out", str(onnx_path)],
+                               catch_exceptions=False)
     assert wrote.exit_code == 0 and "rate_probe.toml" in wrote.output, wrote.output
     unknown = CliRunner().invoke(cli.models_app, ["example", "rate_prob", "--out", str(tmp_path / "x.onnx")])
     assert unknown.exit_code == 2 and "rate_probe" in unknown.output
