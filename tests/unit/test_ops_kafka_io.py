@@ -59,3 +59,11 @@ def test_a_client_that_cannot_bootstrap_leaves_no_thread_or_socket(kind):
     # none more than before (an earlier test's epoll may be collected meanwhile); the refused TCP
     # sockets are kafka-python's own, closed when collected
     assert all(now <= before for now, before in zip(_held(), held)), (_held(), held)
+
+
+def test_kafka_python_checks_crcs_in_native_code():
+    """Every record batch kafka-python sends or reads is CRC32C-checked; without the `crc32c`
+    extra that is pure Python (0.28 ms per 2 KB here: more than the rest of a result's read)."""
+    from kafka.record import _crc32c, util
+    assert util.crc32c_c is not None, "kafka-python[crc32c] is not installed: CRCs are checked in pure Python"
+    assert util.calc_crc32c(b"123456789") == _crc32c.crc(b"123456789") == 0xE3069283  # the CRC-32C check value
