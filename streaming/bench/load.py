@@ -80,9 +80,12 @@ def run_load(config: PipelineConfig, uris: list[str], count: int, *, rate_per_s:
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     details: dict[str, dict] = {}
+    # fetch_max_wait_ms stays at its default (500): the broker answers a waiting fetch as soon as a
+    # result is there, so a shorter wait only polls an empty topic (20 ms cost this reader 44 ms of CPU
+    # a second and the broker 32, against 6 and 9, for the same delivery latency, p50 ~2 ms)
     consumer = kafka_client(KafkaConsumer, config.results_topic, bootstrap_servers=config.kafka_bootstrap,
                             group_id=None, auto_offset_reset="earliest", isolation_level="read_committed",
-                            enable_auto_commit=False, fetch_max_wait_ms=20)
+                            enable_auto_commit=False)
     consumer.poll(timeout_ms=500)  # join the topic before anything is sent
     done = threading.Event()
 

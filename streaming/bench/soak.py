@@ -128,8 +128,7 @@ class _Results:
         self._stop = threading.Event()
         self._consumer = kafka_client(KafkaConsumer, config.results_topic, bootstrap_servers=config.kafka_bootstrap,
                                       group_id=None, auto_offset_reset="earliest",
-                                      isolation_level="read_committed", enable_auto_commit=False,
-                                      fetch_max_wait_ms=20)
+                                      isolation_level="read_committed", enable_auto_commit=False)
         self._consumer.poll(timeout_ms=500)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
