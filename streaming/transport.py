@@ -19,7 +19,9 @@ reader (also used for files).
   watched; the socket timeout is the time the attempt has left (which also bounds a TLS
   handshake as a whole).
 * Head: at most `MAX_HEADERS` header lines and `MAX_HEAD_BYTES` for status line + headers;
-  more is refused as it arrives (`ResponseRefused`), never buffered.
+  more is refused as it arrives (`ResponseRefused`), never buffered. Header lines are parsed by
+  `parse_fields` (RFC 9112 section 5), not by http.client's `email` parser (0.043 ms of a small S3
+  GET's 0.27 ms of CPU): a line that is not `token ":" value` is refused.
 * Content-Length: ASCII digits only; several values (one header listing them, or repeated
   headers) must agree; with chunked transfer coding it must be absent. Anything else (``²``,
   ``-1``, ``1e3``, ``5, 6``) is `ResponseRefused` (fetch_failed, not retried).
@@ -49,6 +51,8 @@ MAX_HEAD_BYTES = 32 * 1024  # status line and headers together
 MAX_POOLS = 64  # hosts with pooled connections at once (hostile events may name many)
 USER_AGENT = "imgstream/0.1"
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 section 5.1)
+_OWS = " \t"  # optional whitespace around a field value
 
 
 # -- the response head -------------------------------------------------------------------
@@ -77,16 +81,73 @@ class _HeadBudget:
         return getattr(self._raw, name)
 
 
+def parse_fields(readline: Callable[[], bytes]) -> http.client.HTTPMessage:
+    """The header fields up to the blank line that ends a head, as http.client's `HTTPMessage`.
+
+    Each line is `name: value` with a token for name (no space before the colon) and a value of
+    no NUL or bare CR; a line folded onto the one before (obs-fold) joins it with a space, as RFC
+    9112 asks of a user agent. Anything else is `ResponseRefused`; a head cut short by the end of
+    the stream is `RemoteDisconnected` (retried)."""
+    fields: list[list[str]] = []
+    while True:
+        line = readline()
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n"):
+            raise http.client.RemoteDisconnected("the response head was cut short")
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if "\0" in text or "\r" in text:
+            raise ResponseRefused("response has a control character in a header line")
+        if text[:1] in (" ", "\t"):
+            if not fields:
+                raise ResponseRefused("response head starts with a folded line")
+            fields[-1][1] = " ".join(part for part in (fields[-1][1], text.strip(_OWS)) if part)
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise ResponseRefused("response has a malformed header line")
+        fields.append([name, value.strip(_OWS)])
+    message = http.client.HTTPMessage()
+    for name, value in fields:
+        message[name] = value
+    return message
+
+
 class _BoundedResponse(http.client.HTTPResponse):
     def begin(self) -> None:
+        """CPython 3.11's `HTTPResponse.begin`, with the head read under `_HeadBudget` and its
+        fields parsed by `parse_fields`."""
+        if self.headers is not None:
+            return
         raw = self.fp
-        self.fp = _HeadBudget(raw)
+        self.fp = budget = _HeadBudget(raw)
         try:
-            super().begin()
+            version, status, reason = self._read_status()
+            while status == http.client.CONTINUE:  # a 100's fields are skipped (still counted)
+                parse_fields(budget.readline)
+                version, status, reason = self._read_status()
+            self.headers = self.msg = parse_fields(budget.readline)
         finally:
             if self.fp is not None:
                 self.fp = raw
-        content_length(self.msg.get_all("Content-Length") or [], chunked=bool(self.chunked))
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        transfer = self.headers.get("Transfer-Encoding")
+        self.chunked = bool(transfer) and transfer.lower() == "chunked"
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = content_length(self.headers.get_all("Content-Length") or [], chunked=self.chunked)
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or status < 200 or self._method == "HEAD":
+            self.length = 0  # no body (_read_status took only 100-999)
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # no length, no chunks: the body ends when the connection does
 
 
 def content_length(values: list[str], *, chunked: bool = False) -> int | None:

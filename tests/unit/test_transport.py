@@ -1,9 +1,11 @@
 """The transport (`streaming.transport`), against loopback servers: the response-head limits
-(header floods refused as they arrive, Content-Length an agreed ASCII number or refused), for http
-and for S3 alike; and its keep-alive pools (a connection is reused only when its response was read
-to the end and the server still holds it open)."""
+(header floods refused as they arrive, header lines `name: value` or refused, Content-Length an
+agreed ASCII number or refused), for http and for S3 alike; and its keep-alive pools (a connection
+is reused only when its response was read to the end and the server still holds it open)."""
 from __future__ import annotations
 
+import http.client
+import io
 import time
 
 import pytest
@@ -13,7 +15,8 @@ from hypothesis import strategies as st
 from streaming.config import PipelineConfig
 from streaming.errors import FetchFailed, ObjectNotFound
 from streaming.fetch import Fetcher
-from streaming.transport import MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, ResponseRefused, Tls, Transport, content_length
+from streaming.transport import (MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, ResponseRefused, Tls, Transport, content_length,
+                                 parse_fields)
 from streaming.uris import ObjectRef, parse_uri
 from tests.net_support import Reply, ScriptedHttpServer, TrickleServer, fetch_both_ways, http_config
 
@@ -87,6 +90,50 @@ def test_content_length_is_an_agreed_ascii_number_or_refused(values, chunked):
     parts = [p.strip() for v in values for p in v.split(",")]
     assert length is None if not values else (not chunked and {int(p) for p in parts} == {length})
     assert all(p.isascii() and p.isdigit() for p in parts)
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("line", [b"No colon here", b"Space Before : colon", b": no name", b"Bad\x00Name: v",
+                                  b"X-Nul: a\x00b", b"X-Cr: a\rb", b"Na\xefve: v"])
+def test_a_malformed_header_line_is_refused_not_retried(scheme, line):
+    head = b"HTTP/1.1 200 OK\r\n" + line + b"\r\nContent-Length: 5\r\n\r\n"
+    with TrickleServer(lambda: iter([head + b"hello"]), delay_s=0) as server:
+        with pytest.raises(FetchFailed, match="header line") as caught:
+            fetch_both_ways(server, scheme, http_config(fetch_retries=2))
+    assert caught.value.code == "fetch_failed" and len(server.requests) == 1
+
+
+def _fields(head: bytes) -> list[tuple[str, str]]:
+    return parse_fields(io.BytesIO(head).readline).items()
+
+
+def test_fields_are_split_trimmed_kept_in_order_and_folded_lines_joined():
+    head = b"ETag: \"v1\" \r\nx-amz-meta-a:\tone\r\n  two\r\n\tthree\r\nX-Empty:\r\nx-amz-meta-a: 2\n\r\nbody"
+    assert _fields(head) == [("ETag", '"v1"'), ("x-amz-meta-a", "one two three"), ("X-Empty", ""),
+                             ("x-amz-meta-a", "2")]
+    assert parse_fields(io.BytesIO(head).readline).get_all("X-AMZ-META-A") == ["one two three", "2"]
+
+
+@pytest.mark.parametrize("head, error", [
+    (b" folded: first\r\n\r\n", ResponseRefused),  # nothing to fold onto
+    (b"ETag: 1\r\n", http.client.RemoteDisconnected),  # the stream ended before the blank line
+    (b"ETag: 1\r\nX-Cut: sho", http.client.RemoteDisconnected),
+])
+def test_a_head_without_its_end_or_starting_folded_is_refused(head, error):
+    with pytest.raises(error):
+        parse_fields(io.BytesIO(head).readline)
+
+
+_NAMES = st.from_regex(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20}\Z")
+_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+                  max_size=30).map(lambda v: v.strip(" \t"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8))
+def test_well_formed_fields_parse_as_http_client_parses_them(fields):
+    head = b"".join(f"{name}: {value}\r\n".encode("iso-8859-1") for name, value in fields) + b"\r\n"
+    assert _fields(head) == http.client.parse_headers(io.BytesIO(head)).items() == list(fields)
 
 
 def _pools(fetcher: Fetcher) -> list:
