@@ -323,6 +323,27 @@ def worker(
     _write_report("worker", bench, report, layout, json_path)
 
 
+@bench_app.command("fetch")
+def fetch(
+    photos: str = _SWEEP_PHOTOS,
+    gets: int = typer.Option(2000, help="GETs per variant and round."),
+    rounds: int = typer.Option(3, help="Rounds; the variants' order alternates each round."),
+    setting: Optional[List[str]] = _SWEEP_SET, json_path: Optional[Path] = _SWEEP_JSON,
+) -> None:
+    """What one S3 GET costs this process's CPU: boto3's get_object against the job's fetcher."""
+    from streaming.bench import fetch as bench
+
+    try:
+        bench.check_plan(gets, rounds)
+    except ValueError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    layout, _, base = _stack_and_config(setting)
+    (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
+    report = bench.run(layout, base, workload, gets, rounds, lambda message: typer.echo(message, err=True))
+    _write_report("fetch", bench, report, layout, json_path)
+
+
 @bench_app.command("client")
 def client(
     batches: str = typer.Option("4,16", help="Batch sizes, comma-separated."),
