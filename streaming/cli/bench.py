@@ -307,11 +307,7 @@ def worker(
     from streaming.bench import profile as bench_profile
     from streaming.bench import worker as bench
 
-    try:
-        bench.check_plan(requests, rounds)
-    except ValueError as exc:
-        option, _, reason = str(exc).partition(": ")
-        raise typer.BadParameter(reason, param_hint=option) from None
+    _check_plan(bench, requests, rounds)
     executable = bench_profile.find_py_spy(py_spy) if profile else None
     if profile and executable is None:
         typer.echo("error: py-spy not found: pip install 'imgstream[bench]' or --py-spy PATH", err=True)
@@ -333,11 +329,7 @@ def fetch(
     """What one S3 GET costs this process's CPU: boto3's get_object against the job's fetcher."""
     from streaming.bench import fetch as bench
 
-    try:
-        bench.check_plan(gets, rounds)
-    except ValueError as exc:
-        option, _, reason = str(exc).partition(": ")
-        raise typer.BadParameter(reason, param_hint=option) from None
+    _check_plan(bench, gets, rounds)
     layout, _, base = _stack_and_config(setting)
     (workload,) = _workloads(layout, [photos], False, MAX_FILES, MAX_OBJECT_BYTES)
     report = bench.run(layout, base, workload, gets, rounds, lambda message: typer.echo(message, err=True))
@@ -356,14 +348,20 @@ def client(
     from streaming.bench import client as bench
 
     chosen = _integers(batches, "--batches", 1)
-    try:
-        bench.check_plan(chosen, calls, rounds)
-    except ValueError as exc:
-        option, _, reason = str(exc).partition(": ")
-        raise typer.BadParameter(reason, param_hint=option) from None
+    _check_plan(bench, chosen, calls, rounds)
     layout, _, base = _stack_and_config(setting)
     report = bench.run(layout, base, chosen, calls, rounds, lambda message: typer.echo(message, err=True))
     _write_report("client", bench, report, layout, json_path)
+
+
+def _check_plan(bench, *values) -> None:
+    """`bench.check_plan(*values)` before anything runs: its ValueError ("--option: reason") as a
+    BadParameter naming that option."""
+    try:
+        bench.check_plan(*values)
+    except ValueError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
 
 
 def _command(name: str, default: str | None = None) -> str:
