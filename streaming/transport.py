@@ -46,6 +46,10 @@ from streaming.deadline import Attempt, Transient
 from streaming.errors import FetchFailed, ObjectTooLarge, PipelineError
 
 CHUNK_BYTES = 256 * 1024  # bodies are read in pieces of at most this much
+# A body whose Content-Length is at most this is read in one call into a buffer of that size (no
+# pieces to join: one copy fewer); its buffer is allocated before the bytes arrive, so this, not
+# max_object_bytes, bounds what a server's word alone makes a fetch allocate.
+WHOLE_READ_BYTES = 4 * 1024 * 1024
 MAX_HEADERS = 99  # header lines in a response head: the most http.client (so boto3 too) ever took
 MAX_HEAD_BYTES = 32 * 1024  # status line and headers together
 MAX_POOLS = 64  # hosts with pooled connections at once (hostile events may name many)
@@ -281,6 +285,10 @@ class Response:
     def read1(self, n: int) -> bytes:
         return self._raw.read1(n)
 
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes of the body in one buffer, read straight into it (fewer if it ends)."""
+        return self._raw.read(n)
+
     def close(self) -> None:
         raw = self._raw
         if raw.length == 0 and not raw.chunked and not raw.isclosed():
@@ -343,7 +351,11 @@ def read_body(response: Response, limit: int, attempt: Attempt) -> bytes:
     length = content_length(response.headers.get_all("Content-Length") or [], chunked=response.chunked)
     if length is not None and length > limit:
         raise ObjectTooLarge(f"object is {length} bytes, limit {limit}")
-    data = read_limited(response.read1, limit, attempt)
+    if length is not None and length <= WHOLE_READ_BYTES:
+        data = response.read(length)  # one read into one buffer (the deadline's watchdog bounds it)
+        attempt.remaining_s()
+    else:
+        data = read_limited(response.read1, limit, attempt)
     if length is not None and len(data) != length:
         raise Transient(f"body cut short: {len(data)} of {length} bytes")
     return data

@@ -4,6 +4,7 @@ agreed ASCII number or refused), for http and for S3 alike; and its keep-alive p
 is reused only when its response was read to the end and the server still holds it open)."""
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import io
 import time
@@ -15,8 +16,8 @@ from hypothesis import strategies as st
 from streaming.config import PipelineConfig
 from streaming.errors import FetchFailed, ObjectNotFound
 from streaming.fetch import Fetcher
-from streaming.transport import (MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, ResponseRefused, Tls, Transport, content_length,
-                                 parse_fields)
+from streaming.transport import (MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, WHOLE_READ_BYTES, ResponseRefused, Tls,
+                                 Transport, content_length, parse_fields)
 from streaming.uris import ObjectRef, parse_uri
 from tests.net_support import Reply, ScriptedHttpServer, TrickleServer, fetch_both_ways, http_config
 
@@ -101,6 +102,20 @@ def test_a_malformed_header_line_is_refused_not_retried(scheme, line):
         with pytest.raises(FetchFailed, match="header line") as caught:
             fetch_both_ways(server, scheme, http_config(fetch_retries=2))
     assert caught.value.code == "fetch_failed" and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("size", [WHOLE_READ_BYTES, WHOLE_READ_BYTES + 1])  # one read; pieces
+def test_a_body_is_read_whole_and_one_cut_short_is_a_retryable_failure(scheme, size):
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    config = http_config(max_object_bytes=2 * WHOLE_READ_BYTES)
+    with TrickleServer(lambda: iter([head, body]), delay_s=0) as server:
+        assert fetch_both_ways(server, scheme, config).data == body
+    with TrickleServer(lambda: iter([head, body[:size // 2]]), delay_s=0) as server:
+        with pytest.raises(FetchFailed, match=f"cut short: {size // 2} of {size} bytes .after 2 attempts"):
+            fetch_both_ways(server, scheme, dataclasses.replace(config, fetch_retries=1))
+    assert len(server.requests) == 2  # retried
 
 
 def _fields(head: bytes) -> list[tuple[str, str]]:
