@@ -280,7 +280,7 @@ class Response:
         self._pool, self._conn, self._raw = pool, conn, raw
         self.status: int = raw.status
         self.headers: http.client.HTTPMessage = raw.msg
-        self.chunked: bool = bool(raw.chunked)
+        self.length: int | None = raw.length  # Content-Length as `begin` checked it (None: chunked or none)
 
     def read1(self, n: int) -> bytes:
         return self._raw.read1(n)
@@ -348,7 +348,7 @@ class Transport:
 
 def read_body(response: Response, limit: int, attempt: Attempt) -> bytes:
     """The whole body, refused as soon as it is over `limit` (Content-Length checked first)."""
-    length = content_length(response.headers.get_all("Content-Length") or [], chunked=response.chunked)
+    length = response.length  # not read yet: the Content-Length `begin` already checked
     if length is not None and length > limit:
         raise ObjectTooLarge(f"object is {length} bytes, limit {limit}")
     if length is not None and length <= WHOLE_READ_BYTES:

@@ -54,7 +54,7 @@ def run(layout: StackLayout, base: PipelineConfig, workload: Workload, gets: int
             BASELINE: lambda i: client.get_object(Bucket=refs[i].bucket, Key=refs[i].key)["Body"].read(),
             VARIANTS[1]: lambda i: fetcher.fetch(refs[i]).data,
         }
-        for i, ref in enumerate(refs):  # the same bytes both ways (this also opens the connections)
+        for i in range(len(refs)):  # the same bytes both ways (this also opens the connections)
             if calls[BASELINE](i) != calls[VARIANTS[1]](i):
                 raise RuntimeError(f"the two ways fetched different bytes for {uris[i]}")
         per_get: dict[str, list[float]] = {name: [] for name in VARIANTS}
