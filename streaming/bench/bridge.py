@@ -1,9 +1,9 @@
 """What PyFlink itself costs, with no work in the operator: `imgstream bench bridge`.
 
 One job per variant runs classify's Kafka source and sink around an operator that answers each
-request at once (`streaming/bench/echo_job.py`): the async operator classify uses and a plain
-`map`, in process mode at each bundle time, and the `map` in thread mode. Per variant, on fresh
-topics, after a warm-up:
+request at once (`streaming/bench/echo_job.py`): the async operator classify uses (`stats`: with
+classify's gauges too) and a plain `map`, in process mode at each bundle time, and the `map` in
+thread mode. Per variant, on fresh topics, after a warm-up:
 
 - idle: the job running with no input, CPU per second;
 - at `rate` requests/s for `seconds`: latency, CPU per second and per request;

@@ -6,6 +6,8 @@ sink, the TaskManager's side of the Python operator, the Beam bridge (process mo
 Python worker; no fetch, decode or inference. Arguments: the job name, then the operator:
 
 - `async`: the async operator classify uses (`AsyncDataStream.unordered_wait`), process mode;
+- `stats`: the same, with classify's gauges (`metrics.PipelineStats`) registered and each answer
+  recorded as classify records its results: what the operator's metrics cost per bundle;
 - `map`: a plain `map`, process mode;
 - `thread`: the same `map` in PyFlink's thread mode (the function runs in the TaskManager's JVM
   through PEMJA; no Beam bridge, no bundles, no Python worker process).
@@ -22,9 +24,13 @@ from pyflink.datastream import AsyncDataStream, AsyncFunction
 
 from flink_jobs.classify import RESULT_TYPE, environment, kafka_sink, read_requests
 from streaming.config import PipelineConfig
+from streaming.events import Prediction
+from streaming.metrics import STAGES, PipelineStats
 
-OPERATORS = ("async", "map", "thread")
+OPERATORS = ("async", "stats", "map", "thread")
 ASYNC_CAPACITY = 256
+URI_UNREAD = "-"  # the recorded prediction's URI: the gauges never read it
+ECHO_TIMINGS_MS = {stage: 0.0 for stage in STAGES}
 
 
 def answer(raw: bytes) -> Row:
@@ -39,6 +45,19 @@ class AsyncAnswer(AsyncFunction):
         return [answer(value)]
 
 
+class AsyncAnswerWithStats(AsyncFunction):
+    """`AsyncAnswer` with classify's gauges: each answer is recorded as a prediction would be."""
+
+    def open(self, runtime_context) -> None:  # noqa: ANN001 - PyFlink's RuntimeContext
+        self.stats = PipelineStats()
+        self.stats.register(runtime_context.get_metrics_group().add_group("imgstream"), in_flight=lambda: 0)
+
+    async def async_invoke(self, value: bytes):
+        row = answer(value)
+        self.stats.record(Prediction(row[0], URI_UNREAD, "echo", (), ECHO_TIMINGS_MS, batch_size=1))
+        return [row]
+
+
 def main(argv: list[str]) -> None:
     name, operator = argv[1], argv[2]
     if operator not in OPERATORS:
@@ -50,8 +69,9 @@ def main(argv: list[str]) -> None:
         settings.set_string("python.execution-mode", "thread")
         env.configure(settings)
     requests = read_requests(env, config)
-    if operator == "async":
-        results = AsyncDataStream.unordered_wait(requests, AsyncAnswer(), Time.milliseconds(0),
+    if operator in ("async", "stats"):
+        function = AsyncAnswer() if operator == "async" else AsyncAnswerWithStats()
+        results = AsyncDataStream.unordered_wait(requests, function, Time.milliseconds(0),
                                                  capacity=ASYNC_CAPACITY, output_type=RESULT_TYPE)
     else:
         results = requests.map(answer, output_type=RESULT_TYPE)

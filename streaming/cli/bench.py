@@ -267,8 +267,9 @@ def _sweep(name: str, bench, values: tuple[int, ...], option: str, photos: str, 
 
 @bench_app.command("bridge")
 def bridge(
-    operators: str = typer.Option("async,thread", help="Echo operators, comma-separated: async, map (process "
-                                                       "mode, at each --times), thread (thread mode, once)."),
+    operators: str = typer.Option("async,thread", help="Echo operators, comma-separated: async, stats (async with "
+                                                       "classify's gauges), map (process mode, at each --times), "
+                                                       "thread (thread mode, once)."),
     times: str = typer.Option("10,50", help="Bundle times of the process-mode operators, ms, comma-separated."),
     rate: float = typer.Option(40.0, help="Requests/s of the steady run."),
     seconds: float = typer.Option(60.0, help="Length of the steady run."),

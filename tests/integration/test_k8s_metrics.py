@@ -54,12 +54,18 @@ def flink_exported(rest: str, job_id: str) -> set[str]:
 
 
 def test_rule_and_dashboard_metrics_are_exported_by_the_local_flink_and_triton(layout, running_job, test_bucket):
-    # PyFlink reports a Python operator's metrics with its first bundle: one request and its result first
-    request = {"id": uuid.uuid4().hex, "uri": f"s3://{test_bucket}/photos/LadyBird.jpg"}
-    kafka_io.publish(layout.kafka_bootstrap, running_job.requests_topic, [request])
-    assert list(kafka_io.read_results(layout.kafka_bootstrap, running_job.results_topic, count=1, timeout_s=180,
-                                      ids={request["id"]}))
-    expected = job_metric_names() | FLINK_BUILTIN
+    # PyFlink reports a Python operator's metrics at its bundle ends, and an error code's gauge is
+    # registered after its first error: a prediction and an error first
+    requests = [{"id": uuid.uuid4().hex, "uri": f"s3://{test_bucket}/photos/LadyBird.jpg"},
+                {"id": uuid.uuid4().hex, "uri": f"s3://{test_bucket}/photos/no-such-photo.jpg"}]
+    kafka_io.publish(layout.kafka_bootstrap, running_job.requests_topic, requests)
+    results = list(kafka_io.read_results(layout.kafka_bootstrap, running_job.results_topic, count=2, timeout_s=180,
+                                         ids={r["id"] for r in requests}))
+    assert len(results) == 2
+    codes = {r.get("error", {}).get("code") for r in results}
+    assert "object_not_found" in codes, results
+    seen = {n for n in job_metric_names() if "errors_by_code" not in n}
+    expected = seen | {"flink_taskmanager_job_task_operator_imgstream_errors_by_code_object_not_found"} | FLINK_BUILTIN
     deadline, flink = time.monotonic() + 120, set()
     while time.monotonic() < deadline:   # the job's gauges appear once its operators have opened
         flink = flink_exported(layout.flink_rest, running_job.id)

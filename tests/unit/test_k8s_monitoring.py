@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from k8s_support import K8S_DIR, generated, kustomize, objects, one, rendered  # noqa: F401
-from streaming.metrics import PipelineStats
+from streaming.events import ErrorResult
+from streaming.metrics import PipelineStats, all_error_codes
 
 DASHBOARD = K8S_DIR / "base" / "monitoring" / "grafana-dashboard.json"
 JOB_SCOPE = "flink_taskmanager_job_task_operator_imgstream_"  # Flink's Prometheus name of the job's group
@@ -76,21 +77,31 @@ DASHBOARD_SCHEMA = {
 
 
 class RecordingGroup:
-    """A Flink metric group that records the Prometheus names of what is registered on it."""
+    """A Flink metric group that records the Prometheus names of what is registered on it; its
+    gauges are kept to be read as PyFlink reads them at a bundle end."""
 
-    def __init__(self, prefix: str, names: set[str]) -> None:
+    def __init__(self, prefix: str, names: set[str], gauges: list | None = None) -> None:
         self.prefix, self.names = prefix, names
+        self.gauges = [] if gauges is None else gauges
 
-    def gauge(self, name, _value) -> None:
+    def gauge(self, name, value) -> None:
         self.names.add(self.prefix + name)
+        self.gauges.append(value)
 
     def add_group(self, name):
-        return RecordingGroup(f"{self.prefix}{name}_", self.names)
+        return RecordingGroup(f"{self.prefix}{name}_", self.names, self.gauges)
 
 
 def job_metric_names() -> set[str]:
+    """What the job exports once every error code has occurred (a code's gauge is registered at
+    the first bundle end after its first error)."""
     names: set[str] = set()
-    PipelineStats().register(RecordingGroup(JOB_SCOPE, names), in_flight=lambda: 0)
+    group, stats = RecordingGroup(JOB_SCOPE, names), PipelineStats()
+    stats.register(group, in_flight=lambda: 0)
+    for code in all_error_codes():
+        stats.record(ErrorResult("id", "uri", code, "fetch", "message"))
+    for read in list(group.gauges):  # a bundle end
+        read()
     return names
 
 
