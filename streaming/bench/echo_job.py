@@ -5,7 +5,8 @@ What it costs is what PyFlink itself costs per record and per bundle: the Kafka 
 sink, the TaskManager's side of the Python operator, the Beam bridge (process mode) and the
 Python worker; no fetch, decode or inference. Arguments: the job name, then the operator:
 
-- `async`: the async operator classify uses (`AsyncDataStream.unordered_wait`), process mode;
+- `async`: the async operator classify uses (`AsyncDataStream.unordered_wait`), process mode,
+  in a worker without Beam's sampler thread as classify's (`flink_jobs.beam_sampler`);
 - `stats`: the same, with classify's gauges (`metrics.PipelineStats`) registered and each answer
   recorded as classify records its results: what the operator's metrics cost per bundle;
 - `map`: a plain `map`, process mode;
@@ -22,6 +23,7 @@ import sys
 from pyflink.common import Configuration, Row, Time
 from pyflink.datastream import AsyncDataStream, AsyncFunction
 
+from flink_jobs.beam_sampler import skip_sampler_thread
 from flink_jobs.classify import RESULT_TYPE, environment, kafka_sink, read_requests
 from streaming.config import PipelineConfig
 from streaming.events import Prediction
@@ -41,14 +43,20 @@ def answer(raw: bytes) -> Row:
 
 
 class AsyncAnswer(AsyncFunction):
+    """The async echo, in a Python worker set up as classify's is (no Beam sampler thread)."""
+
+    def open(self, runtime_context) -> None:  # noqa: ANN001 - PyFlink's RuntimeContext
+        skip_sampler_thread()
+
     async def async_invoke(self, value: bytes):
         return [answer(value)]
 
 
-class AsyncAnswerWithStats(AsyncFunction):
+class AsyncAnswerWithStats(AsyncAnswer):
     """`AsyncAnswer` with classify's gauges: each answer is recorded as a prediction would be."""
 
     def open(self, runtime_context) -> None:  # noqa: ANN001 - PyFlink's RuntimeContext
+        super().open(runtime_context)
         self.stats = PipelineStats()
         self.stats.register(runtime_context.get_metrics_group().add_group("imgstream"), in_flight=lambda: 0)
 
