@@ -17,22 +17,24 @@ states work as before, and Beam's execution-time counters stay at zero.
 from __future__ import annotations
 
 import threading
-
-from apache_beam.runners.worker import statesampler
-
-
-def _start(self: statesampler.StateSampler) -> None:
-    self.tracked_thread = threading.current_thread()
-    statesampler.set_current_tracker(self)
-    self.started = True
-
-
-def _stop(self: statesampler.StateSampler) -> None:
-    statesampler.set_current_tracker(None)
-    self.finished = True
+from typing import Any
 
 
 def skip_sampler_thread() -> None:
-    """From now on in this process, a bundle starts and stops no sampler thread (idempotent)."""
-    statesampler.StateSampler.start = _start
-    statesampler.StateSampler.stop = _stop
+    """From now on in this process, a bundle starts and stops no sampler thread (idempotent).
+    Beam is imported here, not with the job module: importing `apache_beam` loads boto3 and more,
+    which the job's client must not pay for (tests/unit/test_engine_imports.py); the Python
+    worker that calls this has Beam loaded already."""
+    from apache_beam.runners.worker import statesampler
+
+    def start(self: Any) -> None:  # Beam's StateSampler.start, less the thread
+        self.tracked_thread = threading.current_thread()
+        statesampler.set_current_tracker(self)
+        self.started = True
+
+    def stop(self: Any) -> None:  # Beam's StateSampler.stop, less the join
+        statesampler.set_current_tracker(None)
+        self.finished = True
+
+    statesampler.StateSampler.start = start
+    statesampler.StateSampler.stop = stop
