@@ -24,6 +24,7 @@ from pyflink.datastream.formats.json import JsonRowSerializationSchema
 from pyflink.java_gateway import get_gateway
 
 from flink_jobs import JOB_NAME
+from flink_jobs.async_starts import start_requests_together
 from flink_jobs.beam_sampler import skip_sampler_thread
 from streaming.config import PipelineConfig
 from streaming.events import MAX_RESULT_BYTES, result_key, result_to_json
@@ -55,6 +56,7 @@ class ClassifyImages(AsyncFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         skip_sampler_thread()  # before the first bundle: PyFlink opens operators as it builds them
+        start_requests_together()  # before its runner starts: PyFlink opens the function first
         self.pipeline = AsyncImagePipeline(self.config)
         self.pipeline.open()
         self.stats = PipelineStats()

@@ -23,6 +23,7 @@ import sys
 from pyflink.common import Configuration, Row, Time
 from pyflink.datastream import AsyncDataStream, AsyncFunction
 
+from flink_jobs.async_starts import start_requests_together
 from flink_jobs.beam_sampler import skip_sampler_thread
 from flink_jobs.classify import RESULT_TYPE, environment, kafka_sink, read_requests
 from streaming.config import PipelineConfig
@@ -43,10 +44,12 @@ def answer(raw: bytes) -> Row:
 
 
 class AsyncAnswer(AsyncFunction):
-    """The async echo, in a Python worker set up as classify's is (no Beam sampler thread)."""
+    """The async echo, in a Python worker set up as classify's is (no Beam sampler thread, a
+    bundle's requests started together)."""
 
     def open(self, runtime_context) -> None:  # noqa: ANN001 - PyFlink's RuntimeContext
         skip_sampler_thread()
+        start_requests_together()
 
     async def async_invoke(self, value: bytes):
         return [answer(value)]
