@@ -15,6 +15,11 @@ as InferenceUnavailable; a model Triton does not know is ModelNotFound at once (
 is not found"; NOT_FOUND "... has no available versions", seen while Triton stops, is retried);
 anything else is InferenceFailed at once.
 
+A batch goes out through tritonclient's own channel settings and error type, but not through
+its `infer`, which copies the batch three times on its way into the request (`tobytes`, the
+protobuf field, the serialisation): `model_infer_request` serialises the request without it and
+appends the batch's bytes as the message's `raw_input_contents` field, one copy.
+
 With `triton_shared_memory` the batch reaches Triton through a region of /dev/shm instead of the
 request (`streaming.triton_shm`); a region Triton no longer knows (it restarted) is registered
 again and the batch retried like any other retryable failure.
@@ -27,9 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_random_exponential
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from streaming.config import PipelineConfig
@@ -45,6 +52,45 @@ from streaming.triton_shm import SharedInputs, is_missing_region, shm
 # a model or version it does not know "is not found" (permanent: see `_is_unknown_model`).
 RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
                     "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND")
+
+
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+# tritonclient's own channel options (InferenceServerClient's defaults), for both of our channels:
+# with the same target and options, gRPC gives them one connection
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+                   ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+                   ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+                   ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+                   ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+                   ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data))
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_RAW_INPUT_TAG = _varint(service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number << 3 | 2)
+
+
+def model_infer_request(request: service_pb2.ModelInferRequest, raw: np.ndarray | None) -> bytes:
+    """`request` serialised, with `raw`'s bytes as its one raw input: the protobuf encoding of one
+    more `raw_input_contents` entry (tag, length, bytes), which a parser reads as if it were set."""
+    head = request.SerializeToString()
+    if raw is None:
+        return head
+    raw = np.ascontiguousarray(raw)
+    return b"".join((head, _RAW_INPUT_TAG, _varint(raw.nbytes), raw.data))
+
+
+def _server_error(exc: grpc.RpcError) -> InferenceServerException:
+    """tritonclient's exception for a failed call (`tritonclient.grpc._utils.get_error_grpc`)."""
+    return InferenceServerException(msg=exc.details(), status=str(exc.code()), debug_details=exc.debug_error_string())
 
 
 def _is_unknown_model(exc: InferenceServerException) -> bool:
@@ -124,6 +170,8 @@ class TritonClassifier:
     def __init__(self, config: PipelineConfig):
         self.config = config
         self._client: grpcclient.InferenceServerClient | None = None
+        self._channel: grpc.Channel | None = None  # the batches'
+        self._model_infer: grpc.UnaryUnaryMultiCallable | None = None
         self._contract: ModelContract | None = None
         self._version = ""  # the version that served the last batch
         self._lock = threading.Lock()
@@ -131,7 +179,10 @@ class TritonClassifier:
         self._shared: SharedInputs | None = None  # triton_shared_memory: the regions, made at first use
 
     def open(self) -> None:
-        self._client = grpcclient.InferenceServerClient(self.config.triton_grpc)
+        self._client = grpcclient.InferenceServerClient(self.config.triton_grpc, channel_args=list(CHANNEL_OPTIONS))
+        self._channel = grpc.insecure_channel(self.config.triton_grpc, options=CHANNEL_OPTIONS)
+        self._model_infer = self._channel.unary_unary(
+            MODEL_INFER_METHOD, response_deserializer=service_pb2.ModelInferResponse.FromString)
 
     def close(self) -> None:
         if self._shared is not None:
@@ -139,7 +190,8 @@ class TritonClassifier:
             self._shared = None
         if self._client is not None:
             self._client.close()
-            self._client = None
+            self._channel.close()
+            self._client = self._channel = self._model_infer = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -294,15 +346,22 @@ class TritonClassifier:
                stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> tuple[np.ndarray, str]:
-            if output.kind == "classes":
-                out = grpcclient.InferRequestedOutput(output.tensor_name, class_count=self._top_k(contract))
-            else:
-                out = grpcclient.InferRequestedOutput(output.tensor_name)
+            request = service_pb2.ModelInferRequest(model_name=self.config.model_name,
+                                                    model_version=self.config.model_version)
+            tensor = request.inputs.add(name=INPUT_NAME, datatype=INPUT_TRITON_DTYPE, shape=batch.shape)
+            wanted = request.outputs.add(name=output.tensor_name)
+            if output.kind == "classes":  # Triton's classification extension: the top k as strings
+                wanted.parameters["classification"].int64_param = self._top_k(contract)
+            if self._model_infer is None:
+                self.open()
             try:
-                with self._input(batch) as inp:
-                    result = self.client.infer(self.config.model_name, [inp], outputs=[out],
-                                               model_version=self.config.model_version,
-                                               client_timeout=self.config.infer_timeout_s)
+                with self._input(batch, tensor) as raw:
+                    try:
+                        response = self._model_infer(model_infer_request(request, raw),
+                                                     timeout=self.config.infer_timeout_s)
+                    except grpc.RpcError as rpc_error:
+                        raise _server_error(rpc_error) from None
+                result = grpcclient.InferResult(response)
             except InferenceServerException as exc:
                 if self._shared is not None and is_missing_region(exc.message() or ""):
                     self._shared.forget()  # Triton restarted: register again, then retry
@@ -320,20 +379,21 @@ class TritonClassifier:
         return call()
 
     @contextmanager
-    def _input(self, batch: np.ndarray) -> Iterator[grpcclient.InferInput]:
-        """The batch as Triton's input: in the request, or in a shared memory region held meanwhile."""
-        inp = grpcclient.InferInput(INPUT_NAME, list(batch.shape), INPUT_TRITON_DTYPE)
+    def _input(self, batch: np.ndarray, tensor: service_pb2.ModelInferRequest.InferInputTensor,
+               ) -> Iterator[np.ndarray | None]:
+        """The batch as Triton's input `tensor`: the bytes to send in the request, or None with the
+        tensor naming a shared memory region that holds it meanwhile."""
         if not self.config.triton_shared_memory:
-            inp.set_data_from_numpy(batch)
-            yield inp
+            yield batch
             return
         with self._lock:
             if self._shared is None:
                 self._shared = SharedInputs(self.client, self.config.infer_concurrency)
             shared = self._shared
         try:
-            with shared.holding(batch) as (region, nbytes):
-                inp.set_shared_memory(region, nbytes)
-                yield inp
+            with shared.holding(batch) as (region, nbytes):  # as tritonclient's InferInput.set_shared_memory
+                tensor.parameters["shared_memory_region"].string_param = region
+                tensor.parameters["shared_memory_byte_size"].int64_param = nbytes
+                yield None
         except shm.SharedMemoryException as exc:  # /dev/shm full or not writable
             raise InferenceFailed(f"shared memory for the batch: {exc}") from None

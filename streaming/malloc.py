@@ -1,7 +1,8 @@
 """Keep large buffers in the heap: glibc's malloc thresholds for the process that runs the job.
 
-A batch on its way to Triton is copied into three fresh buffers of the batch's size
-(`np.stack`, tritonclient's `tobytes`, protobuf's copy), 2.4 MB for sixteen 224-px images.
+A batch on its way to Triton is copied into fresh buffers of the batch's size (`np.stack`, and
+the request serialised around it; tritonclient's own request made two more: `tobytes`,
+protobuf's copy), 2.4 MB for sixteen 224-px images.
 glibc gives a buffer above its mmap threshold (128 KiB, raised on the fly to the largest
 mapping freed so far) a fresh mapping, and returns free heap above its trim threshold (twice
 the mmap threshold) to the kernel. Either way each new buffer's pages fault in again, 600 page

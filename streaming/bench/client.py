@@ -1,7 +1,7 @@
 """What sending a batch to Triton costs the job, per image: `imgstream bench client`.
 
 The job's own send path, `AsyncImagePipeline.infer` (`np.stack` of the batch's tensors, then
-`TritonClassifier.infer`: tritonclient's request, gRPC), against the stack's Triton, in three
+`TritonClassifier.infer`: the request serialised around the batch, gRPC), against the stack's Triton, in three
 variants:
 
 - in the request, glibc's malloc thresholds (`malloc_keep_bytes=0`): the baseline;

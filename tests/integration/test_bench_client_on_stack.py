@@ -8,12 +8,13 @@ def test_kept_buffers_stop_the_page_faults_of_every_batch_sent(layout, prepared)
     rows = {r["variant"]: r for r in report["rows"]}
     baseline, kept, shared = (rows[v.label] for v in client.VARIANTS)
     print(client.table(report))
-    # glibc's own thresholds: two or three 1.2-MB copies of the batch (tritonclient's tobytes, protobuf's
-    # copy, np.stack) fault their pages in again, ~37 per image and copy (measured 79-138 per image in
-    # all); kept in the heap, they are reused. What still faults (12-18 per image) is not the batch: a
-    # bare stub call of a prebuilt request faulted 0.1 per image.
-    assert baseline["minor_faults_per_image"] > 2 * 30, baseline
+    # glibc's own thresholds: the batch's one fresh 1.2-MB copy (np.stack; the request is serialised
+    # around it, `streaming.infer.model_infer_request`) faults its ~300 pages in again at every call,
+    # ~37 per image (measured 35, three runs); kept in the heap, it is reused. What still faults
+    # (11-13 per image, measured) is not the batch: a bare stub call of a prebuilt request faulted
+    # 0.1 per image. (With tritonclient's own request, two more copies: 79-138 per image in all.)
+    assert baseline["minor_faults_per_image"] > 25, baseline
     for variant in (kept, shared):
-        assert variant["minor_faults_per_image"] < baseline["minor_faults_per_image"] / 3, (variant, baseline)
+        assert variant["minor_faults_per_image"] < baseline["minor_faults_per_image"] / 2, (variant, baseline)
     assert all(r["triton_cpu_ms_per_image"] > 0 and r["client_cpu_ms_per_image"] > 0 for r in rows.values())
     assert baseline["client_cpu_vs_baseline"] == 1.0

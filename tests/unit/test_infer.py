@@ -79,3 +79,66 @@ def test_a_batch_made_for_an_older_contract_is_model_changed_before_any_call():
         classifier.infer(np.zeros((2, 224, 224, 3), np.uint8))
     with pytest.raises(InferenceFailed):
         classifier.infer(np.zeros((2, 240, 240, 3), np.float32))
+
+
+def tritonclients_request(batch: np.ndarray | None, class_count: int, region: tuple[str, int] | None = None):
+    """The ModelInferRequest tritonclient's own `infer` would send for this batch."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc._utils import _get_inference_request
+
+    inp = grpcclient.InferInput("IMAGE", [2, 4, 4, 3], "UINT8")
+    if region is None:
+        inp.set_data_from_numpy(batch)
+    else:
+        inp.set_shared_memory(*region)
+    out = grpcclient.InferRequestedOutput("PROBABILITIES", class_count=class_count)
+    return _get_inference_request(model_name="m", inputs=[inp], model_version="2", request_id="", outputs=[out],
+                                  sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
+                                  timeout=None, parameters=None)
+
+
+def ours(class_count: int, region: tuple[str, int] | None = None):
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="m", model_version="2")
+    tensor = request.inputs.add(name="IMAGE", datatype="UINT8", shape=(2, 4, 4, 3))
+    wanted = request.outputs.add(name="PROBABILITIES")
+    if class_count:
+        wanted.parameters["classification"].int64_param = class_count
+    if region is not None:
+        tensor.parameters["shared_memory_region"].string_param = region[0]
+        tensor.parameters["shared_memory_byte_size"].int64_param = region[1]
+    return request
+
+
+@pytest.mark.parametrize("class_count", [0, 5])
+@pytest.mark.parametrize("rows", [1, 2])  # a contiguous batch, and a view that is not
+def test_the_request_with_the_batch_appended_is_the_one_tritonclient_sends(class_count, rows):
+    from tritonclient.grpc import service_pb2
+
+    from streaming.infer import model_infer_request
+
+    batch = np.random.default_rng(rows).integers(0, 256, (2, 4 * rows, 4, 3), dtype=np.uint8)[:, :4]
+    sent = service_pb2.ModelInferRequest.FromString(model_infer_request(ours(class_count), batch))
+    assert sent == tritonclients_request(np.ascontiguousarray(batch), class_count)
+    assert sent.raw_input_contents[0] == batch.tobytes()  # a non-contiguous view is sent as its values
+
+
+def test_a_large_batch_has_a_multi_byte_length():
+    from tritonclient.grpc import service_pb2
+
+    from streaming.infer import model_infer_request
+
+    batch = np.arange(16 * 224 * 224 * 3, dtype=np.uint64).astype(np.uint8).reshape(16, 224, 224, 3)
+    sent = service_pb2.ModelInferRequest.FromString(model_infer_request(ours(5), batch))
+    assert len(sent.raw_input_contents) == 1 and sent.raw_input_contents[0] == batch.tobytes()
+
+
+def test_a_batch_in_shared_memory_is_named_not_sent():
+    from tritonclient.grpc import service_pb2
+
+    from streaming.infer import model_infer_request
+
+    sent = service_pb2.ModelInferRequest.FromString(model_infer_request(ours(5, ("region-1", 96)), None))
+    assert sent == tritonclients_request(None, 5, ("region-1", 96))
+    assert len(sent.raw_input_contents) == 0
