@@ -34,7 +34,7 @@ def start_requests_together() -> None:
 
     def run_async(self: Any, async_function: Any, record: Any, result_handler: Any) -> None:
         queued = self.__dict__.get("_queued_starts")
-        if queued is None:  # only the bundle thread calls run_async: no race on creating it
+        if queued is None:  # first use (a racing second deque would still get its own wake-up)
             queued = self._queued_starts = deque()
         queued.append(self.exception_handler_wrapper(async_function, record, result_handler))
         if len(queued) == 1:
