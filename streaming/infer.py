@@ -78,6 +78,22 @@ def _varint(value: int) -> bytes:
 _RAW_INPUT_TAG = _varint(service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number << 3 | 2)
 
 
+def batch_request(model_name: str, model_version: str, shape: tuple[int, ...], output_name: str, class_count: int,
+                  region: tuple[str, int] | None = None) -> service_pb2.ModelInferRequest:
+    """Triton's request for a batch of `shape`, without its bytes: the one output, its top
+    `class_count` as strings when not 0 (Triton's classification extension), and the shared memory
+    region (name, bytes) that holds the batch when given (as tritonclient's `set_shared_memory`)."""
+    request = service_pb2.ModelInferRequest(model_name=model_name, model_version=model_version)
+    tensor = request.inputs.add(name=INPUT_NAME, datatype=INPUT_TRITON_DTYPE, shape=shape)
+    wanted = request.outputs.add(name=output_name)
+    if class_count:
+        wanted.parameters["classification"].int64_param = class_count
+    if region is not None:
+        tensor.parameters["shared_memory_region"].string_param = region[0]
+        tensor.parameters["shared_memory_byte_size"].int64_param = region[1]
+    return request
+
+
 def model_infer_request(request: service_pb2.ModelInferRequest, raw: np.ndarray | None) -> bytes:
     """`request` serialised, with `raw`'s bytes as its one raw input: the protobuf encoding of one
     more `raw_input_contents` entry (tag, length, bytes), which a parser reads as if it were set."""
@@ -346,16 +362,13 @@ class TritonClassifier:
                stop=stop_after_delay(self.config.infer_retry_window_s),
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> tuple[np.ndarray, str]:
-            request = service_pb2.ModelInferRequest(model_name=self.config.model_name,
-                                                    model_version=self.config.model_version)
-            tensor = request.inputs.add(name=INPUT_NAME, datatype=INPUT_TRITON_DTYPE, shape=batch.shape)
-            wanted = request.outputs.add(name=output.tensor_name)
-            if output.kind == "classes":  # Triton's classification extension: the top k as strings
-                wanted.parameters["classification"].int64_param = self._top_k(contract)
+            class_count = self._top_k(contract) if output.kind == "classes" else 0
             if self._model_infer is None:
                 self.open()
             try:
-                with self._input(batch, tensor) as raw:
+                with self._input(batch) as (raw, region):
+                    request = batch_request(self.config.model_name, self.config.model_version, batch.shape,
+                                            output.tensor_name, class_count, region)
                     try:
                         response = self._model_infer(model_infer_request(request, raw),
                                                      timeout=self.config.infer_timeout_s)
@@ -379,21 +392,18 @@ class TritonClassifier:
         return call()
 
     @contextmanager
-    def _input(self, batch: np.ndarray, tensor: service_pb2.ModelInferRequest.InferInputTensor,
-               ) -> Iterator[np.ndarray | None]:
-        """The batch as Triton's input `tensor`: the bytes to send in the request, or None with the
-        tensor naming a shared memory region that holds it meanwhile."""
+    def _input(self, batch: np.ndarray) -> Iterator[tuple[np.ndarray | None, tuple[str, int] | None]]:
+        """The batch as Triton's input: (the batch, None) to send it in the request, or (None, the
+        shared memory region and its bytes) holding it meanwhile."""
         if not self.config.triton_shared_memory:
-            yield batch
+            yield batch, None
             return
         with self._lock:
             if self._shared is None:
                 self._shared = SharedInputs(self.client, self.config.infer_concurrency)
             shared = self._shared
         try:
-            with shared.holding(batch) as (region, nbytes):  # as tritonclient's InferInput.set_shared_memory
-                tensor.parameters["shared_memory_region"].string_param = region
-                tensor.parameters["shared_memory_byte_size"].int64_param = nbytes
-                yield None
+            with shared.holding(batch) as region:
+                yield None, region
         except shm.SharedMemoryException as exc:  # /dev/shm full or not writable
             raise InferenceFailed(f"shared memory for the batch: {exc}") from None

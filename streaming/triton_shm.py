@@ -73,7 +73,7 @@ class SharedInputs:
     @contextmanager
     def holding(self, batch: np.ndarray) -> Iterator[tuple[str, int]]:
         """A registered region holding `batch`'s bytes, as (region name, byte size) for
-        `InferInput.set_shared_memory`, kept for this caller until the block ends."""
+        `streaming.infer.batch_request`, kept for this caller until the block ends."""
         region = self._free.get()
         try:
             self._fit(region, batch.nbytes)

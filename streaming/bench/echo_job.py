@@ -6,7 +6,7 @@ sink, the TaskManager's side of the Python operator, the Beam bridge (process mo
 Python worker; no fetch, decode or inference. Arguments: the job name, then the operator:
 
 - `async`: the async operator classify uses (`AsyncDataStream.unordered_wait`), process mode,
-  in a worker without Beam's sampler thread as classify's (`flink_jobs.beam_sampler`);
+  in a Python worker set up as classify's (`flink_jobs.beam_sampler`, `flink_jobs.async_starts`);
 - `stats`: the same, with classify's gauges (`metrics.PipelineStats`) registered and each answer
   recorded as classify records its results: what the operator's metrics cost per bundle;
 - `map`: a plain `map`, process mode;

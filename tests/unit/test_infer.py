@@ -98,17 +98,9 @@ def tritonclients_request(batch: np.ndarray | None, class_count: int, region: tu
 
 
 def ours(class_count: int, region: tuple[str, int] | None = None):
-    from tritonclient.grpc import service_pb2
+    from streaming.infer import batch_request
 
-    request = service_pb2.ModelInferRequest(model_name="m", model_version="2")
-    tensor = request.inputs.add(name="IMAGE", datatype="UINT8", shape=(2, 4, 4, 3))
-    wanted = request.outputs.add(name="PROBABILITIES")
-    if class_count:
-        wanted.parameters["classification"].int64_param = class_count
-    if region is not None:
-        tensor.parameters["shared_memory_region"].string_param = region[0]
-        tensor.parameters["shared_memory_byte_size"].int64_param = region[1]
-    return request
+    return batch_request("m", "2", (2, 4, 4, 3), "PROBABILITIES", class_count, region)
 
 
 @pytest.mark.parametrize("class_count", [0, 5])
