@@ -249,6 +249,16 @@ def test_flink_job_ui_and_monitoring_targets(objects):
                              for p in r["from"] if "podSelector" in p]
 
 
+def test_flink_jvms_tick_as_the_local_stack_does(objects):
+    """Both JVMs of every overlay start with the stack's Pekko tick (streaming/stack/flink.py PEKKO_TICK,
+    measured by tests/integration/test_flink_scheduler_tick.py): YAML cannot import the constant."""
+    from streaming.stack.flink import PEKKO_TICK
+
+    conf = one(objects, "FlinkDeployment")["spec"]["flinkConfiguration"]
+    for key in ("env.java.opts.jobmanager", "env.java.opts.taskmanager"):
+        assert PEKKO_TICK in conf[key].split(), f"{key} = {conf[key]!r} lacks {PEKKO_TICK}"
+
+
 def test_hpa_scales_triton_on_adapter_metrics(objects):
     hpa = one(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "triton"}
