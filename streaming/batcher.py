@@ -9,7 +9,9 @@ an item waits at most `max_wait_ms`.
 
 The batch call runs in a worker thread so the loop stays free. If a whole batch fails
 permanently, each item is retried alone, so one bad item never sinks the others; retryable
-failures are reported to every item of the batch.
+failures are reported to every item of the batch. An item whose awaiting task is cancelled (its
+request timed out) leaves the queue at once, so a stalled model holds no more items than there
+are requests waiting.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Callable, Generic, Sequence, TypeVar
 
-from streaming.errors import Retryable
+from streaming.errors import InferenceFailed, Retryable
 
 Item = TypeVar("Item")
 Out = TypeVar("Out")
@@ -36,7 +38,7 @@ class Batched(Generic[Out]):
     call_ms: float  # the batch call itself
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: `deque.remove` finds this entry, not an equal one
 class _Entry:
     item: object
     future: asyncio.Future
@@ -63,10 +65,18 @@ class MicroBatcher(Generic[Item, Out]):
         return len(self._pending) + len(self._alone)
 
     async def submit(self, item: Item) -> Batched[Out]:
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Entry(item, future, perf_counter()))
+        entry = _Entry(item, asyncio.get_running_loop().create_future(), perf_counter())
+        self._pending.append(entry)
         self._dispatch()
-        return await future
+        try:
+            return await entry.future
+        except asyncio.CancelledError:  # given up on: not kept (nor its item) until a slot frees
+            for queue in (self._pending, self._alone):
+                try:
+                    queue.remove(entry)
+                except ValueError:
+                    pass
+            raise
 
     def _dispatch(self) -> None:
         """Start a call on every free slot that has a batch ready."""
@@ -97,7 +107,9 @@ class MicroBatcher(Generic[Item, Out]):
     async def _send(self, batch: list[_Entry]) -> None:
         sent = perf_counter()
         try:
-            outputs = await self._run([entry.item for entry in batch])
+            outputs = list(await self._run([entry.item for entry in batch]))
+            if len(outputs) != len(batch):  # outputs would go to the wrong items: none of them gets one
+                raise InferenceFailed(f"the batch call returned {len(outputs)} outputs for {len(batch)} items")
         except Exception as exc:  # noqa: BLE001 - handed to the waiters below
             error, outputs = exc, None
         else:
@@ -107,11 +119,11 @@ class MicroBatcher(Generic[Item, Out]):
             call_ms = (perf_counter() - sent) * 1000
             self._free += 1
         if error is None:
-            for entry, value in zip(batch, outputs, strict=True):
+            for entry, value in zip(batch, outputs):
                 if not entry.future.done():
                     entry.future.set_result(Batched(value, len(batch), (sent - entry.queued) * 1000, call_ms))
         elif len(batch) > 1 and not isinstance(error, Retryable):
-            self._alone.extend(batch)  # find the culprit: each item alone, before new batches
+            self._alone.extend(entry for entry in batch if not entry.future.done())  # each alone: find the culprit
         else:
             for entry in batch:
                 if not entry.future.done():

@@ -150,6 +150,56 @@ def test_requests_given_up_on_are_not_sent(pool):
     assert [r.value for r in results] == [0, 30]
 
 
+def test_requests_given_up_on_leave_the_queue_while_every_slot_is_busy(pool):
+    # a stalled model holds its one slot; each request that times out meanwhile must not stay
+    # queued with its tensor until the slot frees (memory would grow with every replacement)
+    calls = Gate()
+
+    async def main():
+        batcher = MicroBatcher(calls, max_size=8, max_wait_ms=1, executor=pool, max_concurrent_batches=1)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        for round_ in range(5):
+            waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(100)]
+            await asyncio.sleep(0.01)
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            assert batcher.pending == 0, round_
+        calls.release.set()
+        return await asyncio.wait_for(first, 5)
+
+    assert run(main()).value == 0
+    assert calls.batches == [[0]]
+
+
+@pytest.mark.parametrize("extra", [-1, 1])
+@pytest.mark.parametrize("always", [False, True])
+def test_a_call_returning_the_wrong_number_of_outputs_fails_its_items_and_the_batcher_goes_on(pool, extra, always):
+    sizes = []
+
+    def miscount(items):
+        sizes.append(len(items))
+        outputs = [item * 10 for item in items]
+        if always or len(items) > 1:
+            outputs = outputs[:-1] if extra < 0 else outputs + [99]
+        return outputs
+
+    async def main():
+        batcher = MicroBatcher(miscount, max_size=2, max_wait_ms=1, executor=pool, max_concurrent_batches=1)
+        first = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(2)),
+                                                      return_exceptions=True), 5)
+        later = await asyncio.wait_for(asyncio.gather(batcher.submit(5), return_exceptions=True), 5)
+        return first + later, batcher.pending
+
+    results, pending = run(main())
+    assert sizes == [2, 1, 1, 1] and pending == 0  # the batch of two failed, then each item alone
+    if always:
+        assert all(isinstance(r, InferenceFailed) and "outputs for 1 items" in str(r) for r in results), results
+    else:
+        assert [r.value for r in results] == [0, 10, 50]
+
+
 def test_parameters_are_checked(pool):
     with pytest.raises(ValueError):
         MicroBatcher(Recorder(), max_size=4, max_wait_ms=1, executor=pool, max_concurrent_batches=0)
