@@ -27,7 +27,7 @@ from flink_jobs import JOB_NAME
 from flink_jobs.async_starts import start_requests_together
 from flink_jobs.beam_sampler import skip_sampler_thread
 from streaming.config import PipelineConfig
-from streaming.events import MAX_RESULT_BYTES, result_key, result_to_json
+from streaming.events import MAX_RESULT_BYTES
 from streaming.metrics import PipelineStats
 from streaming.pipeline import AsyncImagePipeline
 
@@ -68,9 +68,9 @@ class ClassifyImages(AsyncFunction):
             self.pipeline.close()
 
     async def async_invoke(self, value: bytes):
-        result = await self.pipeline.process(value)
+        result, key, text = await self.pipeline.answer(value)
         self.stats.record(result)
-        return [Row(result_key(result), result_to_json(result))]
+        return [Row(key, text)]
 
 
 def kafka_source(config: PipelineConfig) -> KafkaSource:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -302,10 +303,17 @@ def _cap(text: str | None, limit: int) -> tuple[str | None, bool]:
     return text[:limit], True
 
 
+def _score(score: float) -> float | None:
+    """A score as JSON has it: a model's NaN or infinity (Triton prints them as "nan", "inf") is
+    null, since JSON has no such numbers and strict parsers refuse Python's `NaN`."""
+    return round(score, 6) if math.isfinite(score) else None
+
+
 def _dumps(body: dict) -> str:
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: a non-finite number left anywhere is a bug (ValueError), never invalid JSON
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if not _valid_unicode(text):  # a lone surrogate somewhere: escape it, or UTF-8 encoding fails later
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=True)
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text
 
 
@@ -330,7 +338,7 @@ def result_to_json(result: Result) -> str:
             body.update(embedding=base64.b64encode(vector.tobytes()).decode("ascii"), dim=int(vector.size),
                         dtype=vector.dtype.name)
         else:
-            body["top_k"] = [{"label": l.label, "index": l.index, "score": round(l.score, 6)} for l in result.top_k]
+            body["top_k"] = [{"label": l.label, "index": l.index, "score": _score(l.score)} for l in result.top_k]
     else:
         message, cut = _cap(result.message, MAX_MESSAGE_CHARS)
         body["error"] = {"code": result.code, "stage": result.stage, "retryable": result.retryable,

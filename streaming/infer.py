@@ -316,18 +316,19 @@ class TritonClassifier:
         finally:
             probe.close()
 
-    def infer(self, batch: np.ndarray) -> Inferred:
-        """The outputs for each image of a (N, S, S, 3) uint8 batch made for the current contract.
+    def infer(self, batch: np.ndarray, contract: ModelContract) -> Inferred:
+        """The outputs for each image of a (N, S, S, 3) uint8 batch prepared for `contract`, read as
+        `contract`'s output says.
 
-        Raises ModelChanged when the batch was made for another contract (its images are of another
-        size: the contract changed since they were prepared) or Triton rejects it because it changed."""
-        contract = self.contract
+        Raises ModelChanged when the served model's contract is no longer `contract`: it changed since
+        the images were prepared, Triton rejects the batch because it changed, or a new version
+        answered whose contract differs (its outputs are not what `contract` describes)."""
         size = contract.resize.size
-        if batch.dtype != INPUT_DTYPE or batch.ndim != 4 or batch.shape[-1] != CHANNELS:
+        if batch.dtype != INPUT_DTYPE or batch.shape[1:] != (size, size, CHANNELS):
             raise InferenceFailed(f"batch must be uint8 (N,{size},{size},{CHANNELS}), got {batch.dtype} {batch.shape}")
-        if batch.shape[1:3] != (size, size):
-            raise ModelChanged(f"model {self.config.model_name!r} now takes {size}x{size} images, "
-                               f"the batch has {batch.shape[1]}x{batch.shape[2]}")
+        if self.contract != contract:
+            raise ModelChanged(f"model {self.config.model_name!r} changed while the request was prepared: "
+                               f"now {self.contract.to_json()}")
         try:
             raw, version = self._infer(batch, contract)
         except InferenceFailed:
@@ -337,7 +338,11 @@ class TritonClassifier:
             raise
         if version != self._version:
             if self._version:  # a new version: its contract may differ (the next batches follow it)
-                self.read_contract()
+                current = self.read_contract()  # raises: the batch fails, the next one reads it again
+                self._version = version
+                if current != contract:
+                    raise ModelChanged(f"model {self.config.model_name!r} version {version} answered with "
+                                       f"another contract: {current.to_json()}")
             self._version = version
         if contract.output.kind == "classes":
             return Inferred([parse_classification(row) for row in raw], version)

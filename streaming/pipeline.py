@@ -30,7 +30,9 @@ from streaming.cores import available_cores
 from streaming.decoder_pool import DecoderPool
 from streaming.contract import ModelContract
 from streaming.errors import ModelChanged, ModelNotAllowed, PipelineError, RequestTimeout
-from streaming.events import ErrorResult, ImageRequest, Prediction, Result, parse_request, salvage_id
+from streaming.events import (
+    ErrorResult, ImageRequest, Prediction, Result, parse_request, result_key, result_to_json, salvage_id,
+)
 from streaming.fetch import Fetcher
 from streaming.infer import Inferred, TritonClassifier
 from streaming.malloc import keep_large_buffers
@@ -44,12 +46,13 @@ TRITON_STARTUP_WAIT_S = 60.0
 
 class Model(Protocol):
     """What the pipeline needs of the served model (`streaming.infer.TritonClassifier`, or a stand-in):
-    its contract (what to prepare) and a batch call."""
+    its contract (what to prepare) and a batch call for a batch prepared for a given contract, which
+    raises ModelChanged when the model no longer serves that contract."""
 
     @property
     def contract(self) -> ModelContract: ...
 
-    def infer(self, batch: np.ndarray) -> Inferred: ...
+    def infer(self, batch: np.ndarray, contract: ModelContract) -> Inferred: ...
 
 
 def error_result(raw: bytes | str, request: ImageRequest | None, exc: BaseException,
@@ -86,7 +89,7 @@ class AsyncImagePipeline:
         self._built: list[Any] = []  # built by open(), closed by close()
         self._prepare_lane: Lane | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
-        self._batchers: dict[tuple[str, int], MicroBatcher] = {}  # one per model and image size
+        self._batchers: dict[tuple[str, ModelContract], MicroBatcher] = {}  # one per model and contract
         self.in_flight = 0
 
     def open(self) -> None:
@@ -150,13 +153,13 @@ class AsyncImagePipeline:
         return fetch_decode(self.fetcher, ref, resize=contract.resize, max_pixels=self.config.max_pixels,
                             cache=self.cache, decoder=self.decoder), contract
 
-    def infer(self, model: Model, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
-        """One batch's (output, model version) per image. A batch made for an older contract (another
-        size: the served model changed meanwhile) raises ModelChanged: its requests are prepared again."""
-        size = model.contract.resize.size
-        if any(t.shape[:2] != (size, size) for t in tensors):
-            raise ModelChanged(f"the model now takes {size}x{size} images")
-        inferred = model.infer(np.stack(tensors))
+    def infer(self, model: Model, contract: ModelContract, tensors: Sequence[np.ndarray]) -> list[tuple[object, str]]:
+        """One batch's (output, model version) per image, its tensors prepared for `contract`. A batch
+        made for an older contract (the served model changed meanwhile: another size, resize or
+        output) raises ModelChanged: its requests are prepared again."""
+        if model.contract != contract:
+            raise ModelChanged(f"the model's contract is now {model.contract.to_json()}")
+        inferred = model.infer(np.stack(tensors), contract)
         return [(output, inferred.version) for output in inferred.outputs]
 
     async def process(self, raw: bytes | str) -> Result:
@@ -177,6 +180,18 @@ class AsyncImagePipeline:
         finally:
             self.in_flight -= 1
 
+    async def answer(self, raw: bytes | str) -> tuple[Result, str | None, str]:
+        """`process`, written down: the result, its Kafka key and its JSON. A result that cannot be
+        written (a bug) is replaced by an internal_error result for the same request, so the
+        operator never raises: an exception there would fail the Flink task, and the replayed
+        event would fail it again."""
+        result = await self.process(raw)
+        try:
+            return result, result_key(result), result_to_json(result)
+        except Exception as exc:  # noqa: BLE001 - one result per request, whatever went wrong
+            fallback = error_result(raw, None, exc, dict(result.timings_ms), perf_counter())
+            return fallback, result_key(fallback), result_to_json(fallback)
+
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
         name, model = self.model(request)
         ref = parse_uri(request.uri, self.config)  # the URI policy, before any thread or client
@@ -186,7 +201,7 @@ class AsyncImagePipeline:
             timings.update(prepared.timings_ms())
             timings["queue"] = timings.get("queue", 0.0) + waited_ms
             try:
-                batched = await self._batcher_for(name, model, contract.resize.size).submit(prepared.tensor)
+                batched = await self._batcher_for(name, model, contract).submit(prepared.tensor)
             except ModelChanged:
                 if attempt:
                     raise
@@ -208,13 +223,14 @@ class AsyncImagePipeline:
         outside = max(0.0, (perf_counter() - started) * 1000 - prepared.stages_ms)
         return prepared, contract, (started - submitted) * 1000 + outside
 
-    def _batcher_for(self, name: str, model: Model, size: int) -> MicroBatcher:
+    def _batcher_for(self, name: str, model: Model, contract: ModelContract) -> MicroBatcher:
         # created lazily, on the loop that awaits it; one per model (a batch goes to one model) and
-        # image size: while the served model changes, requests prepared for the old contract and
-        # those prepared again for the new one never share a batch (the old ones would sink it)
-        key = (name, size)
+        # contract: while the served model changes, requests prepared for the old contract and those
+        # prepared again for the new one never share a batch (the old ones would sink it), and a
+        # batch's outputs are read as the contract its images were prepared for says
+        key = (name, contract)
         if key not in self._batchers:
-            self._batchers[key] = MicroBatcher(functools.partial(self.infer, model),
+            self._batchers[key] = MicroBatcher(functools.partial(self.infer, model, contract),
                                                 max_size=self.config.max_batch_size,
                                                 max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
                                                 max_concurrent_batches=self.config.infer_concurrency)

@@ -136,13 +136,14 @@ def child(spec: dict[str, Any]) -> None:
         pipeline = AsyncImagePipeline(config, classifier=classifier)
         rng = np.random.default_rng(0)
         tensors = [rng.integers(0, 256, (INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8) for _ in range(batch)]
+        contract = classifier.contract
         for _ in range(WARM_CALLS):
-            pipeline.infer(classifier, tensors)
+            pipeline.infer(classifier, contract, tensors)
         print("warm", flush=True)
         sys.stdin.readline()
         faults, cpu, wall = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
         for _ in range(calls):
-            pipeline.infer(classifier, tensors)
+            pipeline.infer(classifier, contract, tensors)
         out = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
                "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB

@@ -29,7 +29,7 @@ def test_unknown_model_fails_at_once_with_a_permanent_code(config, changes):
     try:
         started = time.monotonic()
         with pytest.raises(ModelNotFound) as caught:
-            classifier.infer(np.zeros((2, 224, 224, 3), np.uint8))
+            classifier.infer(np.zeros((2, 224, 224, 3), np.uint8), lite_contract(224))
         assert time.monotonic() - started < WINDOW_S / 4  # a bound on the mechanism: not the retry window
         assert caught.value.code == "model_not_found" and "is not found" in caught.value.message
         started = time.monotonic()
@@ -44,7 +44,7 @@ def test_the_served_model_classifies_and_passes_the_check(config):
     try:
         assert classifier.check_model() == lite_contract(224)  # read from the model's config
         assert classifier.wait_ready(30)
-        inferred = classifier.infer(np.zeros((1, 224, 224, 3), np.uint8))
+        inferred = classifier.infer(np.zeros((1, 224, 224, 3), np.uint8), lite_contract(224))
         assert len(inferred.outputs) == 1 and len(inferred.outputs[0]) == 5 and inferred.version == "1"
     finally:
         classifier.close()

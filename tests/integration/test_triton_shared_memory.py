@@ -63,11 +63,12 @@ def test_the_same_outputs_as_over_grpc_and_nothing_left_behind(config, admin):
     try:
         assert shared.check_model().resize.size == 224
         batch = photos_batch(8)
-        want = plain.infer(batch)
-        got = shared.infer(batch)
+        contract = lite_contract(224)
+        want = plain.infer(batch, contract)
+        got = shared.infer(batch, contract)
         assert got.outputs == want.outputs and got.version == want.version
         assert len(ours(admin) - before_regions) == 1  # made at first use, one per call slot in use
-        smaller = shared.infer(batch[:3])  # a smaller batch reuses the region
+        smaller = shared.infer(batch[:3], contract)  # a smaller batch reuses the region
         assert smaller.outputs == want.outputs[:3] and len(ours(admin) - before_regions) == 1
     finally:
         shared.close()
@@ -80,11 +81,12 @@ def test_a_region_triton_forgot_is_registered_again(config, admin):
     try:
         batch = photos_batch(4)
         before = ours(admin)
-        first = shared.infer(batch)
+        contract = lite_contract(224)
+        first = shared.infer(batch, contract)
         (region,) = ours(admin) - before
         forget(admin, region)  # what a Triton restart does to every region
         assert region not in ours(admin)
-        again = shared.infer(batch)
+        again = shared.infer(batch, contract)
         assert again.outputs == first.outputs and region in ours(admin)
     finally:
         shared.close()

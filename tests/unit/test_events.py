@@ -53,6 +53,20 @@ def test_result_json_shapes():
                             "retryable": False}
 
 
+def test_a_non_finite_score_is_null_and_the_result_is_strict_json():
+    from streaming.infer import parse_classification
+
+    labels = parse_classification(np.array([b"nan:3:cat", b"-nan:1:dog", b"inf:0:bird", b"0.25:2:fish"], dtype=object))
+    text = result_to_json(Prediction("a", "s3://b/k", "m", labels))
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    body = json.loads(text, parse_constant=refuse)  # what a strict parser (Java, JavaScript) accepts
+    assert [(l["label"], l["score"]) for l in body["top_k"]] == [("cat", None), ("dog", None), ("bird", None),
+                                                                ("fish", 0.25)]
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_an_embedding_result_carries_the_vector_as_base64_little_endian(dtype):
     vector = np.random.default_rng(1).standard_normal(1280).astype(np.float32)

@@ -76,9 +76,38 @@ def test_a_batch_made_for_an_older_contract_is_model_changed_before_any_call():
     classifier = TritonClassifier(PipelineConfig(triton_grpc="127.0.0.1:1"))
     classifier._contract = lite_contract(240)  # as read from Triton after a new version; no server is asked
     with pytest.raises(ModelChanged):
-        classifier.infer(np.zeros((2, 224, 224, 3), np.uint8))
+        classifier.infer(np.zeros((2, 224, 224, 3), np.uint8), lite_contract(224))
     with pytest.raises(InferenceFailed):
-        classifier.infer(np.zeros((2, 240, 240, 3), np.float32))
+        classifier.infer(np.zeros((2, 240, 240, 3), np.float32), lite_contract(240))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_new_version_that_answers_with_another_contract_is_model_changed(monkeypatch, same):
+    import dataclasses
+
+    from streaming.config import PipelineConfig
+    from streaming.errors import ModelChanged
+    from streaming.infer import TritonClassifier
+
+    old = lite_contract(224)
+    new = old if same else dataclasses.replace(old, resize=dataclasses.replace(old.resize, mode="squash"))
+    classifier = TritonClassifier(PipelineConfig(triton_grpc="127.0.0.1:1"))
+    classifier._contract, classifier._version = old, "1"  # version 1 served the last batch
+    answers = np.array([[b"0.9:1:cat"]], dtype=object)
+    monkeypatch.setattr(classifier, "_infer", lambda batch, contract: (answers, "2"))  # Triton's side
+
+    def read_contract(timeout_s=None):
+        classifier._contract = new
+        return new
+
+    monkeypatch.setattr(classifier, "read_contract", read_contract)
+    batch = np.zeros((1, 224, 224, 3), np.uint8)
+    if same:
+        assert classifier.infer(batch, old).version == "2"
+    else:  # its outputs may not be what the old contract says: the request is prepared again
+        with pytest.raises(ModelChanged, match="version 2 answered with another contract"):
+            classifier.infer(batch, old)
+    assert classifier._version == "2"  # read once: the next batches, prepared for it, pass
 
 
 def tritonclients_request(batch: np.ndarray | None, class_count: int, region: tuple[str, int] | None = None):

@@ -5,13 +5,14 @@ decoding (test_security_corpus.py), the integration test with the real servers."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
 import numpy as np
 import pytest
 
-from streaming.contract import lite_contract
+from streaming.contract import Output, lite_contract
 from streaming.config import PipelineConfig
 from streaming.decode import DecodedImage
 from streaming.errors import ModelChanged
@@ -54,7 +55,7 @@ class Classifier:
 
     contract = lite_contract()
 
-    def infer(self, batch):
+    def infer(self, batch, contract):
         time.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
@@ -142,6 +143,30 @@ def test_a_bug_becomes_an_internal_error_result(parts):
     assert "ZeroDivisionError: oops" in result.message
 
 
+def test_a_result_that_cannot_be_written_becomes_an_internal_error_result(parts):
+    # answer() is what the Flink operator emits: it must never raise (that fails the task, and the
+    # replayed event fails it again), whatever a model or a bug puts into a result
+    store, decoder, _ = parts
+
+    class Garbled(Classifier):
+        def infer(self, batch, contract):
+            return Inferred([(np.float32(0.5),)] * len(batch), "1")  # not labels
+
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=Garbled(), decoder=decoder)
+    pipeline.open()
+    try:
+        result, key, text = asyncio.run(pipeline.answer(event("garbled")))
+        good = asyncio.run(AsyncImagePipeline(config(), fetcher=store, classifier=Classifier(),
+                                              decoder=decoder).answer(event("x", "s3://elsewhere/a")))
+    finally:
+        pipeline.close()
+    body = json.loads(text)
+    assert isinstance(result, ErrorResult) and key == "garbled" and body["id"] == "garbled"
+    assert body["error"]["code"] == "internal_error" and "AttributeError" in body["error"]["message"]
+    assert "fetch" in body["timings_ms"]  # the request's own timings are kept
+    assert good[1] == "x" and json.loads(good[2])["error"]["code"] == "uri_not_allowed"
+
+
 @pytest.mark.parametrize("raw, code", [
     ('{"id": "only-id"}', "invalid_event"),
     (event("x", "s3://elsewhere/a.jpg"), "uri_not_allowed"),
@@ -163,7 +188,7 @@ class ChangingModel(Classifier):
         super().__init__()
         self.contract, self.changes, self.sizes = lite_contract(224), changes, []
 
-    def infer(self, batch):
+    def infer(self, batch, contract):
         self.sizes.append(batch.shape[1])
         if self.changes >= 0:
             self.changes -= 1
@@ -217,6 +242,54 @@ def test_a_request_prepared_again_never_shares_a_batch_with_one_still_of_the_old
     assert model.sizes == [224, 240, 240] and decoder.decodes == 4
 
 
+class SwitchingModel(Classifier):
+    """Serves `old` until its first batch, then `new` (the same image size): a new version loaded
+    while other requests were still being prepared for the old contract."""
+
+    def __init__(self, old, new):
+        super().__init__()
+        self.contract, self.new, self.served = old, new, []
+
+    def infer(self, batch, contract):
+        self.served.append(contract)
+        self.contract = self.new
+        if self.new.output.kind == "embedding":
+            return Inferred([np.arange(self.new.output.dim, dtype=np.float32)] * len(batch), "2")
+        return Inferred([LABELS] * len(batch), "2")
+
+
+class RecordingDecoder(SlowFor):
+    def __init__(self, uri, delay_s):
+        super().__init__(uri, delay_s)
+        self.resizes = []
+
+    def decode(self, data, resize, *, max_pixels):
+        self.resizes.append((data.decode().rsplit("/", 1)[-1], resize))
+        return super().decode(data, resize, max_pixels=max_pixels)
+
+
+@pytest.mark.parametrize("change", ["resize", "output"])
+def test_a_request_prepared_for_an_old_contract_of_the_same_size_is_prepared_again(change):
+    # b is still being prepared for the old contract when a's batch switches the model to a new
+    # one that takes the same size but another resize (or gives another output): b must not be
+    # answered by the new model from the old preparation, nor read as the old output kind
+    old = lite_contract(224)
+    new = (dataclasses.replace(old, resize=dataclasses.replace(old.resize, mode="squash")) if change == "resize"
+           else dataclasses.replace(old, output=Output("embedding", dim=4)))
+    model, decoder = SwitchingModel(old, new), RecordingDecoder("s3://photos/b.jpg", 0.3)
+    pipeline = AsyncImagePipeline(config(max_batch_size=1, infer_concurrency=1), fetcher=NamingStore(),
+                                  classifier=model, decoder=decoder)
+    pipeline.open()
+    try:
+        a, b = run(pipeline, event("a", "s3://photos/a.jpg"), event("b", "s3://photos/b.jpg"))
+    finally:
+        pipeline.close()
+    assert isinstance(a, Prediction) and isinstance(b, Prediction), (a, b)
+    assert model.served == [old, new]  # b's batch went out once, prepared for the new contract
+    assert decoder.resizes == [("a.jpg", old.resize), ("b.jpg", old.resize), ("b.jpg", new.resize)]
+    assert (b.embedding is not None) == (change == "output") and b.model_version == "2"
+
+
 def test_a_model_that_keeps_changing_gives_a_retryable_model_changed_error(parts):
     store, decoder, _ = parts
     with ImagePipeline(config(), fetcher=store, classifier=ChangingModel(changes=1), decoder=decoder) as pipe:
@@ -230,7 +303,7 @@ def test_a_batch_of_tensors_of_an_older_size_is_refused_before_triton(parts):
     pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder)
     classifier.contract = lite_contract(240)
     with pytest.raises(ModelChanged):
-        pipeline.infer(classifier, [np.zeros((224, 224, 3), np.uint8)])
+        pipeline.infer(classifier, lite_contract(224), [np.zeros((224, 224, 3), np.uint8)])
     assert classifier.batches == []
 
 

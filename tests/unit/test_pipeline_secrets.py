@@ -101,7 +101,7 @@ class UnreachableModel:
 
     contract = lite_contract()
 
-    def infer(self, batch):
+    def infer(self, batch, contract):
         raise InferenceUnavailable("triton: StatusCode.UNAVAILABLE failed to connect to 127.0.0.1:1")
 
 

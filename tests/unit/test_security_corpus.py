@@ -44,7 +44,7 @@ class StubClassifier:
 
     contract = lite_contract()
 
-    def infer(self, batch):
+    def infer(self, batch, contract):
         return Inferred([(Label("label", 1, 0.9),)] * len(batch), "1")
 
 
