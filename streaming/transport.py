@@ -22,6 +22,12 @@ reader (also used for files).
   more is refused as it arrives (`ResponseRefused`), never buffered. Header lines are parsed by
   `parse_fields` (RFC 9112 section 5), not by http.client's `email` parser (0.043 ms of a small S3
   GET's 0.27 ms of CPU): a line that is not `token ":" value` is refused.
+* Interim answers (1xx: 100 Continue, 103 Early Hints) are skipped, their fields counted in the
+  head; 101 (a protocol switch nobody asked for) is refused. Were a 1xx taken as the answer, the
+  real one would be left on the pooled connection, the next request's.
+* Chunked bodies: a chunk-size line is hex digits (and extensions) in at most `MAX_CHUNK_LINE_BYTES`;
+  chunk-size and trailer lines together at most `MAX_FRAMING_BYTES` per body (the body limit
+  counts only data bytes, so framing needs its own). Anything else is `ResponseRefused`.
 * Content-Length: ASCII digits only; several values (one header listing them, or repeated
   headers) must agree; with chunked transfer coding it must be absent. Anything else (``²``,
   ``-1``, ``1e3``, ``5, 6``) is `ResponseRefused` (fetch_failed, not retried).
@@ -52,9 +58,12 @@ CHUNK_BYTES = 256 * 1024  # bodies are read in pieces of at most this much
 WHOLE_READ_BYTES = 4 * 1024 * 1024
 MAX_HEADERS = 99  # header lines in a response head: the most http.client (so boto3 too) ever took
 MAX_HEAD_BYTES = 32 * 1024  # status line and headers together
+MAX_CHUNK_LINE_BYTES = 1024  # one chunk-size line with its extensions, or one trailer line
+MAX_FRAMING_BYTES = 1024 * 1024  # chunk-size and trailer lines of one body together
 MAX_POOLS = 64  # hosts with pooled connections at once (hostile events may name many)
 USER_AGENT = "imgstream/0.1"
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")  # a chunk size
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 section 5.1)
 _OWS = " \t"  # optional whitespace around a field value
 
@@ -127,13 +136,16 @@ class _BoundedResponse(http.client.HTTPResponse):
         self.fp = budget = _HeadBudget(raw)
         try:
             version, status, reason = self._read_status()
-            while status == http.client.CONTINUE:  # a 100's fields are skipped (still counted)
-                parse_fields(budget.readline)
+            while 100 <= status < 200 and status != http.client.SWITCHING_PROTOCOLS:
+                parse_fields(budget.readline)  # an interim answer's fields: skipped, still counted
                 version, status, reason = self._read_status()
             self.headers = self.msg = parse_fields(budget.readline)
         finally:
             if self.fp is not None:
                 self.fp = raw
+        if status == http.client.SWITCHING_PROTOCOLS:
+            raise ResponseRefused("response switches protocols (101), which the request did not ask for")
+        self._framing = 0  # chunk-size and trailer bytes read so far
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
@@ -152,6 +164,29 @@ class _BoundedResponse(http.client.HTTPResponse):
             self.length = 0  # no body (_read_status took only 100-999)
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # no length, no chunks: the body ends when the connection does
+
+    def _framing_line(self, what: str) -> bytes:
+        line = self.fp.readline(MAX_CHUNK_LINE_BYTES + 1)
+        self._framing += len(line)
+        if len(line) > MAX_CHUNK_LINE_BYTES:
+            raise ResponseRefused(f"response has a {what} line over {MAX_CHUNK_LINE_BYTES} bytes")
+        if self._framing > MAX_FRAMING_BYTES:
+            raise ResponseRefused(f"response has over {MAX_FRAMING_BYTES} bytes of chunk-size and trailer lines")
+        return line
+
+    def _read_next_chunk_size(self) -> int:
+        """As http.client's, with the line bounded and the size hex digits only (no sign)."""
+        line = self._framing_line("chunk-size")
+        if not line:
+            raise ValueError("end of stream before a chunk size")  # http.client: IncompleteRead (retried)
+        size = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not _HEX.fullmatch(size):
+            raise ResponseRefused("response has a malformed chunk size")
+        return int(size, 16)
+
+    def _read_and_discard_trailer(self) -> None:
+        while self._framing_line("trailer") not in (b"\r\n", b"\n", b""):
+            pass
 
 
 def content_length(values: list[str], *, chunked: bool = False) -> int | None:
@@ -197,7 +232,9 @@ class _TlsConnection(_Connection):
     def connect(self) -> None:
         super().connect()
         # wrapping detaches the watched socket, so the watchdog cannot cut a handshake; CPython
-        # bounds the whole handshake by the socket timeout instead, which is the time left
+        # bounds the whole handshake by the socket timeout instead: the time left after connecting
+        attempt = deadline.current()
+        self.sock.settimeout(attempt.remaining_s() if attempt is not None else self.timeout)
         self.sock = self._tls.context().wrap_socket(self.sock, server_hostname=self._tls.server_hostname)
         deadline.watch(self.sock)
 

@@ -145,7 +145,10 @@ def redirect_target(location: str, current: ObjectRef, config: PipelineConfig) -
     try:
         if _CONTROL.search(location):
             raise UriNotAllowed("Location contains control characters")
-        target = urljoin(current.uri, location.strip())
+        try:
+            target = urljoin(current.uri, location.strip())
+        except ValueError:  # urlsplit's "Invalid IPv6 URL" and the like
+            raise UriNotAllowed("Location is not a valid URI reference") from None
         if target.partition("://")[0].lower() not in ("http", "https"):
             raise UriNotAllowed("redirect to a scheme other than http(s)")
         ref = parse_uri(target, config)

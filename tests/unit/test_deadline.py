@@ -7,6 +7,7 @@ byte comes well within any read timeout); the fetch must end by fetch_timeout_s 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,45 @@ def test_a_tls_handshake_that_trickles_is_cut_off_at_the_deadline():
         assert time.monotonic() - started < TIMEOUT_S + MARGIN_S
         _wait_until(lambda: server.open_connections == 0)
         assert server.open_connections == 0
+
+
+def test_a_tls_handshake_after_a_slow_connect_gets_only_the_time_left():
+    """The listener's accept queue is full, so the client's SYNs are dropped until a slot frees
+    (~2 s in): the connect takes most of the attempt, and the handshake that follows (never
+    answered) may take only what is left of it, not a whole fetch_timeout_s of its own."""
+    timeout_s = 3.0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port, fillers, held = listener.getsockname()[1], [], []
+    while True:  # fill the accept queue: further SYNs are dropped
+        filler = socket.socket()
+        filler.settimeout(0.3)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except OSError:
+            filler.close()
+            break
+        fillers.append(filler)
+
+    def free_a_slot_then_accept_silently():
+        time.sleep(2.0)
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=free_a_slot_then_accept_silently, daemon=True).start()
+    config = http_config(allowed_schemes=("https",), fetch_timeout_s=timeout_s, fetch_retries=0)
+    started = time.monotonic()
+    try:
+        with Fetcher(config) as fetcher, pytest.raises(FetchFailed, match="fetch_timeout_s"):
+            fetcher.fetch(parse_uri(f"https://127.0.0.1:{port}/x.jpg", config))
+        assert time.monotonic() - started < timeout_s + MARGIN_S  # was connect + a whole timeout_s
+    finally:
+        for sock in (listener, *fillers, *held):
+            sock.close()
 
 
 def test_headers_trickling_over_tls_are_cut_off_at_the_deadline(monkeypatch):

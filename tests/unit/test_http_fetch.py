@@ -126,7 +126,8 @@ def test_http_redirect_to_a_forbidden_address_makes_no_connection(web, target):
     assert "127.0.0.2" not in caught.value.message or "rebound" not in target
 
 
-@pytest.mark.parametrize("location", ["file:///etc/passwd", "s3://bucket/key", "https://user:pw@127.0.0.1/"])
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "s3://bucket/key", "https://user:pw@127.0.0.1/",
+                                      "http://[evil/x.jpg", "//[::1/x.jpg", "https://[/", "http://[x::]/a.jpg"])
 def test_http_redirect_out_of_http_is_refused(web, location):
     web.routes["/hop"] = redirect(location)
     config = http_config(allowed_schemes=("s3", "file", "http", "https"), file_root="/")

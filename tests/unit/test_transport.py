@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from streaming.config import PipelineConfig
 from streaming.errors import FetchFailed, ObjectNotFound
 from streaming.fetch import Fetcher
-from streaming.transport import (MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS, WHOLE_READ_BYTES, ResponseRefused, Tls,
-                                 Transport, content_length, parse_fields)
+from streaming.transport import (MAX_CHUNK_LINE_BYTES, MAX_FRAMING_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_POOLS,
+                                 WHOLE_READ_BYTES, ResponseRefused, Tls, Transport, content_length, parse_fields)
 from streaming.uris import ObjectRef, parse_uri
 from tests.net_support import Reply, ScriptedHttpServer, TrickleServer, fetch_both_ways, http_config
 
@@ -166,6 +166,68 @@ def test_one_keep_alive_connection_serves_plain_chunked_and_not_modified_answers
             assert fetcher.fetch(parse_uri(web.url("/same.jpg"), config), if_none_match="v1").not_modified
         [pool] = _pools(fetcher)
     assert (pool.connections, pool.requests) == (1, 9) and len(web.requests) == 9
+
+
+def test_interim_answers_are_skipped_so_the_next_request_on_the_connection_gets_its_own_body():
+    # 103 Early Hints (RFC 8297) before the answer: taken as the answer, the real 200 would be left
+    # on the pooled connection, where the next request (for another object) would read it
+    def hints_then(body, etag):
+        def route(handler):
+            for status in (100, 103):
+                handler.send_response_only(status)
+                handler.send_header("Link", "</style.css>; rel=preload")
+                handler.end_headers()
+            return Reply(200, body, {"ETag": etag})
+        return route
+
+    config = http_config()
+    routes = {"/a.jpg": hints_then(b"AAAAA", '"A"'), "/b.jpg": Reply(200, b"BBBBB", {"ETag": '"B"'})}
+    with ScriptedHttpServer(routes) as web, Fetcher(config) as fetcher:
+        a = fetcher.fetch(parse_uri(web.url("/a.jpg"), config))
+        b = fetcher.fetch(parse_uri(web.url("/b.jpg"), config))
+        [pool] = _pools(fetcher)
+    assert (a.data, a.etag, b.data, b.etag) == (b"AAAAA", "A", b"BBBBB", "B")
+    assert (pool.connections, pool.requests) == (1, 2)
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_protocol_switch_nobody_asked_for_is_refused(scheme):
+    head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    with TrickleServer(lambda: iter([head + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"]),
+                       delay_s=0) as server:
+        with pytest.raises(ResponseRefused, match="101"):
+            fetch_both_ways(server, scheme, http_config(fetch_retries=2))
+    assert len(server.requests) == 1
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+@pytest.mark.parametrize("body, reason", [
+    (b"5;" + b"x" * MAX_CHUNK_LINE_BYTES + b"\r\nhello\r\n0\r\n\r\n", "chunk-size line over"),
+    (b"5\r\nhello\r\n0\r\nX-Trailer: " + b"t" * MAX_CHUNK_LINE_BYTES + b"\r\n\r\n", "trailer line over"),
+    (b"5\r\nhello\r\n0\r\n" + (b"X-T: " + b"t" * 1000 + b"\r\n") * (MAX_FRAMING_BYTES // 1000 + 1),
+     "bytes of chunk-size and trailer lines"),
+    ((b"1;" + b"e" * 100 + b"\r\nA\r\n") * (MAX_FRAMING_BYTES // 100 + 1) + b"0\r\n\r\n",
+     "bytes of chunk-size and trailer lines"),  # 10 KB of data in 1 MiB of framing
+    (b"-5\r\nhello\r\n0\r\n\r\n", "malformed chunk size"),
+    (b"0x5\r\nhello\r\n0\r\n\r\n", "malformed chunk size"),
+])
+def test_chunked_framing_is_bounded_and_well_formed_or_refused(scheme, body, reason):
+    # max_object_bytes counts a chunked body's data only: its framing has limits of its own
+    with TrickleServer(lambda: iter([CHUNKED + body]), delay_s=0) as server:
+        started = time.monotonic()
+        with pytest.raises(ResponseRefused, match=reason):
+            fetch_both_ways(server, scheme, http_config(fetch_retries=2, fetch_timeout_s=10.0))
+        assert time.monotonic() - started < 10.0 and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_chunks_with_extensions_and_trailers_within_the_limits_are_read(scheme):
+    body = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
+    with TrickleServer(lambda: iter([CHUNKED + body]), delay_s=0) as server:
+        assert fetch_both_ways(server, scheme, http_config()).data == b"hello world"
 
 
 def test_a_connection_whose_answer_was_not_read_to_the_end_is_not_reused():
