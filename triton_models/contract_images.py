@@ -85,10 +85,16 @@ class WrapCheck:
     max_abs_diff: float
     scale: float  # the outputs' largest magnitude: 1 for probabilities and unit vectors
     tolerance: float  # of max_abs_diff / scale
+    batch_diff: float = 0.0  # the wrapped model: each photo alone against in a batch (inf: other rows)
 
     @property
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tolerance * self.scale
+
+    @property
+    def batch_independent(self) -> bool:
+        """Each image's output is its own: Triton batches requests of different clients together."""
+        return self.batch_diff <= self.tolerance * self.scale
 
     def line(self) -> str:
         rel = "" if self.scale == 1.0 else f" (relative {self.max_abs_diff / self.scale:.2e})"
@@ -99,14 +105,20 @@ class WrapCheck:
 
 def compare(original: bytes, wrapped: bytes, contract: ModelContract, photos: Sequence[Path],
             input_name: str, input_dtype: str) -> tuple[WrapCheck, np.ndarray]:
-    """Run both models on ``photos``; returns the check and the wrapped model's outputs."""
+    """Run both models on ``photos`` (in batches, and the wrapped one on each photo alone too);
+    returns the check and the wrapped model's outputs. Raises ValueError when the wrapped model
+    does not return one row per photo or its shape is not the original's."""
     images = np.stack([pixels(p, contract) for p in photos])
     want = postprocess(run(session(original), input_name, reference_input(images, contract, input_dtype)), contract)
-    got = run(session(wrapped), INPUT_NAME, images)
-    if got.shape != want.shape:
-        raise ValueError(f"the wrapped model returns {got.shape}, the original {want.shape}")
+    wrapped_session = session(wrapped)
+    got = run(wrapped_session, INPUT_NAME, images)
+    if got.shape != want.shape or got.shape[0] != len(images):
+        raise ValueError(f"the wrapped model returns {got.shape} for {len(images)} photos, the original {want.shape}")
+    alone = np.concatenate([wrapped_session.run(None, {INPUT_NAME: images[i:i + 1]})[0]
+                            for i in range(len(images))]).astype(np.float64)
+    batch_diff = float(np.abs(alone - got).max()) if alone.shape == got.shape else float("inf")
     out = contract.output
     bounded = (out.kind == "classes" and out.softmax) or (out.kind == "embedding" and out.l2_normalize)
     scale = 1.0 if bounded else max(1.0, float(np.abs(want).max()))
-    check = WrapCheck(len(photos), float(np.abs(got - want).max()), scale, TOLERANCE[input_dtype])
+    check = WrapCheck(len(photos), float(np.abs(got - want).max()), scale, TOLERANCE[input_dtype], batch_diff)
     return check, got

@@ -41,6 +41,8 @@ from triton_models.onnx_wrap import wrap
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 VARIANT_SUFFIXES = ("_int8", "_plan")  # the names this module gives an import's variants
 CHECK_PHOTOS = 16
+MAX_VERSION = 2**63 - 1  # Triton parses version folders as int64
+MAX_LABEL_CHARS = 512  # x MAX_TOP_K labels of 4-byte characters: well within a result's 256 KiB
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,18 @@ def check_name(name: str) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
+    """One label per line (LF or CRLF; a UTF-8 byte order mark is dropped): printable, without
+    ':', at most MAX_LABEL_CHARS (the top MAX_TOP_K of them fit a result)."""
     try:
-        labels = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelImportError("labels", f"cannot read {path}: {exc}") from None
+    labels = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
     for i, label in enumerate(labels, 1):
-        if not label.strip() or ":" in label:
-            raise ModelImportError("labels", f"{path} line {i} is {label!r}: a label is a non-empty line "
-                                             "without ':' (Triton returns 'score:index:label')")
+        if not label.strip() or ":" in label or not label.isprintable() or len(label) > MAX_LABEL_CHARS:
+            raise ModelImportError("labels", f"{path} line {i} is {label[:80]!r}: a label is a non-empty line of at "
+                                             f"most {MAX_LABEL_CHARS} printable characters without ':' (Triton "
+                                             "returns 'score:index:label')")
     return labels
 
 
@@ -98,8 +104,13 @@ def import_model(onnx_path: Path, *, name: str, contract: ModelContract, reposit
                  max_batch_size: int = 32) -> ImportResult:
     """Validate, wrap, check and write ``onnx_path`` as model ``name`` (see the module's doc)."""
     check_name(name)
-    if version is not None and version < 1:
-        raise ModelImportError("version", f"must be >= 1, got {version}")
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise ModelImportError("version", f"must be in [1, {MAX_VERSION}] (Triton reads it as a 64-bit integer), "
+                                          f"got {version}")
+    for field, value in (("gpus", gpus), ("instances_per_gpu", instances_per_gpu), ("instances", instances),
+                         ("max_batch_size", max_batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ModelImportError(field, f"must be an integer >= 1, got {value!r}")
     if labels is not None and contract.output.kind != "classes":
         raise ModelImportError("labels", "an embedding model has no labels; drop --labels")
     if not photos:
@@ -109,14 +120,22 @@ def import_model(onnx_path: Path, *, name: str, contract: ModelContract, reposit
     validation = validate(model, contract, label_list)
     wrapped = wrap(model, contract, validation)
     wrapped_bytes = wrapped.SerializeToString()
-    check, outputs = contract_images.compare(model.SerializeToString(), wrapped_bytes, contract,
-                                             list(photos)[:CHECK_PHOTOS], validation.input_name, validation.input_dtype)
+    try:
+        check, outputs = contract_images.compare(model.SerializeToString(), wrapped_bytes, contract,
+                                                 list(photos)[:CHECK_PHOTOS], validation.input_name,
+                                                 validation.input_dtype)
+    except ValueError as exc:
+        raise ModelImportError("output", str(exc)) from None
     width = contract.output.num_classes if contract.output.kind == "classes" else contract.output.dim
     if outputs.shape[1] != width:
         raise ModelImportError("output", f"the model returns {outputs.shape[1]} values per image, the contract "
                                          f"says {width}")
     if not check.passed:
         raise ModelImportError("wrap", check.line())
+    if not check.batch_independent:
+        raise ModelImportError("output", f"the model's output for a photo depends on the other photos of its batch "
+                                         f"(alone against in a batch: max |diff| {check.batch_diff:.2e}); Triton "
+                                         "batches different requests together, so each would see the others")
 
     model_files = _labels_file(contract, label_list)
     cpu = CpuTarget(instances=instances, intra_op_threads=default_threads(instances), max_batch_size=max_batch_size)

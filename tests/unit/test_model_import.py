@@ -193,6 +193,63 @@ def test_calibration_writes_an_int8_entry_and_a_plausible_report(examples, pics,
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # the L2 normalisation stayed float
 
 
+def _across_the_batch(op: str) -> onnx.ModelProto:
+    """`_tiny`, then its rows minus their mean over the batch ("mix") or only that mean ("mean"):
+    what Triton would answer for a request depends on the requests batched with it."""
+    model = _tiny()
+    graph = model.graph
+    graph.node.append(helper.make_node("ReduceMean", ["y"], ["batch_mean"], axes=[0], keepdims=1))
+    if op == "mix":
+        graph.node.append(helper.make_node("Sub", ["y", "batch_mean"], ["z"]))
+    last = "z" if op == "mix" else "batch_mean"
+    graph.output[0].name = last
+    return model
+
+
+@pytest.mark.parametrize("op, message", [("mix", "depends on the other photos of its batch"),
+                                         ("mean", "for 16 photos")])
+def test_a_model_whose_output_for_one_image_depends_on_its_batch_is_refused(pics, tmp_path, op, message):
+    path = tmp_path / "model.onnx"
+    onnx.save(_across_the_batch(op), str(path))
+    with pytest.raises(ModelImportError) as err:
+        import_model(path, name="mixer", contract=_contract(softmax=False), repository=tmp_path / "repo", photos=pics[:16])
+    assert err.value.what == "output" and message in str(err.value), str(err.value)
+    assert not (tmp_path / "repo").exists()
+    onnx.save(_tiny(), str(path))  # the same graph without the batch mixing imports
+    assert import_model(path, name="mixer", contract=_contract(softmax=False), repository=tmp_path / "repo",
+                        photos=pics[:16]).check.batch_diff < 1e-5
+
+
+@pytest.mark.parametrize("text, labels", [
+    ("\ufeffcat\r\ndog\r\nbird\r\nfish\r\n", ["cat", "dog", "bird", "fish"]),  # BOM and CRLF
+    ("cat\ndog\nbird\ngreat white fish", ["cat", "dog", "bird", "great white fish"]),  # no final newline
+    ("cat\nsia\x0bmese\ndog\nbird\n", "line 2"),  # splitlines() would have made 5 labels of it
+    ("cat\ndog\u2028x\nbird\nfish\n", "line 2"),
+    ("cat\ndog\n\nfish\n", "line 3"),
+    ("cat\n" + "d" * 513 + "\nbird\nfish\n", "line 2"),
+])
+def test_labels_are_one_printable_line_each_or_refused_naming_the_line(tmp_path, text, labels):
+    from triton_models.import_model import read_labels
+
+    path = tmp_path / "labels.txt"
+    path.write_bytes(text.encode())
+    if isinstance(labels, list):
+        assert read_labels(path) == labels
+    else:
+        with pytest.raises(ModelImportError) as err:
+            read_labels(path)
+        assert err.value.what == "labels" and labels in str(err.value)
+
+
+@pytest.mark.parametrize("option, value", [("version", 2**63), ("version", 0), ("gpus", 0), ("instances_per_gpu", 0),
+                                           ("instances", 0), ("max_batch_size", 0)])
+def test_import_options_out_of_range_are_refused_before_any_work(tmp_path, option, value):
+    with pytest.raises(ModelImportError) as err:  # the model file does not even exist: refused before it is read
+        import_model(tmp_path / "missing.onnx", name="anything", contract=_contract(), repository=tmp_path / "repo",
+                     photos=[tmp_path / "missing.jpg"], **{option: value})
+    assert err.value.what == option
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Layout(StackLayout):
     repository: Path
