@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from streaming.contract import MAX_TOP_K
 from streaming.malloc import MAX_KEEP_BYTES, MIN_KEEP_BYTES
 
 
@@ -36,6 +37,11 @@ POSITIVE_FIELDS = frozenset({
     "infer_concurrency", "request_timeout_s", "max_in_flight", "parallelism", "checkpoint_interval_ms",
     "bundle_size", "bundle_time_ms", "transaction_timeout_ms"})
 MAX_SECONDS = 86_400
+JAVA_INT_FIELDS = frozenset({"parallelism", "max_in_flight", "bundle_size"})  # Flink reads them as Java ints
+JAVA_INT_MAX = 2**31 - 1
+# Names and addresses that are never empty nor padded with blanks (a `--set model_name= x` typo)
+NAME_FIELDS = ("kafka_bootstrap", "requests_topic", "results_topic", "consumer_group", "transactional_id_prefix",
+               "s3_region", "triton_grpc", "model_name")
 KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."  # of flink-sql-connector-kafka's Kafka client
 
 
@@ -328,6 +334,14 @@ def _check_numbers(config: PipelineConfig) -> None:
         limit = MAX_SECONDS if name.endswith("_s") else MAX_SECONDS * 1000 if name.endswith("_ms") else None
         if limit is not None and value > limit:
             raise ConfigError(name, f"must be at most {limit} (one day), got {value!r}")
+        if name in JAVA_INT_FIELDS and value > JAVA_INT_MAX:
+            raise ConfigError(name, f"must be at most {JAVA_INT_MAX} (Flink reads it as a Java int), got {value!r}")
+    if config.top_k > MAX_TOP_K:
+        raise ConfigError("top_k", f"must be at most {MAX_TOP_K} (a contract's own limit), got {config.top_k}")
+    for name in NAME_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value or value != value.strip():
+            raise ConfigError(name, f"must be a non-empty string without leading or trailing blanks, got {value!r}")
 
 
 def _check_half_set(config: PipelineConfig) -> None:

@@ -296,6 +296,14 @@ class TritonClassifier:
         if cfg.top_k > contract.output.num_classes and contract.output.kind == "classes":
             raise ConfigError("top_k", f"model {cfg.model_name!r} has {contract.output.num_classes} classes, "
                                        f"top_k is {cfg.top_k}")
+        try:
+            model_max = int(self.client.get_model_config(cfg.model_name, cfg.model_version, as_json=True,
+                                                         client_timeout=timeout_s)["config"].get("max_batch_size", 0))
+        except (InferenceServerException, KeyError, ValueError, TypeError) as exc:
+            raise ConfigError("model_name", f"model {cfg.model_name!r}: its config did not answer ({exc})") from None
+        if model_max and cfg.max_batch_size > model_max:
+            raise ConfigError("max_batch_size", f"model {cfg.model_name!r} takes batches of at most {model_max} (its "
+                                                f"config.pbtxt), max_batch_size is {cfg.max_batch_size}")
         if cfg.triton_shared_memory:
             self._check_shared_memory()
         return contract

@@ -177,11 +177,20 @@ def publish(uris: Optional[List[str]] = typer.Argument(None, help="URIs; s3://bu
 
 
 def _describe(result: dict) -> str:
-    if "error" in result:
-        err = result["error"]
-        return f"{result.get('uri')}  ERROR {err['code']} ({err['stage']}): {err['message']}"
-    best = ", ".join(f"{l['label']} {l['score']:.2f}" for l in result["top_k"][:3])
-    return f"{result['uri']}  →  {best}   [{result['timings_ms'].get('total', 0):.0f} ms]"
+    """One line per result: an error, the best three labels, or an embedding's size; anything else
+    on the topic (another producer's record) as its JSON."""
+    try:
+        if "error" in result:
+            err = result["error"]
+            return f"{result.get('uri')}  ERROR {err['code']} ({err['stage']}): {err['message']}"
+        if "embedding" in result:
+            best = f"embedding of {result['dim']} {result['dtype']}"
+        else:  # a score the model made NaN is null
+            best = ", ".join(f"{l['label']} {'n/a' if l['score'] is None else format(l['score'], '.2f')}"
+                             for l in result["top_k"][:3])
+        return f"{result['uri']}  →  {best}   [{result['timings_ms'].get('total', 0):.0f} ms]"
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return json.dumps(result)
 
 
 @app.command()

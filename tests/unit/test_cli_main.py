@@ -1,6 +1,13 @@
 """The `imgstream` CLI: `stack status --json` / `stack up` print their report with secrets masked;
-`stack up --sasl` reaches the stack."""
-from streaming.cli.main import _masked
+`stack up --sasl` reaches the stack; `results` prints a line for every kind of result."""
+import json
+
+import numpy as np
+import pytest
+
+from streaming.cli.main import _describe, _masked
+from streaming.events import ErrorResult, Label, Prediction, result_to_json
+from streaming.errors import ObjectNotFound
 
 
 def test_secret_values_are_masked_at_any_depth_and_nothing_else_changes():
@@ -27,3 +34,20 @@ def test_stack_up_sasl_flag_reaches_the_stack(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli.app, ["stack", "up", "--sasl"])
     assert result.exit_code == 0 and seen == [True] and "SASL_PLAINTEXT" in result.output
     assert CliRunner().invoke(cli.app, ["stack", "up"]).exit_code == 0 and seen == [True, False]
+
+
+@pytest.mark.parametrize("result, shown", [
+    (Prediction("a", "s3://b/cat.jpg", "m", (Label("tabby", 281, 0.91), Label("tiger cat", 282, float("nan"))),
+                {"total": 12.0}), "s3://b/cat.jpg  →  tabby 0.91, tiger cat n/a   [12 ms]"),
+    (Prediction("e", "s3://b/e.jpg", "enc", (), {"total": 3.0}, 1, "1", np.ones(4, np.float32)),
+     "s3://b/e.jpg  →  embedding of 4 float32   [3 ms]"),
+    (ErrorResult.from_error("x", "s3://b/x.jpg", ObjectNotFound("no such key")),
+     "s3://b/x.jpg  ERROR object_not_found (fetch): no such key"),
+])
+def test_results_are_described_in_one_line_each(result, shown):
+    assert _describe(json.loads(result_to_json(result))) == shown
+
+
+@pytest.mark.parametrize("record", [{}, {"top_k": 3}, {"uri": "u", "top_k": [{"label": "l"}], "timings_ms": {}}])
+def test_a_record_that_is_not_a_result_is_shown_as_its_json(record):
+    assert _describe(record) == json.dumps(record)
