@@ -184,23 +184,24 @@ class DecoderPool:
         size = resize.size
         worker = self._take()
         try:
-            try:
-                return self._decode_on(worker, header, data, size)
-            except _Died as first:
-                log.warning("decoder process %d died (%s); trying the image on a fresh one", worker.pid, first)
-                worker = self._replace(worker, kill=True)
+            for attempt in (1, 2):  # a second time, on a fresh worker, only when the first one died
                 try:
                     return self._decode_on(worker, header, data, size)
-                except _Died as second:
+                except (PipelineError, ValueError):  # the worker's own answer, read whole: it stays
+                    raise
+                except _Died as died:
                     worker = self._replace(worker, kill=True)
-                    raise CorruptImage(f"the decoder process died twice on this image ({second})") from None
-            except RuntimeError:  # it did not start: try a fresh one next time
-                worker = self._replace(worker, kill=True)
-                raise
-            except _Expired:
-                worker = self._replace(worker, kill=True)
-                raise DecodeTimeout(f"decoding took longer than max_decode_ms={self.max_decode_ms}; "
-                                    "the decoder process was stopped") from None
+                    if attempt == 2:
+                        raise CorruptImage(f"the decoder process died twice on this image ({died})") from None
+                    log.warning("decoder process died (%s); trying the image on a fresh one", died)
+                except _Expired:
+                    worker = self._replace(worker, kill=True)
+                    raise DecodeTimeout(f"decoding took longer than max_decode_ms={self.max_decode_ms}; "
+                                        "the decoder process was stopped") from None
+                except BaseException:  # did not start, or anything else mid-exchange: never reused
+                    worker = self._replace(worker, kill=True)
+                    raise
+            raise AssertionError("unreachable")
         finally:
             self._idle.put(worker)
 
@@ -259,19 +260,26 @@ class DecoderPool:
         except OSError as exc:  # BrokenPipeError: it died while idle
             raise _Died(str(exc)) from None
         deadline = time.monotonic() + self.max_decode_ms / 1000
-        reply = json.loads(worker.receive(MAX_HEADER_BYTES, deadline))
-        body = worker.body(reply, worker.receive(size * size * 3, deadline), size * size * 3)
-        if not reply.get("ok"):
-            if reply.get("code") == "value_error":
-                raise ValueError(reply.get("message"))
-            error = _ERRORS.get(reply.get("code"), CorruptImage)
-            raise error(str(reply.get("message")))
-        shape = tuple(reply["shape"])
+        head, piped = worker.receive(MAX_HEADER_BYTES, deadline), worker.receive(size * size * 3, deadline)
+        try:  # the whole reply is read: anything malformed in it is a worker out of step, replaced
+            reply = json.loads(head)
+            body = worker.body(reply, piped, size * size * 3)
+            if not reply.get("ok"):
+                code, message = reply.get("code"), str(reply.get("message"))
+            else:
+                code, shape = None, tuple(reply["shape"])
+                found = (int(reply["width"]), int(reply["height"]), float(reply["decode_ms"]),
+                         float(reply["resize_ms"]), str(reply["path"]), tuple(reply["scale"]))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _Died(f"worker sent a malformed reply ({type(exc).__name__})") from None
+        if code is not None:
+            if code == "value_error":
+                raise ValueError(message)
+            raise _ERRORS.get(code, CorruptImage)(message)
         if shape != (size, size, 3) or len(body) != size * size * 3:
             raise _Died(f"worker sent a tensor of shape {shape} and {len(body)} bytes")
         tensor = np.frombuffer(body, dtype=np.uint8).reshape(shape)  # read-only: bytes
-        return DecodedImage(tensor, int(reply["width"]), int(reply["height"]), float(reply["decode_ms"]),
-                            float(reply["resize_ms"]), str(reply["path"]), tuple(reply["scale"]))
+        return DecodedImage(tensor, *found)
 
     def _await_ready(self, worker: _Worker) -> None:
         try:

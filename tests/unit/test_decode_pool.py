@@ -136,6 +136,29 @@ def test_a_worker_killed_mid_decode_costs_no_request():
         assert pool.replaced == 1 and not alive(victim)
 
 
+def solid_png(side: int, color: tuple[int, int, int]) -> bytes:
+    return make_images.save(Image.new("RGB", (side, side), color), "PNG")
+
+
+def test_a_retry_past_max_decode_ms_is_a_timeout_and_later_requests_get_their_own_images():
+    # the idle worker died (a crash, the OOM killer): the slow image goes to a fresh one, which is
+    # still decoding it at the deadline. It must be stopped, not put back: its late answer would
+    # be read by the next request as its own, and every request after it would get its neighbour's
+    data = slow_jpeg()
+    with DecoderPool(1, max_decode_ms=150) as pool:
+        pool.wait_ready()
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        time.sleep(0.2)
+        with pytest.raises(DecodeTimeout):
+            pool.decode(data, max_pixels=SLOW_MAX_PIXELS)
+        time.sleep(1.5)  # a worker left running would have answered by now
+        for side, color in ((300, (255, 0, 0)), (400, (0, 255, 0)), (500, (0, 0, 255))):
+            image = pool.decode(solid_png(side, color), max_pixels=MAX_PIXELS)
+            assert (image.width, image.height) == (side, side)
+            assert tuple(image.tensor.reshape(-1, 3).mean(axis=0).round()) == color
+        assert pool.replaced == 2 and len(pool.pids()) == 1
+
+
 def test_the_pool_survives_many_requests_from_many_threads(pool):
     images = [good_jpeg(320 + 16 * k, 240) for k in range(4)] + [b"junk", b""]
     expected = [decode_to_tensor(d, max_pixels=MAX_PIXELS).tensor if k < 4 else None
