@@ -70,6 +70,7 @@ from PIL import Image, UnidentifiedImageError
 from streaming.contract import Resize, crop_box
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
+from streaming.tiff_ifd import BIG as BIGTIFF, tiff_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ MAX_JPEG_SCANS = 500  # libjpeg-turbo's own limit, applied to both paths
 # pixels x scans of one JPEG, at most this many full passes of a max_pixels image (a 12 MP
 # progressive photo has ~10 scans: 120 M; 500 empty scans of a 2048x2048 frame: 2.1 G, ~1.2 s)
 MAX_PIXEL_PASSES = 16
+# Bytes that are not markers between a JPEG's segments, before its first scan: a writer's slip
+# leaves a few; 32 MiB of them cost Pillow's byte-at-a-time header parser 4 s of CPU
+MAX_JPEG_EXTRANEOUS_BYTES = 64 * 1024
+MAX_TIFF_SAMPLES = 16  # per pixel; Pillow's TIFF modes have at most 5
 PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Copies of the full decoded image a Pillow plugin holds at once (its own buffers and the
 # image): libwebp's canvas and previous canvas, the frame bytes handed to Pillow, the image;
@@ -141,8 +146,8 @@ def decode_to_tensor(data: bytes, resize: Resize = Resize(), *, max_pixels: int,
         raise CorruptImage("empty image (0 bytes)")
     limits = _Limits(resize, max_pixels, max_decode_bytes)
     backend = JPEG_BACKEND if jpeg_backend == "auto" else jpeg_backend
-    header, coefficients = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else (None, 0)
     try:
+        header, coefficients = _check_jpeg(data, max_pixels) if data[:2] == b"\xff\xd8" else (None, 0)
         if header is not None and data[2:3] == b"\xff" and backend == "turbojpeg":
             turbo = _turbo()
             if turbo is not None:
@@ -153,17 +158,19 @@ def decode_to_tensor(data: bytes, resize: Resize = Resize(), *, max_pixels: int,
     except PipelineError:
         raise
     except MemoryError:
-        raise ImageTooLarge("decoding needs more memory than this decoder may use "
-                            f"(max_decode_bytes={max_decode_bytes})") from None
+        pass  # raised below, once the exception and the frames holding the memory are gone
     except Exception as exc:  # a decoder failing in a way not mapped below: the data is to blame
         log.warning("unexpected decoder failure", exc_info=True)
         raise CorruptImage(f"decoding failed: {type(exc).__name__}: {exc}") from None
+    raise ImageTooLarge(f"decoding needs more memory than this decoder may use (max_decode_bytes={max_decode_bytes})")
 
 
 def _check_jpeg(data: bytes, max_pixels: int) -> tuple[JpegHeader, int]:
     """The guards every input starting FF D8 passes, whichever path decodes it. Returns the
     header and the bytes of libjpeg's coefficient buffer (0 for a single-scan file)."""
     header = jpeg_header(data)
+    if header.extraneous > MAX_JPEG_EXTRANEOUS_BYTES:  # libjpeg warns of these; Pillow crawls through them
+        raise CorruptImage(f"JPEG has {header.extraneous} bytes that are not markers before its first scan")
     scans = count_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise UnsupportedImage(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
@@ -294,6 +301,7 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
     _disable_pillow_bomb_check()
     start = time.perf_counter()
     _check_webp_canvas(data, limits)  # Pillow's WebP plugin allocates the canvas in open()
+    coefficients += _check_tiff(data, limits)  # and its TIFF plugin a Python object per strip
     try:
         image = Image.open(BytesIO(data), formats=PILLOW_FORMATS)
     except UnidentifiedImageError:
@@ -349,6 +357,33 @@ def _check_webp_canvas(data: bytes, limits: _Limits) -> None:
     _check_pixels(width, height, limits.max_pixels)
     _check_budget(decode_budget(width * height, 4, copies=DECODER_COPIES["WEBP"]), limits.max_bytes,
                   f"this {width}x{height} WebP canvas")
+
+
+def _check_tiff(data: bytes, limits: _Limits) -> int:
+    """A TIFF's IFD0 (`tiff_ifd`) checked before Pillow opens it: `max_pixels`, at most one strip
+    per row (per sample), tiles no larger than the image (rounded up to 16, as the format asks)
+    and no more of them than cover it. Returns what libtiff holds beyond the image: a JPEG-
+    compressed TIFF's coefficient buffer (2 bytes per sample), else 0."""
+    if data[:4] in BIGTIFF:
+        raise UnsupportedImage("BigTIFF is not decoded (classic TIFF is)")
+    layout = tiff_layout(data)
+    if layout is None:
+        return 0
+    width, height, samples = layout.width, layout.height, max(1, layout.samples)
+    _check_pixels(width, height, limits.max_pixels)
+    if samples > MAX_TIFF_SAMPLES:
+        raise UnsupportedImage(f"TIFF has {samples} samples per pixel; at most {MAX_TIFF_SAMPLES} are decoded")
+    if layout.tiles:
+        tile_width, tile_length = layout.tile_width, layout.tile_length
+        if not (0 < tile_width <= -(-width // 16) * 16 and 0 < tile_length <= -(-height // 16) * 16):
+            raise CorruptImage(f"TIFF has tiles of {tile_width}x{tile_length} for a {width}x{height} image")
+        most = -(-width // tile_width) * -(-height // tile_length) * samples
+    else:
+        most = max(1, height) * samples
+    if max(layout.strips, layout.tiles) > most:
+        raise CorruptImage(f"TIFF declares {max(layout.strips, layout.tiles)} strips or tiles for a {width}x{height} "
+                           f"image (at most {most})")
+    return width * height * samples * 2 if layout.compression in (6, 7) else 0
 
 
 def _stored_bytes_per_pixel(mode: str) -> int:

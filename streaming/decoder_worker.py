@@ -97,6 +97,9 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
         args = json.loads(header)
         if shared is not None and "shared_bytes" in args:
             data = bytes(shared[:args["shared_bytes"]])
+        # the reply is built after the `try`: a MemoryError's frames, which may hold what used up the
+        # memory, are gone by then (building it inside the handler failed, and the worker died)
+        reply, body, out_of_memory = None, b"", False
         try:
             image = decode_to_tensor(data, Resize(**args["resize"]), max_pixels=args["max_pixels"],
                                      jpeg_backend=args["jpeg_backend"], max_decode_bytes=max_decode_bytes)
@@ -105,12 +108,14 @@ def serve(requests: BinaryIO, replies: BinaryIO, max_decode_bytes: int, max_requ
                      "path": image.path, "scale": list(image.scale)}
             body = image.tensor.tobytes()
         except MemoryError:  # the RLIMIT_AS backstop, outside decode_to_tensor's own mapping
+            out_of_memory = True
+        except PipelineError as exc:
+            reply = {"ok": False, "code": exc.code, "stage": exc.stage, "message": exc.message}
+        except ValueError as exc:  # bad arguments (a ContractError too): the caller's bug, raised there
+            reply = {"ok": False, "code": "value_error", "stage": "decode", "message": str(exc)}
+        if out_of_memory:
             error = ImageTooLarge(f"decoding needs more memory than max_decode_bytes={max_decode_bytes}")
             reply, body = {"ok": False, "code": error.code, "stage": error.stage, "message": error.message}, b""
-        except PipelineError as exc:
-            reply, body = {"ok": False, "code": exc.code, "stage": exc.stage, "message": exc.message}, b""
-        except ValueError as exc:  # bad arguments (a ContractError too): the caller's bug, raised there
-            reply, body = {"ok": False, "code": "value_error", "stage": "decode", "message": str(exc)}, b""
         if shared is not None and body and len(body) <= len(shared):
             shared[:len(body)] = body
             reply["shared_bytes"], body = len(body), b""

@@ -166,6 +166,53 @@ def tiff_bomb() -> bytes:
     return bytes(data)
 
 
+def tiff_by_hand(width: int, height: int, samples: int, fields: list[tuple[int, int, list[int]]],
+                 blob: bytes) -> bytes:
+    """A little-endian classic TIFF: `blob` at offset 8, then the values that do not fit their
+    entry, then IFD0 with 8-bit samples, no compression (or `fields`' own 259), and `fields`
+    ((tag, type 3 SHORT or 4 LONG, values); the offset tags' values may name 8, the blob)."""
+    photometric = 2 if samples == 3 else 1
+    base = [(256, 4, [width]), (257, 4, [height]), (258, 3, [8] * samples), (259, 3, [1]), (262, 3, [photometric]),
+            (277, 3, [samples]), (284, 3, [1])]
+    given = {tag for tag, _, _ in fields}
+    entries, extra, at = [], b"", 8 + len(blob) + len(blob) % 2
+    for tag, kind, values in sorted([f for f in base if f[0] not in given] + fields):
+        raw = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(raw) <= 4:
+            entries.append(struct.pack("<HHI", tag, kind, len(values)) + raw.ljust(4, b"\0"))
+        else:
+            entries.append(struct.pack("<HHII", tag, kind, len(values), at + len(extra)))
+            extra += raw + b"\0" * (len(raw) % 2)
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + b"\0\0\0\0"
+    return b"II*\0" + struct.pack("<I", at + len(extra)) + blob + b"\0" * (len(blob) % 2) + extra + ifd
+
+
+def tiff_tile_bomb(tile: int = 4096) -> bytes:
+    """A 16x16 RGB TIFF in one deflated tile of tile x tile (~50 KB): libtiff allocates and
+    inflates the whole tile (48 MiB at 4096) whatever the image's size."""
+    payload = zlib.compress(b"\0" * (tile * tile * 3), 9)
+    return tiff_by_hand(16, 16, 3, [(259, 3, [8]), (322, 4, [tile]), (323, 4, [tile]), (324, 4, [8]),
+                                    (325, 4, [len(payload)])], payload)
+
+
+def tiff_strip_bomb(strips: int = 5000) -> bytes:
+    """A 64x64 grey TIFF declaring `strips` strips (one row each would be 64): Pillow builds a
+    Python object per strip offset in `Image.open` (4 M of them took 6 s and the memory cap)."""
+    return tiff_by_hand(64, 64, 1, [(273, 4, [8] * strips), (278, 4, [1]), (279, 4, [1] * strips)], b"\0" * 16)
+
+
+def bigtiff() -> bytes:
+    """A BigTIFF header (version 43, 8-byte offsets) and an empty first IFD."""
+    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 0) + b"\0" * 8
+
+
+def jpeg_extraneous(jpeg: bytes, junk: int = 70_000) -> bytes:
+    """`junk` bytes that are not markers after the first segment (APP0): libjpeg warns and skips
+    them, Pillow's header parser crawls through them one byte at a time."""
+    end = 4 + struct.unpack(">H", jpeg[4:6])[0]
+    return jpeg[:end] + b"\x17" * junk + jpeg[end:]
+
+
 def polyglot_jpeg_zip() -> bytes:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -226,6 +273,10 @@ def build() -> dict[str, bytes]:
         "bomb-jpeg-65000x65000.jpg": jpeg_with_declared_size(65000, 65000),
         "bomb-gif-65535x65535.gif": gif_bomb(),
         "bomb-tiff-60000x60000.tiff": tiff_bomb(),
+        "bomb-tiff-tile-4096.tiff": tiff_tile_bomb(),
+        "bomb-tiff-5000-strips.tiff": tiff_strip_bomb(),
+        "bigtiff.tiff": bigtiff(),
+        "jpeg-70000-extraneous-bytes.jpg": jpeg_extraneous(baseline),
         "scan-bomb-2000-scans.jpg": scan_bomb(2000),
         "scan-bomb-2000-scans-rst0.jpg": rst0_after_soi(scan_bomb(2000)),
         "bomb-webp-anim-8000x8000.webp": webp_canvas_bomb(),

@@ -162,3 +162,39 @@ def test_coefficient_buffer_follows_the_sampling():
 @given(data=st.lists(st.sampled_from([b"\xff", b"\xda", b"\x00", b"\xff\xda", b"x"]), max_size=60).map(b"".join))
 def test_scan_count_is_the_count_of_ff_da(data):
     assert count_scans(data) == data.count(b"\xff\xda")
+
+
+def test_scans_are_counted_across_the_edges_of_the_pieces_and_in_bounded_memory():
+    from streaming.jpeg_markers import _SCAN_CHUNK_BYTES as PIECE
+    data = bytearray(3 * PIECE)
+    for at in (PIECE - 1, 2 * PIECE - 2, 2 * PIECE):  # a pair split by an edge, one just before, one after
+        data[at:at + 2] = b"\xff\xda"
+    assert count_scans(bytes(data)) == 3 == bytes(data).count(b"\xff\xda")
+    assert count_scans(b"\xda" * (4 * PIECE)) == 0  # once 8 bytes of index per byte: now a piece at a time
+
+
+@pytest.mark.parametrize("kind, width, order, read", [(3, 2, "big", 6), (4, 4, "big", 6), (3, 2, "little", 6),
+                                                      (4, 4, "little", 6), (9, 4, "big", 6), (1, 1, "big", 1)])
+def test_an_exif_orientation_of_any_integer_type_is_read_as_pillow_reads_it(kind, width, order, read):
+    from streaming.decode import _pillow_orientation
+
+    import struct
+
+    mark = b"MM" if order == "big" else b"II"
+    end = ">" if order == "big" else "<"
+    value = (6).to_bytes(width, order).ljust(4, b"\0")
+    tiff = mark + struct.pack(end + "HI", 42, 8) + struct.pack(end + "H", 1) + struct.pack(end + "HHI", 0x0112, kind, 1) \
+        + value + b"\0\0\0\0"
+    exif = b"Exif\x00\x00" + tiff
+    data = b"\xff\xd8\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg(64, 48)[2:]
+    assert jpeg_header(data).orientation == read
+    with Image.open(BytesIO(data)) as image:
+        assert _pillow_orientation(image) == read  # the other path's reading (a BYTE it reads as bytes)
+
+
+def test_a_jpeg_made_of_extraneous_bytes_is_walked_at_c_speed_and_refused_before_pillow():
+    base = jpeg(64, 48)
+    data = base[:20] + b"\x17" * (32 << 20) + base[20:]
+    assert jpeg_header(data).extraneous == 32 << 20
+    with pytest.raises(CorruptImage, match="not markers"):
+        decode_to_tensor(data, max_pixels=10**6, jpeg_backend="pillow")
