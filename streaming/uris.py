@@ -49,6 +49,8 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AUTHORITY_END = re.compile(r"[/?#]")
+_DROPPED = re.compile(r"[\t\n\r]")  # URL readers (urlsplit, WHATWG) remove these wherever they are
+_LEADING = re.compile(r"[\s/\\]*")  # blanks and slashes before an authority: lenient readers skip them
 _TARGET_SAFE = "/%:@!$&'()*+,;=-._~?"  # kept as they are in an http request target
 MAX_KEY_BYTES = 1024  # S3's own limit on key length (UTF-8 bytes)
 _ENCODED_ESCAPES = re.compile(r"%(2e|2f|5c|25)", re.IGNORECASE)  # '.', '/', '\\', '%' percent-encoded
@@ -116,14 +118,17 @@ def may_hold_user_info(uri: str) -> bool:
     there is no ``/``, ``?`` or ``#`` (the ``@`` ends the authority), or there is a ``:`` or
     another ``@`` (a password holding reserved characters, a doubled ``@``). So
     ``s3://b/a@b.jpg`` and ``https://h/a?u=x@y`` are fine, ``https://svc:hunt/er2@h/a.jpg``,
-    ``s3://AKIA:sec#ret@bucket/k`` and ``https://u:p@@h/`` are not.
+    ``s3://AKIA:sec#ret@bucket/k`` and ``https://u:p@@h/`` are not. Slashes, blanks and
+    backslashes right after ``scheme://`` (or at the start) are skipped first: urlsplit reads
+    ``//TOKEN@h/x`` and WHATWG URL ``https:///TOKEN@h/x`` as user TOKEN at host h.
     """
     at = uri.rfind("@")
     if at < 0:
         return False
-    head = uri[:at]
+    head = _DROPPED.sub("", uri[:at])
     start = head.find("://")
     between = head[start + 3:] if start >= 0 else head
+    between = between[_LEADING.match(between).end():]
     return ":" in between or "@" in between or not _AUTHORITY_END.search(between)
 
 

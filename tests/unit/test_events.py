@@ -155,6 +155,12 @@ def test_results_always_encode_and_hide_user_info():
     ("s3://AKIAX:sec#ret@bucket/key.jpg", "s3://***@bucket/key.jpg"),
     (" https://u:pw@h/x", "https://***@h/x"), ("https://u:pw@@h/x", "https://***@h/x"),
     ("https://u:p@h/a@b.jpg", "https://***@b.jpg"), ("u:pw@h/x", "***@h/x"), ("pw:x://u:pw@h/", "***@h/"),
+    # a token without a colon after extra slashes: urlsplit and WHATWG URL read it as the user
+    ("//TOKEN@evil.example/x.jpg", "***@evil.example/x.jpg"), ("/\t/TOKEN@evil.example/x", "***@evil.example/x"),
+    ("https:///TOKEN@host.example/a.jpg", "https://***@host.example/a.jpg"),
+    ("https:////TOKEN@host.example/a.jpg", "https://***@host.example/a.jpg"),
+    ("s3:///AKIAEXAMPLE@bucket/k.jpg", "s3://***@bucket/k.jpg"),
+    ("https://images.example.com/a@b.jpg", "https://images.example.com/a@b.jpg"),
 ])
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown
