@@ -193,17 +193,21 @@ class TritonClassifier:
         self._lock = threading.Lock()
         self._refreshed = 0.0  # monotonic time of the last contract read
         self._shared: SharedInputs | None = None  # triton_shared_memory: the regions, made at first use
+        self._closed = False  # by close(): a call still retrying then must not open a new channel
 
     def open(self) -> None:
+        self._closed = False
         self._client = grpcclient.InferenceServerClient(self.config.triton_grpc, channel_args=list(CHANNEL_OPTIONS))
         self._channel = grpc.insecure_channel(self.config.triton_grpc, options=CHANNEL_OPTIONS)
         self._model_infer = self._channel.unary_unary(
             MODEL_INFER_METHOD, response_deserializer=service_pb2.ModelInferResponse.FromString)
 
     def close(self) -> None:
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+        with self._lock:
+            self._closed = True
+            shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()
         if self._client is not None:
             self._client.close()
             self._channel.close()
@@ -211,9 +215,15 @@ class TritonClassifier:
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
-        if self._client is None:
-            self.open()
+        self._ensure_open()
         return self._client
+
+    def _ensure_open(self) -> None:
+        """Open on first use; after close(), refuse (InferenceFailed: not retried)."""
+        if self._client is None:
+            if self._closed:
+                raise InferenceFailed("the Triton client is closed")
+            self.open()
 
     @property
     def contract(self) -> ModelContract:
@@ -376,14 +386,16 @@ class TritonClassifier:
                wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
         def call() -> tuple[np.ndarray, str]:
             class_count = self._top_k(contract) if output.kind == "classes" else 0
-            if self._model_infer is None:
-                self.open()
+            self._ensure_open()
+            model_infer = self._model_infer
+            if model_infer is None:  # closed meanwhile
+                raise InferenceFailed("the Triton client is closed")
             try:
                 with self._input(batch) as (raw, region):
                     request = batch_request(self.config.model_name, self.config.model_version, batch.shape,
                                             output.tensor_name, class_count, region)
                     try:
-                        response = self._model_infer(model_infer_request(request, raw),
+                        response = model_infer(model_infer_request(request, raw),
                                                      timeout=self.config.infer_timeout_s)
                     except grpc.RpcError as rpc_error:
                         raise _server_error(rpc_error) from None
@@ -413,6 +425,8 @@ class TritonClassifier:
             return
         with self._lock:
             if self._shared is None:
+                if self._closed:
+                    raise InferenceFailed("the Triton client is closed")
                 self._shared = SharedInputs(self.client, self.config.infer_concurrency)
             shared = self._shared
         try:

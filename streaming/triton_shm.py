@@ -12,8 +12,9 @@ The batch is copied once, straight into the region's mapping: tritonclient's
 One region per batch in flight (`slots`, the job's `infer_concurrency`), each created on first use,
 sized for the largest batch seen, and registered with Triton under a name unique to this process
 (`imgstream-<pid namespace>-<pid>-<random>-<slot>`). When Triton forgets them (it restarted),
-`forget()` makes the next use register them again. `close()` unregisters and removes them; a
-process that dies without closing leaves its regions behind, and the next `SharedInputs` in the same
+`forget()` makes the next use register them again. `close()` unregisters and removes the idle
+ones at once and each one in use when its batch's call ends (never under a copy or a call), and
+refuses further use; a process that dies without closing leaves its regions behind, and the next `SharedInputs` in the same
 PID namespace removes those whose process is gone (`sweep_orphans`; other namespaces' regions are
 left alone, since their PIDs mean nothing here).
 """
@@ -61,6 +62,7 @@ class SharedInputs:
     _free: queue.Queue = field(init=False, repr=False)
     _regions: list[_Region] = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _closed: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -77,6 +79,9 @@ class SharedInputs:
         """A registered region holding `batch`'s bytes, as (region name, byte size) for
         `streaming.infer.batch_request`, kept for this caller until the block ends."""
         region = self._free.get()
+        if region is None:  # closed: the sentinel stays for the next caller
+            self._free.put(None)
+            raise shm.SharedMemoryException("the shared memory regions are closed")
         try:
             self._fit(region, batch.nbytes)
             np.copyto(shm.get_contents_as_numpy(region.handle, batch.dtype, batch.shape), batch)  # one copy
@@ -84,7 +89,12 @@ class SharedInputs:
                 self._register(region)
             yield region.name, batch.nbytes
         finally:
-            self._free.put(region)
+            with self._lock:  # with close(): each region is removed once, by close() or here
+                closed = self._closed
+                if not closed:
+                    self._free.put(region)
+            if closed:
+                self._destroy(region)
 
     def forget(self) -> None:
         """Triton lost the registrations (a restart): register each region again at its next use."""
@@ -93,15 +103,27 @@ class SharedInputs:
                 region.registered = False
 
     def close(self) -> None:
-        for region in self._regions:
-            if region.handle is None:
-                continue
-            try:
-                self.client.unregister_system_shared_memory(region.name)
-            except Exception:  # noqa: BLE001 - Triton gone: nothing of ours to unregister there
-                pass
-            shm.destroy_shared_memory_region(region.handle)
-            region.handle, region.registered = None, False
+        """Remove the idle regions now; one in use is removed when its holder is done with it."""
+        with self._lock:
+            self._closed = True
+            idle = []
+            while not self._free.empty():
+                region = self._free.get_nowait()
+                if region is not None:
+                    idle.append(region)
+            self._free.put(None)  # wakes and refuses whoever waits for a region
+        for region in idle:
+            self._destroy(region)
+
+    def _destroy(self, region: _Region) -> None:
+        if region.handle is None:
+            return
+        try:
+            self.client.unregister_system_shared_memory(region.name)
+        except Exception:  # noqa: BLE001 - Triton gone, or the client closed: nothing of ours there to undo
+            pass
+        shm.destroy_shared_memory_region(region.handle)
+        region.handle, region.registered = None, False
 
     def _fit(self, region: _Region, nbytes: int) -> None:
         if region.handle is not None and region.byte_size >= nbytes:

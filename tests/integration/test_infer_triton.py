@@ -54,7 +54,7 @@ def test_the_served_model_classifies_and_passes_the_check(config):
     (dict(model_name="nope"), "model_name", "does not serve model 'nope'"),
     (dict(model_version="7"), "model_version", "no version '7' of model"),
     (dict(model_name="nope", model_version="7"), "model_name", "does not serve model 'nope'"),
-    (dict(top_k=5000), "top_k", "has 1000 classes, top_k is 5000"),
+    (dict(max_batch_size=64), "max_batch_size", "takes batches of at most 32 (its config.pbtxt)"),
     (dict(triton_grpc=f"127.0.0.1:{free_port()}"), "triton_grpc", "did not answer"),
 ])
 def test_check_model_refuses_naming_the_field(config, changes, field, words):

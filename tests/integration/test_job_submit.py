@@ -50,6 +50,8 @@ def unique(what: str) -> str:
     (["model_name=nope"], {}, "model_name"),
     (["input_size=240"], {}, "input_size"),  # gone: the model's contract sets it
     (["top_k=5000"], {}, "top_k"),
+    (["max_batch_size=64"], {}, "max_batch_size"),  # the models take at most 32
+    (["consumer_group= imgstream"], {}, "consumer_group"),
     (["allowed_models=efficientnet_lite1,nope"], {}, "allowed_models"),
     (["request_timeout_s=nan"], {}, "request_timeout_s"),
     (["fetch_timeout_s=inf"], {}, "fetch_timeout_s"),

@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from streaming import triton_shm
+from streaming.contract import lite_contract
 from streaming.infer import TritonClassifier
 from streaming.stack.job_config import stack_config
 
@@ -74,6 +75,36 @@ def test_the_same_outputs_as_over_grpc_and_nothing_left_behind(config, admin):
         shared.close()
         plain.close()
     assert ours(admin) == before_regions and shm_files() == before_files
+
+
+def test_close_while_a_batch_holds_its_region_removes_it_after_the_call_and_refuses_more(config, admin):
+    # the job stops (close) while an infer thread still copies into, or calls with, a region:
+    # unmapping it then crashed the worker (SIGSEGV in the copy), and a retry re-created one
+    before_regions, before_files = ours(admin), shm_files()
+    client = grpcclient.InferenceServerClient(config.triton_grpc)
+    shared = triton_shm.SharedInputs(client, 2)
+    try:
+        with shared.holding(photos_batch(2)) as (name, nbytes):
+            shared.close()
+            assert name in ours(admin) and name in shm_files()  # still this holder's
+        assert ours(admin) == before_regions and shm_files() == before_files  # removed as it was let go
+        with pytest.raises(triton_shm.shm.SharedMemoryException, match="closed"):
+            with shared.holding(photos_batch(1)):
+                pass
+    finally:
+        client.close()
+
+
+def test_a_closed_classifier_refuses_instead_of_opening_again(config, admin):
+    from streaming.errors import InferenceFailed
+
+    classifier = TritonClassifier(dataclasses.replace(config, triton_shared_memory=True))
+    contract = lite_contract(224)
+    assert len(classifier.infer(photos_batch(1), contract).outputs) == 1
+    classifier.close()
+    with pytest.raises(InferenceFailed, match="closed"):
+        classifier.infer(photos_batch(1), contract)
+    assert classifier._client is None and classifier._shared is None
 
 
 def test_a_region_triton_forgot_is_registered_again(config, admin):

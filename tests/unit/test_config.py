@@ -48,6 +48,14 @@ def test_mapping_round_trip_keeps_every_field():
     ({"start_from": "yesterday"}, "start_from"),
     ({"allowed_schemes": "gopher"}, "gopher"),
     ({"no_such_setting": "1"}, "unknown settings"),
+    ({"top_k": "101"}, "top_k: must be at most 100"),
+    ({"parallelism": str(2**31)}, "parallelism: must be at most 2147483647"),
+    ({"max_in_flight": str(2**31)}, "max_in_flight: must be at most 2147483647"),
+    ({"bundle_size": str(2**40)}, "bundle_size: must be at most 2147483647"),
+    ({"consumer_group": ""}, "consumer_group: must be a non-empty string"),
+    ({"transactional_id_prefix": ""}, "transactional_id_prefix: must be a non-empty string"),
+    ({"model_name": " efficientnet_lite0"}, "model_name: must be a non-empty string without leading or trailing"),
+    ({"requests_topic": "requests "}, "requests_topic: must be"),
 ])
 def test_invalid_settings_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
