@@ -109,6 +109,8 @@ class ContractError(ValueError):
 
 _INPUT_KEYS = ("size", "resize", "crop_fraction", "interpolation", "range", "mean", "std", "channel_order", "layout")
 _OUTPUT_KEYS = ("kind", "top_k", "num_classes", "softmax", "dim", "l2_normalize", "dtype")
+_CLASSES_KEYS = ("top_k", "num_classes", "softmax")
+_EMBEDDING_KEYS = ("dim", "l2_normalize", "dtype")
 
 
 def _check(ok: bool, field_name: str, reason: str) -> None:
@@ -118,6 +120,10 @@ def _check(ok: bool, field_name: str, reason: str) -> None:
 
 def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML's true is not 1
 
 
 def _known(table: Mapping[str, Any], section: str, keys: tuple[str, ...]) -> None:
@@ -153,7 +159,7 @@ class Resize:
     filter: str = "bicubic"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.size, int) and 1 <= self.size <= MAX_INPUT_SIZE, "input.size",
+        _check(_integer(self.size) and 1 <= self.size <= MAX_INPUT_SIZE, "input.size",
                f"must be an integer in [1, {MAX_INPUT_SIZE}], got {self.size!r}")
         _check(self.mode in RESIZE_MODES, "input.resize", f"must be one of {RESIZE_MODES}, got {self.mode!r}")
         _check(_real(self.crop_fraction) and 0.0 < self.crop_fraction <= 1.0, "input.crop_fraction",
@@ -183,7 +189,14 @@ class Normalize:
         for name, values in (("mean", self.mean), ("std", self.std)):
             _check(len(values) == CHANNELS and all(map(_real, values)), f"input.{name}",
                    f"must be {CHANNELS} numbers (one per channel), got {list(values)!r}")
-        _check(all(s != 0 for s in self.std), "input.std", "must not contain 0")
+        _check(all(s > 0 for s in self.std), "input.std", f"must be positive, got {list(self.std)!r}")
+        scale, offset = (np.full(CHANNELS, (self.range[1] - self.range[0]) / 255.0) / np.asarray(self.std),
+                         (self.range[0] - np.asarray(self.mean)) / np.asarray(self.std))
+        with np.errstate(over="ignore", under="ignore"):  # float32 is what the wrapped graph computes in
+            scale32, offset32 = scale.astype(np.float32), offset.astype(np.float32)
+        _check(bool(np.isfinite(scale32).all() and (scale32 != 0).all() and np.isfinite(offset32).all()),
+               "input.std", f"with range {list(self.range)!r} and mean {list(self.mean)!r} gives pixel scale "
+                            f"{scale.tolist()!r} and offset {offset.tolist()!r}: not finite non-zero float32 numbers")
         _check(self.channel_order in CHANNEL_ORDERS, "input.channel_order",
                f"must be one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
         _check(self.layout in LAYOUTS, "input.layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
@@ -214,12 +227,12 @@ class Output:
     def __post_init__(self) -> None:
         _check(self.kind in OUTPUT_KINDS, "output.kind", f"must be one of {OUTPUT_KINDS}, got {self.kind!r}")
         if self.kind == "classes":
-            _check(isinstance(self.num_classes, int) and self.num_classes >= 1, "output.num_classes",
+            _check(_integer(self.num_classes) and self.num_classes >= 1, "output.num_classes",
                    f"must be a positive integer, got {self.num_classes!r}")
-            _check(isinstance(self.top_k, int) and 1 <= self.top_k <= min(MAX_TOP_K, self.num_classes),
+            _check(_integer(self.top_k) and 1 <= self.top_k <= min(MAX_TOP_K, self.num_classes),
                    "output.top_k", f"must be in [1, {min(MAX_TOP_K, self.num_classes)}], got {self.top_k!r}")
         else:
-            _check(isinstance(self.dim, int) and 1 <= self.dim <= MAX_EMBEDDING_DIM, "output.dim",
+            _check(_integer(self.dim) and 1 <= self.dim <= MAX_EMBEDDING_DIM, "output.dim",
                    f"must be an integer in [1, {MAX_EMBEDDING_DIM}], got {self.dim!r}")
             _check(self.dtype in EMBEDDING_DTYPES, "output.dtype",
                    f"must be one of {EMBEDDING_DTYPES}, got {self.dtype!r}")
@@ -262,6 +275,9 @@ class ModelContract:
                               channel_order=inp.get("channel_order", "RGB"), layout=inp.get("layout", "NCHW"))
         for flag in ("l2_normalize", "softmax"):
             _check(isinstance(out.get(flag, False), bool), f"output.{flag}", "must be true or false")
+        other = _EMBEDDING_KEYS if out["kind"] == "classes" else _CLASSES_KEYS if out["kind"] == "embedding" else ()
+        for key in other:  # a key of the other kind is a mistaken contract, not one to ignore
+            _check(key not in out, f"output.{key}", f"is not a key of kind = {out['kind']!r}")
         output = Output(kind=out["kind"], top_k=out.get("top_k", 5), num_classes=out.get("num_classes", 0),
                         softmax=out.get("softmax", False), dim=out.get("dim", 0), l2_normalize=out.get("l2_normalize", False),
                         dtype=out.get("dtype", "float32"))

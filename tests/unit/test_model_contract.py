@@ -162,11 +162,26 @@ def test_the_built_in_lite_contracts_follow_tensorflows_crop():
     ({"output": {"kind": "embedding", "dim": 8, "dtype": "int8"}}, "output.dtype"),
     ({"output": {"softmax": "yes"}}, "output.softmax"),
     ({"extra": {}}, "extra"),
+    # TOML's true is not the integer 1
+    ({"input": {"size": True}}, "input.size"),
+    ({"output": {"kind": "classes", "num_classes": True}}, "output.num_classes"),
+    ({"output": {"top_k": True}}, "output.top_k"),
+    ({"output": {"kind": "embedding", "dim": True}}, "output.dim"),
+    # a key of the other output kind: a mistaken contract, not one to silently ignore
+    ({"output": {"kind": "embedding", "dim": 8, "softmax": True}}, "output.softmax"),
+    ({"output": {"kind": "embedding", "dim": 8, "top_k": 3}}, "output.top_k"),
+    ({"output": {"dim": 128}}, "output.dim"),
+    ({"output": {"l2_normalize": True}}, "output.l2_normalize"),
+    # a normalisation float32 cannot hold: every pixel the same (scale 0), or no number at all
+    ({"input": {"std": [1e300, 1e300, 1e300]}}, "input.std"),
+    ({"input": {"std": [1e-40, 1, 1]}}, "input.std"),
+    ({"input": {"std": [-0.5, 1, 1]}}, "input.std"),
+    ({"input": {"mean": [1e39, 0, 0]}}, "input.std"),
 ])
 def test_a_wrong_contract_names_the_field(change, field):
     data = {"input": {"size": 224}, "output": {"kind": "classes", "num_classes": 10}}
-    for section, values in change.items():
-        data[section] = {**data.get(section, {}), **values}
+    for section, values in change.items():  # a new output kind replaces the section
+        data[section] = dict(values) if "kind" in values else {**data.get(section, {}), **values}
     with pytest.raises(contract.ContractError) as caught:
         contract.ModelContract.from_mapping(data)
     assert caught.value.field == field, caught.value
