@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig, field_types
 from streaming.stack.flink import FLINK_HOME, flink_env
@@ -49,12 +49,12 @@ def _rest(layout: StackLayout, path: str, method: str = "GET", body: dict | None
 def check_config(layout: StackLayout, config: PipelineConfig, *, create_topics: bool = False) -> list[str]:
     """What `job submit` checks before submitting anything: Kafka answers (with the config's security),
     `requests_topic` and `results_topic` exist (with `create_topics`: missing ones are created, and
-    returned), Triton serves `model_name` and each of `allowed_models` with a valid contract. Raises
+    returned), exactly-once's `transaction_timeout_ms` is within the brokers' limit, Triton serves `model_name` and each of `allowed_models` with a valid contract. Raises
     ConfigError naming the field."""
     from streaming.config import ConfigError
     from streaming.infer import TritonClassifier
 
-    created = _check_topics(layout, config, create_topics)
+    created = _check_kafka(layout, config, create_topics)
     others = [dataclasses.replace(config, model_name=name, model_version="")
               for name in config.allowed_models if name != config.model_name]
     for model_config in [config, *others]:
@@ -70,7 +70,7 @@ def check_config(layout: StackLayout, config: PipelineConfig, *, create_topics: 
     return created
 
 
-def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> list[str]:
+def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> list[str]:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -85,6 +85,8 @@ def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> 
         raise ConfigError("kafka_bootstrap", f"Kafka at {config.kafka_bootstrap} did not answer "
                                              f"({type(exc).__name__})") from None
     try:
+        if config.delivery_guarantee == "exactly_once":
+            _check_transaction_timeout(admin, config)
         existing = set(admin.list_topics())
         wanted = {"requests_topic": config.requests_topic, "results_topic": config.results_topic}
         missing = {field: topic for field, topic in wanted.items() if topic not in existing}
@@ -111,6 +113,28 @@ def _check_topics(layout: StackLayout, config: PipelineConfig, create: bool) -> 
                           f"Kafka at {config.kafka_bootstrap} failed: {type(exc).__name__}") from None
     finally:
         admin.close()
+
+
+def _check_transaction_timeout(admin: Any, config: PipelineConfig) -> None:
+    """The sink's transactions last up to `transaction_timeout_ms`; a broker refuses a producer that
+    asks for more than its `transaction.max.timeout.ms` (the job would fail and restart for ever).
+    Not checked when the brokers do not show their configs (no DescribeConfigs permission)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    try:
+        brokers = [str(b["broker_id"]) for b in admin.describe_cluster()["brokers"]]
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, broker,
+                                                       configs={"transaction.max.timeout.ms": None})
+                                        for broker in brokers], config_filter="all")
+        limits = [int(entry["transaction.max.timeout.ms"]["value"]) for entry in found.get("broker", {}).values()
+                  if "transaction.max.timeout.ms" in entry]
+    except (KafkaError, KeyError, TypeError, ValueError):
+        return
+    if limits and config.transaction_timeout_ms > min(limits):
+        raise ConfigError("transaction_timeout_ms", f"is {config.transaction_timeout_ms}, above the brokers' "
+                                                    f"transaction.max.timeout.ms ({min(limits)}): Kafka would refuse "
+                                                    "the job's transactions")
 
 
 def job_environment(config: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:

@@ -51,6 +51,7 @@ def unique(what: str) -> str:
     (["input_size=240"], {}, "input_size"),  # gone: the model's contract sets it
     (["top_k=5000"], {}, "top_k"),
     (["max_batch_size=64"], {}, "max_batch_size"),  # the models take at most 32
+    (["transaction_timeout_ms=7200000"], {}, "transaction_timeout_ms"),  # the stack's brokers allow 1 h
     (["consumer_group= imgstream"], {}, "consumer_group"),
     (["allowed_models=efficientnet_lite1,nope"], {}, "allowed_models"),
     (["request_timeout_s=nan"], {}, "request_timeout_s"),
