@@ -264,18 +264,19 @@ class DecoderPool:
         try:  # the whole reply is read: anything malformed in it is a worker out of step, replaced
             reply = json.loads(head)
             body = worker.body(reply, piped, size * size * 3)
-            if not reply.get("ok"):
+            failed = not reply.get("ok")
+            if failed:
                 code, message = reply.get("code"), str(reply.get("message"))
             else:
-                code, shape = None, tuple(reply["shape"])
+                shape = tuple(reply["shape"])
                 found = (int(reply["width"]), int(reply["height"]), float(reply["decode_ms"]),
                          float(reply["resize_ms"]), str(reply["path"]), tuple(reply["scale"]))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _Died(f"worker sent a malformed reply ({type(exc).__name__})") from None
-        if code is not None:
+        if failed:
             if code == "value_error":
                 raise ValueError(message)
-            raise _ERRORS.get(code, CorruptImage)(message)
+            raise (_ERRORS.get(code, CorruptImage) if isinstance(code, str) else CorruptImage)(message)
         if shape != (size, size, 3) or len(body) != size * size * 3:
             raise _Died(f"worker sent a tensor of shape {shape} and {len(body)} bytes")
         tensor = np.frombuffer(body, dtype=np.uint8).reshape(shape)  # read-only: bytes

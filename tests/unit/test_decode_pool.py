@@ -159,6 +159,50 @@ def test_a_retry_past_max_decode_ms_is_a_timeout_and_later_requests_get_their_ow
         assert pool.replaced == 2 and len(pool.pids()) == 1
 
 
+# A decoder process that answers every image with `reply` (a decoder parses hostile bytes: the
+# parent trusts nothing it writes). Frames as streaming.decoder_worker writes them.
+ROGUE_WORKER = """
+import json, struct, sys
+reply = sys.argv[1].encode()
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+def frame(payload):
+    out.write(struct.pack(">I", len(payload)) + payload)
+frame(json.dumps({"ready": True}).encode()); out.flush()
+while True:
+    for _ in range(2):
+        head = inp.read(4)
+        if len(head) < 4:
+            sys.exit(0)
+        inp.read(struct.unpack(">I", head)[0])
+    frame(reply); frame(b""); out.flush()
+"""
+
+
+@pytest.mark.parametrize("reply, died", [
+    (b"{not json", True), (b"[1, 2]", True), (b'{"ok": true}', True), (b'{"ok": true, "shape": [224, 224, 3]}', True),
+    (b'{"ok": true, "shape": [2, 2, 3], "width": 1, "height": 1, "decode_ms": 0, "resize_ms": 0, "path": "x", '
+     b'"scale": [1, 1]}', True),
+    (b'{"ok": false}', False), (b'{"ok": false, "code": [1], "message": "m"}', False),
+    (b'{"ok": false, "code": "no_such_code", "message": "m"}', False),
+])
+def test_whatever_a_decoder_process_answers_the_caller_gets_a_typed_error(monkeypatch, tmp_path, reply, died):
+    from streaming import decoder_pool
+
+    script = tmp_path / "rogue_worker.py"
+    script.write_text(ROGUE_WORKER)
+    real_popen = subprocess.Popen
+
+    def rogue(argv, **kwargs):  # the pool's own launch, with the rogue script in the worker's place
+        return real_popen([argv[0], str(script), reply.decode()], **kwargs)
+
+    monkeypatch.setattr(decoder_pool.subprocess, "Popen", rogue)
+    with DecoderPool(1, max_decode_ms=5_000) as pool:
+        with pytest.raises(CorruptImage) as caught:
+            pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+        assert ("died twice" in caught.value.message) == died
+        assert pool.replaced == (2 if died else 0) and len(pool.pids()) == 1
+
+
 def test_the_pool_survives_many_requests_from_many_threads(pool):
     images = [good_jpeg(320 + 16 * k, 240) for k in range(4)] + [b"junk", b""]
     expected = [decode_to_tensor(d, max_pixels=MAX_PIXELS).tensor if k < 4 else None
