@@ -231,15 +231,19 @@ def test_a_request_prepared_again_never_shares_a_batch_with_one_still_of_the_old
     # there. Were they one batch, both would be refused, and a, on its last try, would fail.
     model = ChangingModel()
     decoder = SlowFor("s3://photos/b.jpg", 0.45)
-    pipeline = AsyncImagePipeline(config(max_batch_size=2, max_batch_wait_ms=300, infer_concurrency=2),
-                                  fetcher=NamingStore(), classifier=model, decoder=decoder)
-    pipeline.open()
-    try:
-        a, b = run(pipeline, event("a", "s3://photos/a.jpg"), event("b", "s3://photos/b.jpg"))
-    finally:
-        pipeline.close()
+    a, b = a_then_b(model, decoder, max_batch_size=2, max_batch_wait_ms=300, infer_concurrency=2)
     assert isinstance(a, Prediction) and isinstance(b, Prediction), (a, b)
     assert model.sizes == [224, 240, 240] and decoder.decodes == 4
+
+
+def a_then_b(model, decoder, **settings) -> list:
+    """The results of requests a and b (s3://photos/a.jpg, b.jpg) sent at once to a pipeline."""
+    pipeline = AsyncImagePipeline(config(**settings), fetcher=NamingStore(), classifier=model, decoder=decoder)
+    pipeline.open()
+    try:
+        return run(pipeline, event("a", "s3://photos/a.jpg"), event("b", "s3://photos/b.jpg"))
+    finally:
+        pipeline.close()
 
 
 class SwitchingModel(Classifier):
@@ -277,13 +281,7 @@ def test_a_request_prepared_for_an_old_contract_of_the_same_size_is_prepared_aga
     new = (dataclasses.replace(old, resize=dataclasses.replace(old.resize, mode="squash")) if change == "resize"
            else dataclasses.replace(old, output=Output("embedding", dim=4)))
     model, decoder = SwitchingModel(old, new), RecordingDecoder("s3://photos/b.jpg", 0.3)
-    pipeline = AsyncImagePipeline(config(max_batch_size=1, infer_concurrency=1), fetcher=NamingStore(),
-                                  classifier=model, decoder=decoder)
-    pipeline.open()
-    try:
-        a, b = run(pipeline, event("a", "s3://photos/a.jpg"), event("b", "s3://photos/b.jpg"))
-    finally:
-        pipeline.close()
+    a, b = a_then_b(model, decoder, max_batch_size=1, infer_concurrency=1)
     assert isinstance(a, Prediction) and isinstance(b, Prediction), (a, b)
     assert model.served == [old, new]  # b's batch went out once, prepared for the new contract
     assert decoder.resizes == [("a.jpg", old.resize), ("b.jpg", old.resize), ("b.jpg", new.resize)]
