@@ -185,11 +185,12 @@ class AsyncImagePipeline:
         written (a bug) is replaced by an internal_error result for the same request, so the
         operator never raises: an exception there would fail the Flink task, and the replayed
         event would fail it again."""
+        started = perf_counter()
         result = await self.process(raw)
         try:
             return result, result_key(result), result_to_json(result)
         except Exception as exc:  # noqa: BLE001 - one result per request, whatever went wrong
-            fallback = error_result(raw, None, exc, dict(result.timings_ms), perf_counter())
+            fallback = error_result(raw, None, exc, dict(result.timings_ms), started)
             return fallback, result_key(fallback), result_to_json(fallback)
 
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
