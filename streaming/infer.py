@@ -355,13 +355,13 @@ class TritonClassifier:
                                    f"now {self.contract.to_json()}") from None
             raise
         if version != self._version:
-            if self._version:  # a new version: its contract may differ (the next batches follow it)
-                current = self.read_contract()  # raises: the batch fails, the next one reads it again
-                self._version = version
-                if current != contract:
-                    raise ModelChanged(f"model {self.config.model_name!r} version {version} answered with "
-                                       f"another contract: {current.to_json()}")
+            # a new version: its contract may differ (read now; when that fails, the batch fails and
+            # the next one reads it again); the first answer's version is only noted
+            current = self.read_contract() if self._version else contract
             self._version = version
+            if current != contract:
+                raise ModelChanged(f"model {self.config.model_name!r} version {version} answered with "
+                                   f"another contract: {current.to_json()}")
         if contract.output.kind == "classes":
             return Inferred([parse_classification(row) for row in raw], version)
         return Inferred(list(raw), version)
@@ -395,8 +395,7 @@ class TritonClassifier:
                     request = batch_request(self.config.model_name, self.config.model_version, batch.shape,
                                             output.tensor_name, class_count, region)
                     try:
-                        response = model_infer(model_infer_request(request, raw),
-                                                     timeout=self.config.infer_timeout_s)
+                        response = model_infer(model_infer_request(request, raw), timeout=self.config.infer_timeout_s)
                     except grpc.RpcError as rpc_error:
                         raise _server_error(rpc_error) from None
                 result = grpcclient.InferResult(response)
