@@ -14,9 +14,9 @@ sized for the largest batch seen, and registered with Triton under a name unique
 (`imgstream-<pid namespace>-<pid>-<random>-<slot>`). When Triton forgets them (it restarted),
 `forget()` makes the next use register them again. `close()` unregisters and removes the idle
 ones at once and each one in use when its batch's call ends (never under a copy or a call), and
-refuses further use; a process that dies without closing leaves its regions behind, and the next `SharedInputs` in the same
-PID namespace removes those whose process is gone (`sweep_orphans`; other namespaces' regions are
-left alone, since their PIDs mean nothing here).
+refuses further use; a process that dies without closing leaves its regions behind, and the next
+`SharedInputs` in the same PID namespace removes those whose process is gone (`sweep_orphans`;
+other namespaces' regions are left alone, since their PIDs mean nothing here).
 """
 from __future__ import annotations
 
