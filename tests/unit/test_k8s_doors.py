@@ -159,12 +159,14 @@ def _pdb_for(objects: list[dict], labels: dict) -> list[dict]:
     return [p for p in find(objects, "PodDisruptionBudget") if _selects(p["spec"]["selector"], labels)]
 
 
-def test_disruption_budgets_cover_flink_and_triton(objects):
-    for labels in (flink_labels(objects, "taskmanager"), flink_labels(objects, "jobmanager"),
-                   template_labels(objects, "triton")):
+def test_disruption_budgets_cover_the_jobmanager_and_triton_and_never_the_taskmanagers(objects):
+    for labels in (flink_labels(objects, "jobmanager"), template_labels(objects, "triton")):
         budgets = _pdb_for(objects, labels)
         assert len(budgets) == 1, labels
         assert budgets[0]["spec"].get("maxUnavailable") == 1, "one pod at a time, never a drain that blocks forever"
+    # the JobManager's Deployment owns the TaskManager pods: a budget over them would count its
+    # replicas as theirs (pdb.yaml), so that with one TaskManager a drain could never evict it
+    assert _pdb_for(objects, flink_labels(objects, "taskmanager")) == []
 
 
 def _spread_problems(where: str, pod: dict, labels: dict) -> list[str]:
@@ -190,6 +192,60 @@ def test_every_pod_has_the_pipelines_priority_class(objects):
     missing = {where: pod.get("priorityClassName") for where, pod in pods.items()
                if pod.get("priorityClassName") not in classes}
     assert not missing
+
+
+# --- egress and the TaskManagers' account ---------------------------------------------------------
+
+def _in(address: str, cidr: str) -> bool:
+    import ipaddress
+    ip, net = ipaddress.ip_address(address), ipaddress.ip_network(cidr)
+    return ip.version == net.version and ip in net
+
+
+def egress_allowed(objects: list[dict], labels: dict, address: str) -> bool:
+    """Whether a pod with ``labels`` may open a connection to ``address`` outside the cluster: no
+    policy selects it for egress, or one of their rules' ipBlocks holds the address."""
+    selecting = [p for p in find(objects, "NetworkPolicy") if _selects(p["spec"]["podSelector"], labels)
+                 and "Egress" in p["spec"].get("policyTypes", [])]
+    if not selecting:
+        return True
+    return any(not rule.get("to") or any("ipBlock" in peer and _in(address, peer["ipBlock"]["cidr"])
+                                         and not any(_in(address, e) for e in peer["ipBlock"].get("except", []))
+                                         for peer in rule["to"])
+               for policy in selecting for rule in policy["spec"].get("egress", []))
+
+
+def test_in_prod_no_pod_reaches_the_instance_metadata_service_and_everything_else_is_open(rendered):
+    objects = rendered["prod"]
+    pods = [flink_labels(objects, "jobmanager"), flink_labels(objects, "taskmanager"),
+            template_labels(objects, "triton"), {"app": "anything-new"}]
+    for labels in pods:
+        assert not egress_allowed(objects, labels, "169.254.169.254"), labels  # IMDS: node role credentials
+        assert not egress_allowed(objects, labels, "fd00:ec2::254"), labels
+        for elsewhere in ("52.216.8.21", "10.100.0.1", "169.254.169.253", "2600:1f18::1"):  # S3, the API, DNS
+            assert egress_allowed(objects, labels, elsewhere), (labels, elsewhere)
+    policy = next(p for p in find(objects, "NetworkPolicy") if p["metadata"]["name"] == "deny-instance-metadata")
+    assert {"namespaceSelector": {}} in policy["spec"]["egress"][0]["to"]  # pods of the cluster, whatever the CNI
+
+
+def _rules_of(objects: list[dict], account: str) -> list[dict]:
+    roles = {b["roleRef"]["name"] for b in find(objects, "RoleBinding")
+             if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])}
+    return [rule for r in find(objects, "Role") if r["metadata"]["name"] in roles for rule in r["rules"]]
+
+
+def test_the_taskmanagers_have_an_account_that_only_reads_configmaps(rendered):
+    for overlay, objects in rendered.items():
+        spec = one(objects, "FlinkDeployment")["spec"]
+        account = spec["flinkConfiguration"]["kubernetes.taskmanager.service-account"]
+        assert account != spec["serviceAccount"], overlay
+        assert _rules_of(objects, account) == [{"apiGroups": [""], "resources": ["configmaps"],
+                                                "verbs": ["get", "list", "watch"]}], overlay
+        assert any("create" in r["verbs"] and "pods" in r["resources"] for r in _rules_of(objects, spec["serviceAccount"]))
+        accounts = {a["metadata"]["name"]: a for a in find(objects, "ServiceAccount")}
+        irsa = [accounts[name]["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn")
+                for name in (spec["serviceAccount"], account)]
+        assert irsa[0] == irsa[1] and (irsa[0] is not None) == (overlay == "prod"), overlay  # both write to S3
 
 
 # --- what the job may fetch -----------------------------------------------------------------------
