@@ -70,7 +70,7 @@ from PIL import Image, UnidentifiedImageError
 from streaming.contract import Resize, crop_box
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
 from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
-from streaming.tiff_ifd import BIG as BIGTIFF, tiff_layout
+from streaming.tiff_ifd import tiff_layout
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ MAX_PIXEL_PASSES = 16
 # leaves a few; 32 MiB of them cost Pillow's byte-at-a-time header parser 4 s of CPU
 MAX_JPEG_EXTRANEOUS_BYTES = 64 * 1024
 MAX_TIFF_SAMPLES = 16  # per pixel; Pillow's TIFF modes have at most 5
+# A tile's side: at most the image's (rounded up to 16, as the format asks) or this, whichever is
+# larger (writers use 128-512 whatever the image: GDAL 256, libvips 128); libtiff allocates a tile
+MAX_TIFF_TILE_SIDE = 1024
 PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Copies of the full decoded image a Pillow plugin holds at once (its own buffers and the
 # image): libwebp's canvas and previous canvas, the frame bytes handed to Pillow, the image;
@@ -98,7 +101,8 @@ DECODER_COPIES = {"WEBP": 4, "GIF": 2, "TIFF": 2}
 REDUCING_GAP = 2  # reduce() while the region stays >= 2x the output side; the filter does the rest
 STRIP_BYTES = 4 * 1024 * 1024  # the Pillow path converts and reduces the crop in strips of this
 WORK_OVERHEAD_BYTES = 8 * 1024 * 1024  # decoder state, tables, the output: a fixed allowance
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00",
+          b"MM\x00+")
 _ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 # EXIF orientation -> the Pillow transpose that makes the image upright (as ImageOps.exif_transpose)
@@ -301,7 +305,7 @@ def _decode_pillow(data: bytes, limits: _Limits, coefficients: int) -> DecodedIm
     _disable_pillow_bomb_check()
     start = time.perf_counter()
     _check_webp_canvas(data, limits)  # Pillow's WebP plugin allocates the canvas in open()
-    coefficients += _check_tiff(data, limits)  # and its TIFF plugin a Python object per strip
+    _check_tiff(data, limits)  # and its TIFF plugin a Python object per strip
     try:
         image = Image.open(BytesIO(data), formats=PILLOW_FORMATS)
     except UnidentifiedImageError:
@@ -359,23 +363,21 @@ def _check_webp_canvas(data: bytes, limits: _Limits) -> None:
                   f"this {width}x{height} WebP canvas")
 
 
-def _check_tiff(data: bytes, limits: _Limits) -> int:
+def _check_tiff(data: bytes, limits: _Limits) -> None:
     """A TIFF's IFD0 (`tiff_ifd`) checked before Pillow opens it: `max_pixels`, at most one strip
-    per row (per sample), tiles no larger than the image (rounded up to 16, as the format asks)
-    and no more of them than cover it. Returns what libtiff holds beyond the image: a JPEG-
-    compressed TIFF's coefficient buffer (2 bytes per sample), else 0."""
-    if data[:4] in BIGTIFF:
-        raise UnsupportedImage("BigTIFF is not decoded (classic TIFF is)")
+    per row (per sample), tiles no larger than `MAX_TIFF_TILE_SIDE` or the image (rounded up to
+    16) and no more of them than cover it."""
     layout = tiff_layout(data)
     if layout is None:
-        return 0
+        return
     width, height, samples = layout.width, layout.height, max(1, layout.samples)
     _check_pixels(width, height, limits.max_pixels)
     if samples > MAX_TIFF_SAMPLES:
         raise UnsupportedImage(f"TIFF has {samples} samples per pixel; at most {MAX_TIFF_SAMPLES} are decoded")
     if layout.tiles:
         tile_width, tile_length = layout.tile_width, layout.tile_length
-        if not (0 < tile_width <= -(-width // 16) * 16 and 0 < tile_length <= -(-height // 16) * 16):
+        if not (0 < tile_width <= max(-(-width // 16) * 16, MAX_TIFF_TILE_SIDE)
+                and 0 < tile_length <= max(-(-height // 16) * 16, MAX_TIFF_TILE_SIDE)):
             raise CorruptImage(f"TIFF has tiles of {tile_width}x{tile_length} for a {width}x{height} image")
         most = -(-width // tile_width) * -(-height // tile_length) * samples
     else:
@@ -383,7 +385,6 @@ def _check_tiff(data: bytes, limits: _Limits) -> int:
     if max(layout.strips, layout.tiles) > most:
         raise CorruptImage(f"TIFF declares {max(layout.strips, layout.tiles)} strips or tiles for a {width}x{height} "
                            f"image (at most {most})")
-    return width * height * samples * 2 if layout.compression in (6, 7) else 0
 
 
 def _stored_bytes_per_pixel(mode: str) -> int:

@@ -400,8 +400,9 @@ class TritonClassifier:
                         raise _server_error(rpc_error) from None
                 result = grpcclient.InferResult(response)
             except InferenceServerException as exc:
-                if self._shared is not None and is_missing_region(exc.message() or ""):
-                    self._shared.forget()  # Triton restarted: register again, then retry
+                shared = self._shared  # None once closed
+                if shared is not None and is_missing_region(exc.message() or ""):
+                    shared.forget()  # Triton restarted: register again, then retry
                     raise InferenceUnavailable(f"triton: {exc.message()}") from None
                 raise _translate(exc) from None
             values = result.as_numpy(output.tensor_name)

@@ -126,8 +126,12 @@ def _tiff_orientation(tiff: memoryview) -> int:
         if int.from_bytes(tiff[entry:entry + 2], order) == _ORIENTATION_TAG:
             # one SHORT or LONG (signed or not), left-justified in the value field: what the Pillow
             # path reads as an orientation (anything else it ignores, as this does)
+            # (of several, the first, as Pillow takes it)
             width = _INTEGER_WIDTHS.get(int.from_bytes(tiff[entry + 2:entry + 4], order))
             count = int.from_bytes(tiff[entry + 4:entry + 8], order)
-            value = int.from_bytes(tiff[entry + 8:entry + 8 + width], order) if width and count == 1 else 0
+            if not width or count < 1:
+                return 1
+            at = entry + 8 if width * count <= 4 else int.from_bytes(tiff[entry + 8:entry + 12], order)
+            value = int.from_bytes(tiff[at:at + width], order) if at + width <= len(tiff) else 0
             return value if 1 <= value <= 8 else 1
     return 1

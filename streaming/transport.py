@@ -63,7 +63,7 @@ MAX_FRAMING_BYTES = 1024 * 1024  # chunk-size and trailer lines of one body toge
 MAX_POOLS = 64  # hosts with pooled connections at once (hostile events may name many)
 USER_AGENT = "imgstream/0.1"
 _DIGITS = re.compile(r"[0-9]{1,18}")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")  # a chunk size
+_HEX = re.compile(rb"0*([0-9A-Fa-f]{1,15})")  # a chunk size: leading zeros, then at most 15 digits
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a field name (RFC 9110 section 5.1)
 _OWS = " \t"  # optional whitespace around a field value
 
@@ -180,9 +180,10 @@ class _BoundedResponse(http.client.HTTPResponse):
         if not line:
             raise ValueError("end of stream before a chunk size")  # http.client: IncompleteRead (retried)
         size = line.split(b";", 1)[0].strip(b" \t\r\n")
-        if not _HEX.fullmatch(size):
+        digits = _HEX.fullmatch(size)
+        if digits is None:
             raise ResponseRefused("response has a malformed chunk size")
-        return int(size, 16)
+        return int(digits.group(1), 16)
 
     def _read_and_discard_trailer(self) -> None:
         while self._framing_line("trailer") not in (b"\r\n", b"\n", b""):

@@ -128,7 +128,8 @@ def may_hold_user_info(uri: str) -> bool:
     head = _DROPPED.sub("", uri[:at])
     start = head.find("://")
     between = head[start + 3:] if start >= 0 else head
-    between = between[_LEADING.match(between).end():]
+    if head[:start].strip().lower() != "file":  # file:///a@2x.png: an empty authority, then a path
+        between = between[_LEADING.match(between).end():]
     return ":" in between or "@" in between or not _AUTHORITY_END.search(between)
 
 

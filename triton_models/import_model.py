@@ -43,6 +43,7 @@ VARIANT_SUFFIXES = ("_int8", "_plan")  # the names this module gives an import's
 CHECK_PHOTOS = 16
 MAX_VERSION = 2**63 - 1  # Triton parses version folders as int64
 MAX_LABEL_CHARS = 512  # x MAX_TOP_K labels of 4-byte characters: well within a result's 256 KiB
+_LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # C0/C1 controls but tab; LS, PS
 
 
 @dataclass(frozen=True)
@@ -76,18 +77,19 @@ def check_name(name: str) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
-    """One label per line (LF or CRLF; a UTF-8 byte order mark is dropped): printable, without
-    ':', at most MAX_LABEL_CHARS (the top MAX_TOP_K of them fit a result)."""
+    """One label per line (LF or CRLF; a UTF-8 byte order mark is dropped): without ':', control
+    characters (a tab aside) or line separators (which other readers split lines at: the labels
+    after one would shift), at most MAX_LABEL_CHARS (the top MAX_TOP_K of them fit a result)."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelImportError("labels", f"cannot read {path}: {exc}") from None
     labels = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
     for i, label in enumerate(labels, 1):
-        if not label.strip() or ":" in label or not label.isprintable() or len(label) > MAX_LABEL_CHARS:
+        if not label.strip() or ":" in label or _LINE_BREAKING.search(label) or len(label) > MAX_LABEL_CHARS:
             raise ModelImportError("labels", f"{path} line {i} is {label[:80]!r}: a label is a non-empty line of at "
-                                             f"most {MAX_LABEL_CHARS} printable characters without ':' (Triton "
-                                             "returns 'score:index:label')")
+                                             f"most {MAX_LABEL_CHARS} characters without ':' (Triton returns "
+                                             "'score:index:label'), control characters or line separators")
     return labels
 
 
@@ -135,7 +137,9 @@ def import_model(onnx_path: Path, *, name: str, contract: ModelContract, reposit
     if not check.batch_independent:
         raise ModelImportError("output", f"the model's output for a photo depends on the other photos of its batch "
                                          f"(alone against in a batch: max |diff| {check.batch_diff:.2e}); Triton "
-                                         "batches different requests together, so each would see the others")
+                                         "batches different requests together, so each would see the others. "
+                                         "A dynamically quantised model does this (its activation scales come "
+                                         "from the batch): import the float model and --calibrate instead")
 
     model_files = _labels_file(contract, label_list)
     cpu = CpuTarget(instances=instances, intra_op_threads=default_threads(instances), max_batch_size=max_batch_size)

@@ -202,8 +202,8 @@ def tiff_strip_bomb(strips: int = 5000) -> bytes:
 
 
 def bigtiff() -> bytes:
-    """A BigTIFF header (version 43, 8-byte offsets) and an empty first IFD."""
-    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 0) + b"\0" * 8
+    """A BigTIFF (version 43: 8-byte offsets and counts), as Pillow writes one."""
+    return save(picture(), "TIFF", big_tiff=True)
 
 
 def jpeg_extraneous(jpeg: bytes, junk: int = 70_000) -> bytes:

@@ -161,6 +161,7 @@ def test_results_always_encode_and_hide_user_info():
     ("https:////TOKEN@host.example/a.jpg", "https://***@host.example/a.jpg"),
     ("s3:///AKIAEXAMPLE@bucket/k.jpg", "s3://***@bucket/k.jpg"),
     ("https://images.example.com/a@b.jpg", "https://images.example.com/a@b.jpg"),
+    ("file:///srv/img@2x.png", "file:///srv/img@2x.png"), ("file:///img@2x.png", "file:///img@2x.png"),
 ])
 def test_redact_uri(uri, shown):
     assert redact_uri(uri) == shown

@@ -227,6 +227,12 @@ def test_a_model_whose_output_for_one_image_depends_on_its_batch_is_refused(pics
     ("cat\ndog\u2028x\nbird\nfish\n", "line 2"),
     ("cat\ndog\n\nfish\n", "line 3"),
     ("cat\n" + "d" * 513 + "\nbird\nfish\n", "line 2"),
+    ("cat\x85x\ndog\nbird\nfish\n", "line 1"),  # NEL: a C1 control that splitlines() breaks at
+    # real labels: a zero-width non-joiner (Persian), a no-break and an ideographic space, a soft
+    # hyphen, an emoji sequence, a tab
+    ("\u0645\u06cc\u200c\u0631\u0648\ndog\u00a0house\n\u96ea\u3000\u5c71\nfi\u00adsh\tx\n\U0001f468\u200d\U0001f469\n",
+     ["\u0645\u06cc\u200c\u0631\u0648", "dog\u00a0house", "\u96ea\u3000\u5c71", "fi\u00adsh\tx",
+      "\U0001f468\u200d\U0001f469"]),
 ])
 def test_labels_are_one_printable_line_each_or_refused_naming_the_line(tmp_path, text, labels):
     from triton_models.import_model import read_labels

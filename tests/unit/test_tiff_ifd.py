@@ -31,9 +31,33 @@ def test_hand_built_strip_and_tile_layouts():
         (16, 16, 8, 1, 64, 64)
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", make_images.bigtiff()])
-def test_other_formats_and_bigtiff_are_not_read(data):
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n"])
+def test_other_formats_are_not_read(data):
     assert tiff_layout(data) is None
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_a_bigtiff_is_read_as_pillow_reads_it(compression):
+    data = make_images.save(make_images.picture((300, 200)), "TIFF", big_tiff=True, compression=compression)
+    layout = tiff_layout(data)
+    with Image.open(io.BytesIO(data)) as opened:
+        assert (layout.width, layout.height, layout.samples) == (*opened.size, 3) and 1 <= layout.strips <= 200
+
+
+@pytest.mark.parametrize("side, tile", [(100, 256), (64, 128), (300, 256), (1000, 512), (16, 1024)])
+def test_tiles_larger_than_a_small_image_as_writers_make_them_decode(side, tile):
+    # GDAL writes 256x256 tiles, libvips 128x128, whatever the image's size
+    import zlib
+
+    from streaming.decode import decode_to_tensor
+
+    payload = zlib.compress(bytes(range(256)) * (tile * tile * 3 // 256))
+    tiles = (-(-side // tile)) ** 2
+    data = make_images.tiff_by_hand(side, side, 3, [(259, 3, [8]), (322, 4, [tile]), (323, 4, [tile]),
+                                                    (324, 4, [8] * tiles), (325, 4, [len(payload)] * tiles)], payload)
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()  # Pillow decodes it
+    assert decode_to_tensor(data, max_pixels=10**7).tensor.shape == (224, 224, 3)
 
 
 @settings(max_examples=300, deadline=None)
