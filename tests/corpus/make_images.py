@@ -201,6 +201,15 @@ def tiff_strip_bomb(strips: int = 5000) -> bytes:
     return tiff_by_hand(64, 64, 1, [(273, 4, [8] * strips), (278, 4, [1]), (279, 4, [1] * strips)], b"\0" * 16)
 
 
+def tiff_jpeg_scan_bomb(scans: int = 2000) -> bytes:
+    """A 160x120 TIFF compressed with JPEG (259 = 7) whose one strip is `scan_bomb(scans)`:
+    libtiff hands the strip to libjpeg, which stops at libtiff's cap of 100 scans a strip."""
+    pic = picture()
+    strip = scan_bomb(scans, pic)
+    return tiff_by_hand(*pic.size, 3, [(259, 3, [7]), (262, 3, [6]), (273, 4, [8]), (278, 4, [pic.size[1]]),
+                                       (279, 4, [len(strip)]), (530, 3, [2, 2])], strip)
+
+
 def bigtiff() -> bytes:
     """A BigTIFF (version 43: 8-byte offsets and counts), as Pillow writes one."""
     return save(picture(), "TIFF", big_tiff=True)
@@ -276,6 +285,8 @@ def build() -> dict[str, bytes]:
         "bomb-tiff-tile-4096.tiff": tiff_tile_bomb(),
         "bomb-tiff-5000-strips.tiff": tiff_strip_bomb(),
         "bigtiff.tiff": bigtiff(),
+        "tiff-jpeg.tiff": save(pic, "TIFF", compression="jpeg"),
+        "scan-bomb-in-tiff-2000-scans.tiff": tiff_jpeg_scan_bomb(),
         "jpeg-70000-extraneous-bytes.jpg": jpeg_extraneous(baseline),
         "scan-bomb-2000-scans.jpg": scan_bomb(2000),
         "scan-bomb-2000-scans-rst0.jpg": rst0_after_soi(scan_bomb(2000)),
