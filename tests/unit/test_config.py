@@ -1,4 +1,6 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +230,10 @@ def test_secrets_stay_out_of_repr_but_travel_to_the_job():
     assert PASSWORD not in repr(config) and "kp-Canary" not in repr(config)
     round_trip = PipelineConfig.from_mapping(config.to_mapping())
     assert round_trip.kafka_sasl_password.value == PASSWORD and round_trip == config
+
+
+def test_every_field_is_in_the_readme_configuration_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| field | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    named = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert named == set(field_types())
