@@ -11,8 +11,9 @@ workers), sends it the bytes and waits for the tensor with a wall-clock deadline
 its place (it becomes ready in the background) and `DecodeTimeout` is raised: within
 `max_decode_ms` plus the time to kill a process. A worker that dies mid-decode (a crash in a C
 decoder, the kernel's OOM killer) is replaced and the image is tried once more on the fresh
-one; if that one dies too, the image is `CorruptImage`. Each worker caps its own memory
-(`decoder_worker.limit_memory`).
+one; if that one dies too, the image is `CorruptImage`. A worker that failed is never used
+again; when its successor cannot start (EAGAIN, EMFILE), the slot starts one at its next image.
+Each worker caps its own memory (`decoder_worker.limit_memory`).
 
 Transfer: each worker has its own shared-memory buffer (a memfd, `SHARED_BYTES`); the image is
 copied into it and the tensor out of it, and only small JSON headers cross the pipes (larger
@@ -67,6 +68,14 @@ class _Expired(Exception):
 
 class _Died(Exception):
     """The worker's pipe closed: it exited or was killed."""
+
+
+class _Refused(ValueError):
+    """The worker's own answer to bad arguments (`value_error`): it read them whole and stays."""
+
+
+_VACANT = None  # a slot whose successor could not start (EAGAIN, EMFILE): started when next taken
+_CLOSED = object()  # in the idle queue once the pool is closed
 
 
 @dataclass(eq=False)  # identity: a worker is one process
@@ -164,7 +173,8 @@ class DecoderPool:
         self.startup_timeout_s = startup_timeout_s
         self.shared_bytes = min(shared_bytes, max_request_bytes)
         self.replaced = 0  # workers killed at the deadline or found dead
-        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()  # in C: no Condition per hand-off
+        # a worker or _VACANT per slot, and _CLOSED once closed. In C: no Condition per hand-off
+        self._idle: queue.SimpleQueue[_Worker | object | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._live: set[_Worker] = set()
         self._closed = False
@@ -186,35 +196,41 @@ class DecoderPool:
         try:
             for attempt in (1, 2):  # a second time, on a fresh worker, only when the first one died
                 try:
+                    if worker is _VACANT:
+                        worker = self._spawn()
                     return self._decode_on(worker, header, data, size)
-                except (PipelineError, ValueError):  # the worker's own answer, read whole: it stays
+                except (PipelineError, _Refused):  # the worker's own answer, read whole: it stays
                     raise
                 except _Died as died:
-                    worker = self._replace(worker, kill=True)
+                    worker = self._retire(worker)
+                    self._check_open()
                     if attempt == 2:
                         raise CorruptImage(f"the decoder process died twice on this image ({died})") from None
                     log.warning("decoder process died (%s); trying the image on a fresh one", died)
                 except _Expired:
-                    worker = self._replace(worker, kill=True)
+                    worker = self._retire(worker)
                     raise DecodeTimeout(f"decoding took longer than max_decode_ms={self.max_decode_ms}; "
                                         "the decoder process was stopped") from None
                 except BaseException:  # did not start, or anything else mid-exchange: never reused
-                    worker = self._replace(worker, kill=True)
+                    worker = self._retire(worker)
+                    self._check_open()  # close() stopped it mid-decode: say so, not what broke
                     raise
             raise AssertionError("unreachable")
         finally:
-            self._idle.put(worker)
+            self._give_back(worker)
 
     def wait_ready(self) -> None:
         """Block until every worker has started (the pool is idle)."""
         taken = [self._take() for _ in range(self.workers)]
         try:
-            for worker in taken:
+            for index, worker in enumerate(taken):
+                if worker is _VACANT:
+                    worker = taken[index] = self._spawn()
                 if not worker.ready:
                     self._await_ready(worker)
         finally:
             for worker in taken:
-                self._idle.put(worker)
+                self._give_back(worker)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -228,15 +244,32 @@ class DecoderPool:
         return total + sum(_process_cpu_s(w.pid) for w in live)
 
     def close(self) -> None:
-        """Stop every worker (EOF, then SIGKILL after CLOSE_TIMEOUT_S) and reap it."""
+        """Stop every idle worker (EOF, then SIGKILL after CLOSE_TIMEOUT_S) and reap it; kill the
+        busy ones, whose callers see the end of their pipe and reap them (their pipes and buffer
+        stay theirs until then: nothing is closed under a reading thread)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             live, self._live = list(self._live), set()
-        self._idle.put(None)  # wakes whoever waits for a slot: the pool is closed
+        idle = []
+        while True:
+            try:
+                idle.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        self._idle.put(_CLOSED)  # wakes whoever waits for a slot: the pool is closed
         for worker in live:
-            worker.stop(kill=False)
+            if any(worker is each for each in idle):
+                worker.stop(kill=False)
+            else:
+                worker.process.kill()
+
+    def _give_back(self, worker: _Worker | None) -> None:
+        if self._closed and worker is not _VACANT:
+            worker.stop(kill=True)  # close() left it to its caller
+        else:
+            self._idle.put(worker)
 
     def __enter__(self) -> "DecoderPool":
         return self
@@ -245,12 +278,17 @@ class DecoderPool:
         self.close()
 
     # -- the workers ------------------------------------------------------------------
-    def _take(self) -> _Worker:
+    def _take(self) -> _Worker | None:
+        """An idle worker, or _VACANT (the caller starts one)."""
         worker = self._idle.get()
-        if worker is None or self._closed:
-            self._idle.put(None)
+        if worker is _CLOSED or self._closed:
+            self._idle.put(_CLOSED)
             raise RuntimeError("the decoder pool is closed")
-        return worker
+        return worker  # type: ignore[return-value]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the decoder pool is closed")
 
     def _decode_on(self, worker: _Worker, header: dict, data: bytes, size: int) -> DecodedImage:
         if not worker.ready:
@@ -275,7 +313,7 @@ class DecoderPool:
             raise _Died(f"worker sent a malformed reply ({type(exc).__name__})") from None
         if failed:
             if code == "value_error":
-                raise ValueError(message)
+                raise _Refused(message)
             raise (_ERRORS.get(code, CorruptImage) if isinstance(code, str) else CorruptImage)(message)
         if shape != (size, size, 3) or len(body) != size * size * 3:
             raise _Died(f"worker sent a tensor of shape {shape} and {len(body)} bytes")
@@ -304,6 +342,10 @@ class DecoderPool:
         try:
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                        close_fds=True, pass_fds=(fd,) if fd is not None else ())
+        except OSError as exc:  # EAGAIN (pids limit), ENOMEM, EMFILE: the slot stays vacant
+            if shared is not None:
+                shared.close()
+            raise RuntimeError(f"could not start a decoder process: {exc}") from None
         finally:
             if fd is not None:
                 os.close(fd)  # the mapping (here) and the child's copy of the fd keep it alive
@@ -318,16 +360,25 @@ class DecoderPool:
             worker.stop(kill=True)
         return worker
 
-    def _replace(self, worker: _Worker, *, kill: bool) -> _Worker:
-        cpu = _process_cpu_s(worker.pid)
-        worker.stop(kill=kill)
-        with self._lock:
-            self._live.discard(worker)
-            self._exited_cpu_s += cpu
-            self.replaced += 1
-        if worker.process.returncode not in (0, -signal.SIGKILL):
-            log.warning("decoder process %d exited with %s", worker.pid, worker.process.returncode)
-        return self._spawn()
+    def _retire(self, worker: _Worker | None) -> _Worker | None:
+        """Kill `worker` (never reused) and start its successor now, so that it gets ready in
+        the background; _VACANT when none can start now (the slot tries again when next taken)."""
+        if worker is not _VACANT:
+            cpu = _process_cpu_s(worker.pid)
+            worker.stop(kill=True)
+            with self._lock:
+                self._live.discard(worker)
+                self._exited_cpu_s += cpu
+                self.replaced += 1
+            if worker.process.returncode not in (0, -signal.SIGKILL):
+                log.warning("decoder process %d exited with %s", worker.pid, worker.process.returncode)
+        if self._closed:
+            return _VACANT
+        try:
+            return self._spawn()
+        except RuntimeError as exc:
+            log.warning("%s; the slot tries again at its next image", exc)
+            return _VACANT
 
 
 @functools.lru_cache(maxsize=64)
@@ -342,7 +393,10 @@ def _shared_buffer(size: int) -> tuple[int | None, mmap.mmap | None]:
     tensor copy out instead of two trips through the kernel's pipe pages (~1 ms a 1080p JPEG)."""
     if not hasattr(os, "memfd_create") or size <= 0:
         return None, None
-    fd = os.memfd_create("imgstream-decoder", 0)  # not inheritable; passed explicitly
+    try:
+        fd = os.memfd_create("imgstream-decoder", 0)  # not inheritable; passed explicitly
+    except OSError:  # EMFILE, ENOMEM: the pipe carries the images
+        return None, None
     try:
         os.ftruncate(fd, size)
         return fd, mmap.mmap(fd, size)

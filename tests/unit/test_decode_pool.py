@@ -18,6 +18,7 @@ from PIL import Image
 
 from streaming.contract import Resize
 from streaming.decode import decode_to_tensor
+from streaming import decoder_pool
 from streaming.decoder_pool import DecoderPool
 from streaming.errors import CorruptImage, DecodeTimeout, ImageTooLarge, UnsupportedImage
 from tests.corpus import make_images
@@ -134,6 +135,52 @@ def test_a_worker_killed_mid_decode_costs_no_request():
             timer.cancel()
         assert decoded.tensor.shape == (224, 224, 3)
         assert pool.replaced == 1 and not alive(victim)
+
+
+def test_a_worker_that_cannot_be_replaced_leaves_its_slot_to_start_one_later(monkeypatch):
+    # EAGAIN (a pids limit), ENOMEM or EMFILE once, as the dead worker is replaced: the request gets
+    # a typed error and the slot starts a worker at its next image (the dead one was put back before)
+    with DecoderPool(1, max_decode_ms=30_000) as pool:
+        pool.wait_ready()
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        popen, failures = subprocess.Popen, []
+
+        def fails_three_times(*args, **kwargs):  # the replacement, the retry's, the retry's replacement
+            if len(failures) < 3:
+                failures.append(args)
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return popen(*args, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", fails_three_times)
+        with pytest.raises(RuntimeError, match="could not start a decoder process"):
+            pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+        assert pool.pids() == [] and not alive(victim)
+        for _ in range(3):
+            assert pool.decode(good_jpeg(), max_pixels=MAX_PIXELS).tensor.shape == (224, 224, 3)
+        assert len(pool.pids()) == 1 and len(failures) == 3
+
+
+def test_close_during_a_decode_gives_its_caller_a_closed_pool_and_reaps_the_worker(monkeypatch):
+    monkeypatch.setattr(decoder_pool, "CLOSE_TIMEOUT_S", 0.05)  # shorter than the decode: it is cut
+    data = make_images.scan_bomb(499, make_images.picture((6000, 4500)))  # decodes for seconds
+    pool = DecoderPool(2, max_decode_ms=60_000)
+    pool.wait_ready()
+    pids, outcome = pool.pids(), {}
+
+    def decode() -> None:
+        try:
+            outcome["value"] = pool.decode(data, max_pixels=SLOW_MAX_PIXELS)
+        except Exception as exc:  # noqa: BLE001 - the assertion reads it
+            outcome["value"] = exc
+
+    caller = threading.Thread(target=decode)
+    caller.start()
+    time.sleep(0.3)
+    pool.close()
+    caller.join(10)
+    assert isinstance(outcome["value"], RuntimeError) and "closed" in str(outcome["value"])
+    assert not any(alive(pid) for pid in pids)
 
 
 def solid_png(side: int, color: tuple[int, int, int]) -> bytes:
