@@ -130,7 +130,10 @@ class S3Getter:
             if self._credentials is None:
                 self._credentials = self._find_credentials()
             credentials = self._credentials
-        frozen = credentials.get_frozen_credentials()  # refreshes temporary credentials when due
+        try:
+            frozen = credentials.get_frozen_credentials()  # refreshes temporary credentials when due
+        except Exception as exc:  # noqa: BLE001 - botocore's refresh: a role's endpoint away or refusing
+            raise Transient(f"refreshing the S3 credentials failed ({type(exc).__name__})") from None
         if not frozen.access_key or not frozen.secret_key:
             raise AccessDenied("no S3 credentials found (config or the standard AWS chain)")
         return frozen

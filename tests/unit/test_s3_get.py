@@ -3,15 +3,19 @@ scripted stand-in S3 on loopback. The real S3 server is exercised by
 tests/integration/test_fetch_s3.py; deadlines against trickling servers by test_deadline.py."""
 from __future__ import annotations
 
+import datetime
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import botocore.session
 import pytest
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import CredentialRetrievalError
 
 from streaming.config import PipelineConfig, Secret
-from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, ObjectTooLarge
+from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, ObjectTooLarge, Retryable
 from streaming.fetch import Fetcher
 from streaming.uris import ObjectRef
 
@@ -259,6 +263,24 @@ def test_no_credentials_anywhere_is_access_denied(stand_in, monkeypatch, tmp_pat
             pytest.raises(AccessDenied, match="no S3 credentials"):
         fetcher.fetch(s3ref("ok"))
     assert stand_in.requests == {}
+
+
+def test_a_failed_refresh_of_temporary_credentials_is_retried_then_fetch_failed(stand_in, monkeypatch):
+    # a container or instance role's credentials expire; their endpoint is away when they are due
+    refreshes = []
+
+    def refresh() -> dict:
+        refreshes.append(1)
+        raise CredentialRetrievalError(provider="container-role", error_msg="the endpoint timed out")
+
+    long_ago = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    expired = RefreshableCredentials(ACCESS_KEY, SECRET_KEY, "token", long_ago, refresh, "container-role")
+    monkeypatch.setattr(botocore.session.Session, "get_credentials", lambda self: expired)
+    stand_in.requests.clear()
+    with Fetcher(PipelineConfig(s3_endpoint=stand_in.endpoint, fetch_retries=2), sleep=lambda s: None) as fetcher, \
+            pytest.raises(FetchFailed, match="refreshing the S3 credentials failed") as failed:
+        fetcher.fetch(s3ref("ok"))
+    assert isinstance(failed.value, Retryable) and len(refreshes) == 3 and stand_in.requests == {}
 
 
 def test_unreachable_s3_is_fetch_failed_without_credentials_in_message():
