@@ -1,16 +1,18 @@
 """A bounded cache of decoded model inputs, for workloads where the same images come back.
 
-`DecodedImageCache` is an LRU bounded by bytes (each entry costs its tensor's bytes plus a
-fixed overhead), keyed by the object's URI and version (its ETag) and the `contract.Resize` that
-made it. An
-object the store gives no ETag for is never cached: without a validator, a same-size
-replacement would be served stale (the length was the key once). It is off by default (`max_bytes=0`). Counters: hits,
+`DecodedImageCache` is an LRU bounded by bytes (each entry costs its tensor's bytes, its key's
+strings and a fixed overhead: `entry_cost`), keyed by the object's URI and version (its ETag)
+and the `contract.Resize` that made it. An object the store gives no ETag for, or one longer than
+`MAX_ETAG_CHARS` (an http server writes what it likes there), is never cached: without a
+validator, a same-size replacement would be served stale (the length was the key once). It is
+off by default (`max_bytes=0`). Counters: hits,
 misses, evictions (dropped for room) and replaced (an older version of the same object).
 
 `streaming.prepare.fetch_decode` is the path through it, from a ref to a model input.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from streaming.decode import DecodedImage
 from streaming.fetch import FetchedObject
 
 DEFAULT_CACHE_BYTES = 0  # off; PipelineConfig.cache_bytes sets it
-ENTRY_OVERHEAD_BYTES = 512  # the record, its key and the index entries, roughly
+ENTRY_OVERHEAD_BYTES = 512  # the record, the key's object and the index entries, roughly
+MAX_ETAG_CHARS = 256  # S3's are 34; longer ones are not cached (each would hold its length in memory)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,14 @@ class CacheKey:
     @classmethod
     def of(cls, fetched: FetchedObject, resize: Resize) -> "CacheKey | None":
         """The key of this version of the object; None when the store gave no ETag (not cacheable)."""
-        if not fetched.etag:
+        if not fetched.etag or len(fetched.etag) > MAX_ETAG_CHARS:
             return None
         return cls(fetched.uri, fetched.etag, resize)
+
+
+def entry_cost(key: CacheKey, image: DecodedImage) -> int:
+    """The bytes an entry holds: its tensor, its URI and ETag (up to 8 KiB and 256 characters)."""
+    return image.tensor.nbytes + sys.getsizeof(key.uri) + sys.getsizeof(key.version) + ENTRY_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class DecodedImageCache:
 
     def put(self, key: CacheKey, image: DecodedImage) -> bool:
         """Store an image, evicting least recently used ones to make room; False if it can't fit."""
-        cost = image.tensor.nbytes + ENTRY_OVERHEAD_BYTES
+        cost = entry_cost(key, image)
         if not self.enabled or cost > self.max_bytes:
             return False
         with self._lock:

@@ -7,12 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from streaming.cache import DEFAULT_CACHE_BYTES, ENTRY_OVERHEAD_BYTES, CacheKey, DecodedImageCache
+from streaming.cache import DEFAULT_CACHE_BYTES, MAX_ETAG_CHARS, CacheKey, DecodedImageCache, entry_cost
 from streaming.contract import Resize
 from streaming.decode import DecodedImage
-
-ENTRY = 224 * 224 * 3 + ENTRY_OVERHEAD_BYTES
-
+from streaming.fetch import FetchedObject
 
 def image(value: int = 0) -> DecodedImage:
     tensor = np.full((224, 224, 3), value, dtype=np.uint8)
@@ -22,6 +20,25 @@ def image(value: int = 0) -> DecodedImage:
 
 def key(uri: str, version: str = "etag1", resize: Resize = Resize(224)) -> CacheKey:
     return CacheKey(uri, version, resize)
+
+
+ENTRY = entry_cost(key("a"), image())  # of every one-letter URI
+
+
+def test_an_entry_costs_its_key_too():
+    # 8,192-character URIs and 256-character ETags on small inputs: the strings are what they hold
+    small = DecodedImage(np.zeros((32, 32, 3), np.uint8), 32, 32, 1.0, 0.5, "turbojpeg")
+    cache = DecodedImageCache(1 << 20)
+    for n in range(400):
+        cache.put(CacheKey(f"s3://b/{n:05}" + "k" * 8_180, "e" * MAX_ETAG_CHARS, Resize(32)), small)
+    stats = cache.stats()
+    assert stats.bytes <= stats.max_bytes and stats.entries * (8_192 + MAX_ETAG_CHARS) <= stats.max_bytes
+    assert stats.entries < 400 and stats.evictions == 400 - stats.entries
+
+
+def test_an_etag_too_long_to_keep_is_not_cached():
+    assert CacheKey.of(FetchedObject("s3://b/a", b"jpeg", "e" * (MAX_ETAG_CHARS + 1), 1.0), Resize(224)) is None
+    assert CacheKey.of(FetchedObject("s3://b/a", b"jpeg", "e" * MAX_ETAG_CHARS, 1.0), Resize(224)) is not None
 
 
 def test_off_by_default():
@@ -108,8 +125,8 @@ def test_threads_share_it_safely():
     def work(offset: int) -> None:
         for i in range(200):
             n = (i + offset) % 40
-            if cache.get(key(str(n))) is None:
-                cache.put(key(str(n)), images[n])
+            if cache.get(key(chr(65 + n))) is None:  # one-letter URIs: each costs ENTRY
+                cache.put(key(chr(65 + n)), images[n])
 
     threads = [threading.Thread(target=work, args=(k * 7,)) for k in range(4)]
     for t in threads:
