@@ -131,7 +131,7 @@ def environment(config: PipelineConfig) -> StreamExecutionEnvironment:
     settings.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     settings.set_string("python.fn-execution.bundle.size", str(config.bundle_size))
     settings.set_string("python.fn-execution.bundle.time", str(config.bundle_time_ms))
-    settings.set_string("execution.checkpointing.timeout", "5 min")
+    settings.set_string("execution.checkpointing.timeout", f"{config.checkpoint_timeout_ms} ms")
     settings.set_string("execution.checkpointing.min-pause", f"{config.checkpoint_interval_ms // 2} ms")
     env = StreamExecutionEnvironment.get_execution_environment(settings)
     env.set_parallelism(config.parallelism)

@@ -37,6 +37,7 @@ POSITIVE_FIELDS = frozenset({
     "infer_concurrency", "request_timeout_s", "max_in_flight", "parallelism", "checkpoint_interval_ms",
     "bundle_size", "bundle_time_ms", "transaction_timeout_ms"})
 MAX_SECONDS = 86_400
+CHECKPOINT_TIMEOUT_MS = 5 * 60 * 1000  # the least; see PipelineConfig.checkpoint_timeout_ms
 JAVA_INT_FIELDS = frozenset({"parallelism", "max_in_flight", "bundle_size"})  # Flink reads them as Java ints
 JAVA_INT_MAX = 2**31 - 1
 # Names and addresses that are never empty nor padded with blanks (a `--set model_name= x` typo)
@@ -154,8 +155,12 @@ class PipelineConfig:
         if self.delivery_guarantee not in ("exactly_once", "at_least_once"):
             raise ConfigError("delivery_guarantee",
                               f"must be exactly_once|at_least_once, got {self.delivery_guarantee!r}")
-        if self.transaction_timeout_ms <= self.checkpoint_interval_ms:
-            raise ConfigError("transaction_timeout_ms", "must exceed checkpoint_interval_ms")
+        if self.delivery_guarantee == "exactly_once" and (
+                self.transaction_timeout_ms <= self.checkpoint_interval_ms + self.checkpoint_timeout_ms):
+            raise ConfigError("transaction_timeout_ms", "must exceed checkpoint_interval_ms + the checkpoint timeout "
+                                                        f"({self.checkpoint_interval_ms} + {self.checkpoint_timeout_ms} "
+                                                        "ms): a transaction is open until the next checkpoint completes, "
+                                                        "and the broker aborts one that outlives it")
         if self.kafka_sasl_username and not self.kafka_sasl_mechanism:
             raise ConfigError("kafka_sasl_username", "needs kafka_sasl_mechanism")
         if self.start_from not in ("committed", "earliest", "latest"):
@@ -192,6 +197,12 @@ class PipelineConfig:
         if self.malloc_keep_bytes and not MIN_KEEP_BYTES <= self.malloc_keep_bytes <= MAX_KEEP_BYTES:
             raise ConfigError("malloc_keep_bytes", f"must be 0 (glibc's own thresholds) or {MIN_KEEP_BYTES} "
                                                    f"to {MAX_KEEP_BYTES} (1 to 32 MiB), got {self.malloc_keep_bytes}")
+
+    @property
+    def checkpoint_timeout_ms(self) -> int:
+        """Flink's checkpoint timeout: 5 min, or longer than a request may take, since a checkpoint
+        waits for the requests in flight (PyFlink's async operator drains them at the barrier)."""
+        return max(CHECKPOINT_TIMEOUT_MS, round(self.request_timeout_s * 1000) + 60_000)
 
     def kafka_client_properties(self) -> dict[str, str]:
         """Security settings for the Java Kafka clients (Flink's connector); kafka-python's

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import (KAFKA_SHADED_PREFIX, MAX_SECONDS, POSITIVE_FIELDS, TOOL_ENV_VARIABLES, ConfigError,
-                              PipelineConfig, Secret, field_types)
+from streaming.config import (CHECKPOINT_TIMEOUT_MS, KAFKA_SHADED_PREFIX, MAX_SECONDS, POSITIVE_FIELDS,
+                              TOOL_ENV_VARIABLES, ConfigError, PipelineConfig, Secret, field_types)
 from streaming.stack.layout import ENV_VARIABLES as STACK_ENV_VARIABLES
 from tests.kafka_support import PASSWORD, sasl
 
@@ -113,13 +113,22 @@ def test_other_numbers_refuse_negatives_and_accept_zero(name):
 @pytest.mark.parametrize("name", DURATIONS)
 def test_durations_are_at_most_a_day(name):
     limit = MAX_SECONDS if name.endswith("_s") else MAX_SECONDS * 1000
-    # transaction_timeout_ms must exceed checkpoint_interval_ms: keep the pair consistent
-    base = {"transaction_timeout_ms": str(limit)} if name == "checkpoint_interval_ms" else {}
-    base = {**base, name: str(limit - 1)} if name == "checkpoint_interval_ms" else {**base, name: str(limit)}
-    assert getattr(PipelineConfig.from_mapping(base), name) == int(base[name]) or math.isclose(
-        getattr(PipelineConfig.from_mapping(base), name), float(base[name]))
+    base = {"delivery_guarantee": "at_least_once", name: str(limit)}  # exactly-once ties three together: below
+    assert math.isclose(getattr(PipelineConfig.from_mapping(base), name), limit)
     with pytest.raises(ConfigError, match=f"^{name}: must be at most {limit}"):
         PipelineConfig.from_mapping({**base, name: str(limit + 1)})
+
+
+def test_exactly_once_transactions_outlive_the_interval_and_a_checkpoint_that_waits_for_requests():
+    assert PipelineConfig().checkpoint_timeout_ms == CHECKPOINT_TIMEOUT_MS == 300_000
+    assert PipelineConfig(request_timeout_s=600).checkpoint_timeout_ms == 660_000  # the drain waits for requests
+    with pytest.raises(ConfigError, match=r"^transaction_timeout_ms: must exceed checkpoint_interval_ms \+ the "
+                                          r"checkpoint timeout \(2000 \+ 660000 ms\)"):
+        PipelineConfig(request_timeout_s=600, transaction_timeout_ms=600_000)
+    with pytest.raises(ConfigError, match="^transaction_timeout_ms"):
+        PipelineConfig(transaction_timeout_ms=302_000)
+    assert PipelineConfig(transaction_timeout_ms=302_001).transaction_timeout_ms == 302_001
+    assert PipelineConfig(request_timeout_s=600, transaction_timeout_ms=600_000, delivery_guarantee="at_least_once")
 
 
 @pytest.mark.parametrize("values, field", [
