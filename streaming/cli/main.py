@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import urllib.error
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from flink_jobs import JOB_NAME
 from streaming.cli.bench import bench_app
@@ -19,14 +21,6 @@ from streaming.stack import stack as local_stack
 from streaming.stack.job_config import stack_config
 from streaming.stack.layout import StackLayout
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-stack_app = typer.Typer(no_args_is_help=True, help="The local single-node stack on loopback.")
-job_app = typer.Typer(no_args_is_help=True, help="The PyFlink job on the session cluster.")
-app.add_typer(stack_app, name="stack")
-app.add_typer(job_app, name="job")
-app.add_typer(models_app, name="models")
-app.add_typer(bench_app, name="bench")
-
 
 def _layout() -> StackLayout:
     return StackLayout.from_env()
@@ -34,6 +28,49 @@ def _layout() -> StackLayout:
 
 def _echo(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def _failure(exc: BaseException, layout: StackLayout) -> str | None:
+    """The one line for an ordinary failure (a service that does not answer or refuses, a job
+    that does not run); None for anything else, a bug, whose traceback is worth seeing."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kafka.errors import KafkaError
+
+    if isinstance(exc, urllib.error.HTTPError):  # e.g. 404: no job with that id
+        return f"Flink REST API {exc.url}: {exc}"
+    if isinstance(exc, urllib.error.URLError):  # the CLI's only HTTP client is the Flink REST one
+        return f"Flink REST API at {layout.flink_rest}: {exc.reason}"
+    if isinstance(exc, KafkaError):
+        return f"Kafka at {layout.kafka_bootstrap}: {exc}"
+    if isinstance(exc, (BotoCoreError, ClientError)):
+        return f"S3 at {layout.s3_endpoint}: {exc}"
+    if isinstance(exc, jobs.JobError):
+        return f"Flink: {exc}"
+    return None
+
+
+class _Commands(TyperGroup):
+    """Every command runs inside `invoke`: an ordinary failure ends as `imgstream: <what>: <reason>`
+    on stderr and exit 1, not a traceback."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = _failure(exc, _layout())
+            if message is None:
+                raise
+            _echo(f"imgstream: {message}")
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, cls=_Commands)
+stack_app = typer.Typer(no_args_is_help=True, help="The local single-node stack on loopback.")
+job_app = typer.Typer(no_args_is_help=True, help="The PyFlink job on the session cluster.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(job_app, name="job")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
 
 
 @stack_app.command("up")
@@ -98,6 +135,24 @@ def _checked_config(layout: StackLayout, settings: list[str] | None, create_topi
     return config
 
 
+def _submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str, wait: bool) -> str:
+    """Submit the job; with `wait`, until it runs (cancelled if it does not). Refused (exit 2) while
+    a job of the same name may still run: Flink's KafkaSource reads every partition whatever its
+    consumer group, so a second job on the same topics writes a second result for every request
+    (and with exactly_once the two fence each other's transactions). Jobs on other topics run
+    under other names."""
+    live = [j for j in jobs.cancellable(jobs.list_jobs(layout)) if j.name == name]
+    if live:
+        listed = ", ".join(f"{j.id} ({j.state})" for j in live)
+        _echo(f"imgstream: a job named {name!r} already runs on {layout.flink_rest}: {listed}; a second one "
+              "on the same topics would write a second result for every request. Cancel it first "
+              "(imgstream job cancel JOB_ID), or give a job on other topics another --name")
+        raise typer.Exit(2)
+    if wait:
+        return jobs.submit_running(layout, config, connector_jar, name)
+    return jobs.submit(layout, config, connector_jar, name)
+
+
 @job_app.command("submit")
 def job_submit(name: str = JOB_NAME,
                setting: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE config override"),
@@ -105,14 +160,12 @@ def job_submit(name: str = JOB_NAME,
                                                   help="Create requests_topic/results_topic if they do not exist."),
                wait: bool = typer.Option(True, help="Wait until every task runs.")) -> None:
     """Check the configuration (Kafka topics, Triton model), then submit the classify job to the
-    session cluster; prints its id."""
+    session cluster; prints its id. Refused while a job of the same name may still run (`job list`,
+    `job cancel`); a job that does not come up is cancelled."""
     layout = _layout()
     config = _checked_config(layout, setting, create_topics)
     prepared = local_stack.prepare(layout)
-    job_id = jobs.submit(layout, config, prepared.connector_jar, name)
-    if wait:
-        jobs.wait_running(layout, job_id)
-    typer.echo(job_id)
+    typer.echo(_submit(layout, config, prepared.connector_jar, name, wait))
 
 
 @job_app.command("list")
@@ -161,7 +214,7 @@ def _expand(layout: StackLayout, uris: list[str]) -> list[str]:
 
 @app.command()
 def publish(uris: Optional[List[str]] = typer.Argument(None, help="URIs; s3://bucket/prefix/ means every object under it"),
-            from_file: Optional[Path] = typer.Option(None, help="One URI per line"),
+            from_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="One URI per line"),
             topic: Optional[str] = None) -> None:
     """Publish one request event per URI; prints each event as JSON."""
     layout = _layout()
@@ -209,14 +262,14 @@ def demo(timeout: float = 300.0) -> None:
     """Stack up, job submitted, every sample photo published, predictions printed."""
     layout = _layout()
     prepared = local_stack.up(layout, log=_echo)
-    running = [j for j in jobs.list_jobs(layout) if j.state == "RUNNING" and j.name == JOB_NAME]
-    if running:
-        _echo(f"job already running: {running[0].id}")
+    ours = [j for j in jobs.cancellable(jobs.list_jobs(layout)) if j.name == JOB_NAME]
+    if ours:  # running, or still starting or restarting
+        _echo(f"job already there: {ours[0].id} ({ours[0].state})")
+        jobs.wait_running(layout, ours[0].id)
     else:
         _echo("submitting the job ...")
-        job_id = jobs.submit(layout, _checked_config(layout, None, create_topics=True), prepared.connector_jar,
-                             JOB_NAME)
-        jobs.wait_running(layout, job_id)
+        job_id = _submit(layout, _checked_config(layout, None, create_topics=True), prepared.connector_jar,
+                         JOB_NAME, wait=True)
         _echo(f"job {job_id} running; Flink web UI: {layout.flink_rest}/#/job/running")
     uris = _expand(layout, [f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}"])
     uris.append(f"s3://{layout.bucket}/{local_stack.SAMPLES_PREFIX}does-not-exist.jpg")

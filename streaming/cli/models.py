@@ -2,14 +2,33 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
 from streaming.stack.layout import StackLayout
 
 models_app = typer.Typer(no_args_is_help=True, help="The Triton model repositories.")
+
+
+def _variants(text: str | None, default: tuple):
+    """The variants named in `--variants` (default: `default`); an unknown name is a usage error."""
+    from triton_models import build
+
+    try:
+        return build.parse_variants(text, default)
+    except KeyError as exc:
+        raise typer.BadParameter(exc.args[0], param_hint="--variants") from None
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    """`--batches` 1,8,32 as numbers."""
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated whole numbers, not {text!r}", param_hint="--batches") from None
 
 
 @models_app.command("build")
@@ -33,13 +52,13 @@ def models_build(
     if target == "cpu":
         repo = out or layout.model_repository
         build.build_repository(repo, store=store, instances=instances, max_batch_size=max_batch,
-                               variants=build.parse_variants(variants, LOCAL_VARIANTS))
+                               variants=_variants(variants, LOCAL_VARIANTS))
     elif target == "gpu":
         if out is None:
             raise typer.BadParameter("--target gpu needs --out DIR", param_hint="--out")
         repo = build.build_gpu_repository(out, store=store, gpus=gpus, instances_per_gpu=instances_per_gpu,
                                           max_batch_size=max_batch,
-                                          variants=build.parse_variants(variants, ALL_VARIANTS),
+                                          variants=_variants(variants, ALL_VARIANTS),
                                           plans=plans, engine_cache_dir=engine_cache_dir)
     else:
         raise typer.BadParameter("cpu or gpu", param_hint="--target")
@@ -65,9 +84,8 @@ def models_eval(
 
     layout = StackLayout.from_env()
     options = eval_report.EvalOptions(
-        variants=build.parse_variants(variants, ALL_VARIANTS),
-        batches=tuple(int(b) for b in batches.split(",")), concurrency=concurrency, rounds=rounds,
-        seconds=seconds, triton=not no_triton)
+        variants=_variants(variants, ALL_VARIANTS), batches=_batches(batches), concurrency=concurrency,
+        rounds=rounds, seconds=seconds, triton=not no_triton)
     ensure_samples(layout.samples_dir)
     report = eval_report.run(build.store_in(layout.root), layout.root / "eval" / "repository", options,
                              sample_folders=sample_folders(layout.samples_dir),
@@ -85,17 +103,22 @@ def models_eval(
 TRITON_TIMEOUT_S = 5.0
 
 
-def _triton(layout: StackLayout):
-    """The local Triton's gRPC client, or None when it does not answer."""
+@contextmanager
+def _triton(layout: StackLayout) -> Iterator:
+    """The local Triton's gRPC client, or None when it does not answer; closed on leaving."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(layout.triton_grpc)
     try:
-        client.is_server_live(client_timeout=TRITON_TIMEOUT_S)
-    except InferenceServerException:
-        return None
-    return client
+        try:
+            client.is_server_live(client_timeout=TRITON_TIMEOUT_S)
+        except InferenceServerException:
+            yield None
+        else:
+            yield client
+    finally:
+        client.close()
 
 
 def _s3_photos(layout: StackLayout, uri: str, folder: Path) -> Path:
@@ -141,6 +164,8 @@ def models_import(
                 if not folder.is_dir():
                     raise ModelImportError("calibrate", f"{folder} is not a folder")
                 calibration = contract_images.image_files(folder)
+                if not calibration:
+                    raise ModelImportError("calibrate", f"no images in {calibrate}")
             if calibration:
                 check_photos = calibration
             else:
@@ -155,21 +180,22 @@ def models_import(
             raise typer.Exit(2) from None
     for line in result.lines():
         typer.echo(line)
-    client = _triton(layout)
-    if client is None:
-        typer.echo(f"Triton ({layout.triton_grpc}) is not running: the model loads at the next `imgstream stack up`")
-        return
     from tritonclient.utils import InferenceServerException
 
-    for path in result.written:
-        if path.parent == layout.model_repository:
-            try:
-                client.load_model(path.name)
-            except InferenceServerException as exc:  # e.g. a Triton not in explicit model-control mode
-                typer.echo(f"Triton {layout.triton_grpc} did not load {path.name}: {exc.message()}; "
-                           "it loads at the next `imgstream stack up`", err=True)
-                raise typer.Exit(1) from None
-            typer.echo(f"loaded {path.name} (version {result.version}) into Triton {layout.triton_grpc}")
+    with _triton(layout) as client:
+        if client is None:
+            typer.echo(f"Triton ({layout.triton_grpc}) is not running: the model loads at the next "
+                       "`imgstream stack up`")
+            return
+        for path in result.written:
+            if path.parent == layout.model_repository:
+                try:
+                    client.load_model(path.name)
+                except InferenceServerException as exc:  # e.g. a Triton not in explicit model-control mode
+                    typer.echo(f"Triton {layout.triton_grpc} did not load {path.name}: {exc.message()}; "
+                               "it loads at the next `imgstream stack up`", err=True)
+                    raise typer.Exit(1) from None
+                typer.echo(f"loaded {path.name} (version {result.version}) into Triton {layout.triton_grpc}")
 
 
 @models_app.command("example")
@@ -222,16 +248,18 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="machine-read
     from streaming.contract import CONTRACT_PARAMETER
 
     layout = StackLayout.from_env()
-    client = _triton(layout)
-    if client is None:
-        typer.echo(f"imgstream: Triton ({layout.triton_grpc}) is not running; start it with `imgstream stack up`", err=True)
-        raise typer.Exit(1)
-    index = [MessageToDict(m, preserving_proto_field_name=True) for m in client.get_model_repository_index().models]
-    contracts = {}
-    for name in sorted({m["name"] for m in index if m.get("state") == "READY"}):
-        params = client.get_model_config(name).config.parameters
-        if CONTRACT_PARAMETER in params:
-            contracts[name] = params[CONTRACT_PARAMETER].string_value
+    with _triton(layout) as client:
+        if client is None:
+            typer.echo(f"imgstream: Triton ({layout.triton_grpc}) is not running; start it with `imgstream stack up`",
+                       err=True)
+            raise typer.Exit(1)
+        index = [MessageToDict(m, preserving_proto_field_name=True)
+                 for m in client.get_model_repository_index().models]
+        contracts = {}
+        for name in sorted({m["name"] for m in index if m.get("state") == "READY"}):
+            params = client.get_model_config(name).config.parameters
+            if CONTRACT_PARAMETER in params:
+                contracts[name] = params[CONTRACT_PARAMETER].string_value
     rows = model_table(index, contracts)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -24,6 +24,7 @@ JOB_SCRIPT = PROJECT_ROOT / "flink_jobs" / "classify.py"
 # to a job that may still run or restart.
 TERMINAL_STATES = frozenset({"FINISHED", "CANCELED", "FAILED", "SUSPENDED"})
 CHECK_TIMEOUT_S = 10.0
+SUBMIT_TIMEOUT_S = 300.0
 
 
 class JobError(RuntimeError):
@@ -81,6 +82,9 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
         admin = kafka_client(KafkaAdminClient, bootstrap_servers=config.kafka_bootstrap, client_id="imgstream-check",
                              bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
                              **client_security(config))
+    except ValueError as exc:  # kafka-python's parse of the address, e.g. a port that is not a number
+        raise ConfigError("kafka_bootstrap", f"{config.kafka_bootstrap!r} is not host:port[,host:port...]: "
+                                             f"{exc}") from None
     except (KafkaError, OSError) as exc:
         raise ConfigError("kafka_bootstrap", f"Kafka at {config.kafka_bootstrap} did not answer "
                                              f"({type(exc).__name__})") from None
@@ -168,7 +172,12 @@ def submit(layout: StackLayout, config: PipelineConfig, connector_jar: Path, nam
             f"-Dpipeline.name={name}", *restore,
             "--python", str(script), "--pyExecutable", python, "--pyClientExecutable", python,
             name, *args]
-    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=SUBMIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise JobError(f"flink run did not finish in {SUBMIT_TIMEOUT_S:.0f}s; see `imgstream job list` and "
+                       f"the Flink web UI at {layout.flink_rest}") from None
     found = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not found:
         raise JobError(f"flink run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -203,13 +212,20 @@ def submit_on_fresh_topics(layout: StackLayout, config: PipelineConfig, connecto
                                  consumer_group=prefix, transactional_id_prefix=prefix, start_from="earliest")
     kafka.ensure_topics(kafka_layout or layout, [config.requests_topic, config.results_topic],
                         max(layout.topic_partitions, config.parallelism))
-    job_id = submit(layout, config, connector_jar, prefix, script=script, args=args)
+    return RunningJob(submit_running(layout, config, connector_jar, prefix, script=script, args=args), config)
+
+
+def submit_running(layout: StackLayout, config: PipelineConfig, connector_jar: Path, name: str, *,
+                   script: Path = JOB_SCRIPT, args: Sequence[str] = ()) -> str:
+    """`submit`, then wait until the job runs; a job that does not (or a wait cut short) is cancelled,
+    so none is left behind to read the topics. Returns the job id."""
+    job_id = submit(layout, config, connector_jar, name, script=script, args=args)
     try:
         wait_running(layout, job_id)
     except BaseException:
         cancel_quietly(layout, job_id)
         raise
-    return RunningJob(job_id, config)
+    return job_id
 
 
 def list_jobs(layout: StackLayout) -> list[JobInfo]:

@@ -83,7 +83,8 @@ def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes | None], *
             security: Mapping[str, Any] | None = None, compression: str | None = None,
             max_request_bytes: int = 1024 * 1024) -> int:
     """Send events (dicts as JSON keyed by id, bytes as they are, None as a tombstone with an
-    empty key) and wait until the broker has them all.
+    empty key) and wait until the broker has them all; raises the first record's failure (e.g.
+    TopicAuthorizationFailedError, a KafkaError) rather than count a record the broker refused.
 
     `security`: kafka-python settings (`client_security(config)`, or the local stack's).
     `compression`: "gzip", "lz4", "zstd" or "snappy" batches (None: uncompressed).
@@ -91,18 +92,19 @@ def publish(bootstrap: str, topic: str, events: Iterable[dict | bytes | None], *
     producer = kafka_client(KafkaProducer, bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                             request_timeout_ms=15_000, max_block_ms=30_000, compression_type=compression,
                             max_request_size=max_request_bytes, **(security or {}))
-    count = 0
+    sent = []
     try:
         for event in events:
             if isinstance(event, dict):
-                producer.send(topic, value=json.dumps(event).encode(), key=event.get("id", "").encode())
+                sent.append(producer.send(topic, value=json.dumps(event).encode(), key=event.get("id", "").encode()))
             else:  # kafka-python needs a key or a value: a tombstone gets the empty key
-                producer.send(topic, value=event, key=b"" if event is None else None)
-            count += 1
+                sent.append(producer.send(topic, value=event, key=b"" if event is None else None))
         producer.flush(timeout=60)
+        for future in sent:  # flush() only logs a failed batch
+            future.get(timeout=0)
     finally:
         producer.close(timeout=10)
-    return count
+    return len(sent)
 
 
 def _report(description: str) -> None:
@@ -130,6 +132,8 @@ def read_results(bootstrap: str, topic: str, *, count: int | None = None, timeou
     try:
         while time.monotonic() < deadline and (count is None or seen < count):
             for message in consumer:
+                if time.monotonic() >= deadline:  # skipped records may keep coming
+                    break
                 result = _result(message, on_skipped)
                 if result is None or (ids is not None and result.get("id") not in ids):
                     continue

@@ -7,9 +7,10 @@ own kafka-python clients get theirs from the same config (`kafka_config` ->
 `streaming.ops.kafka_io.client_security`)."""
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping
 
-from streaming.config import ConfigError, PipelineConfig, Secret
+from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig, Secret
 from streaming.stack.layout import StackLayout
 
 
@@ -31,13 +32,16 @@ def kafka_config(layout: StackLayout) -> PipelineConfig:
     return PipelineConfig(**kafka_settings(layout))
 
 
-def stack_config(layout: StackLayout, settings: list[str] | None = None) -> PipelineConfig:
-    """The job's configuration for the local stack; `key=value` settings override."""
-    base = PipelineConfig.from_env(
-        **kafka_settings(layout), s3_endpoint=layout.s3_endpoint,
-        s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
-        allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc,
-    )
+def stack_config(layout: StackLayout, settings: list[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    """The job's configuration for the local stack: its endpoints, then `IMGSTREAM_*` variables
+    (`environ`, else the process's), then `key=value` settings, each over the one before."""
+    env = os.environ if environ is None else environ
+    stack = dict(**kafka_settings(layout), s3_endpoint=layout.s3_endpoint,
+                 s3_access_key=Secret(layout.s3_access_key), s3_secret_key=Secret(layout.s3_secret_key),
+                 allowed_buckets=(layout.bucket,), triton_grpc=layout.triton_grpc)
+    base = PipelineConfig.from_env(env, **{name: value for name, value in stack.items()
+                                           if ENV_PREFIX + name.upper() not in env})
     bad = [item for item in settings or [] if "=" not in item]
     if bad:
         raise ConfigError(bad[0], "--set expects KEY=VALUE")

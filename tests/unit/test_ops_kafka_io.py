@@ -1,15 +1,21 @@
 """kafka-python's keywords for a config's Kafka security settings (`client_security`); the
 settings' validation and the Java clients' properties: test_config.py; the local stack's SASL
-mode: test_stack_kafka.py. `kafka_client`: a client whose bootstrap fails leaves nothing open."""
+mode: test_stack_kafka.py. `kafka_client`: a client whose bootstrap fails leaves nothing open.
+`read_results` keeps its timeout on a busy topic; `publish` raises what the broker refused."""
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
+import types
 
 import psutil
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
+from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
+from kafka.structs import TopicPartition
 
 from streaming.config import PipelineConfig, Secret
 from streaming.ops import kafka_io
@@ -67,3 +73,68 @@ def test_kafka_python_checks_crcs_in_native_code():
     from kafka.record import _crc32c, util
     assert util.crc32c_c is not None, "kafka-python[crc32c] is not installed: CRCs are checked in pure Python"
     assert util.calc_crc32c(b"123456789") == _crc32c.crc(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+class _BusyConsumer:
+    """A topic where other requests' results, non-JSON records and tombstones arrive every 10 ms for `for_s`."""
+
+    def __init__(self, for_s: float):
+        self.for_s = for_s
+        self.closed = False
+
+    def __iter__(self):
+        end = time.monotonic() + self.for_s
+        values = [json.dumps({"id": "other"}).encode(), b"not json", None]
+        n = 0
+        while time.monotonic() < end:
+            time.sleep(0.01)
+            n += 1
+            yield types.SimpleNamespace(topic="t", partition=0, offset=n, value=values[n % len(values)])
+
+    def close(self):
+        self.closed = True
+
+
+def test_read_results_ends_at_its_timeout_while_skipped_records_keep_coming(monkeypatch):
+    consumer = _BusyConsumer(for_s=3.0)
+    monkeypatch.setattr(kafka_io, "kafka_client", lambda kind, *args, **settings: consumer)
+    started = time.monotonic()
+    got = list(kafka_io.read_results("127.0.0.1:1", "t", count=1, timeout_s=0.2, ids={"mine"},
+                                     on_skipped=lambda description: None))
+    assert got == [] and time.monotonic() - started < 1.5 and consumer.closed
+
+
+class _Producer:
+    """Each record's future fails with `error` (what the broker answered) or succeeds; flush() does
+    not raise, as kafka-python's only logs a failed batch."""
+
+    def __init__(self, error: Exception | None):
+        self.error, self.closed = error, False
+
+    def send(self, topic, value=None, key=None):
+        produced = FutureProduceResult(TopicPartition(topic, 0))
+        future = FutureRecordMetadata(produced, 0, -1, None, len(key or b""), len(value or b""), -1)
+        if self.error:
+            produced.failure(self.error)
+        else:
+            produced.success((0, -1, None))
+        return future
+
+    def flush(self, timeout=None):
+        pass
+
+    def close(self, timeout=None):
+        self.closed = True
+
+
+def test_publish_raises_what_the_broker_refused_instead_of_counting_it(monkeypatch):
+    producer = _Producer(TopicAuthorizationFailedError())
+    monkeypatch.setattr(kafka_io, "kafka_client", lambda kind, *args, **settings: producer)
+    with pytest.raises(TopicAuthorizationFailedError):
+        kafka_io.publish("127.0.0.1:1", "t", kafka_io.make_requests(["s3://b/a.jpg", "s3://b/b.jpg"]))
+    assert producer.closed
+
+
+def test_publish_counts_what_the_broker_took(monkeypatch):
+    monkeypatch.setattr(kafka_io, "kafka_client", lambda kind, *args, **settings: _Producer(None))
+    assert kafka_io.publish("127.0.0.1:1", "t", [*kafka_io.make_requests(["s3://b/a.jpg"]), b"raw", None]) == 3
