@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import onnx
+from PIL import Image
 
 from streaming.contract import ModelContract
 from triton_models import contract_images, model_config, model_entries
@@ -122,12 +123,20 @@ def import_model(onnx_path: Path, *, name: str, contract: ModelContract, reposit
     validation = validate(model, contract, label_list)
     wrapped = wrap(model, contract, validation)
     wrapped_bytes = wrapped.SerializeToString()
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
     try:
         check, outputs = contract_images.compare(model.SerializeToString(), wrapped_bytes, contract,
                                                  list(photos)[:CHECK_PHOTOS], validation.input_name,
                                                  validation.input_dtype)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow on a photo
+        raise ModelImportError("photos", f"a photo Pillow cannot read: {exc}") from None
     except ValueError as exc:
         raise ModelImportError("output", str(exc)) from None
+    except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument, ort_errors.NotImplemented,
+            ort_errors.RuntimeException, ort_errors.EPFail) as exc:
+        raise ModelImportError("model", "onnxruntime's CPU provider, which checks and serves it, cannot run "
+                                        f"it: {str(exc)[:500]}") from None
     width = contract.output.num_classes if contract.output.kind == "classes" else contract.output.dim
     if outputs.shape[1] != width:
         raise ModelImportError("output", f"the model returns {outputs.shape[1]} values per image, the contract "

@@ -220,6 +220,24 @@ def test_a_model_whose_output_for_one_image_depends_on_its_batch_is_refused(pics
                         photos=pics[:16]).check.batch_diff < 1e-5
 
 
+def test_a_photo_pillow_cannot_read_and_a_model_onnxruntime_cannot_run_are_named(pics, tmp_path):
+    path, bad = tmp_path / "model.onnx", tmp_path / "bad.jpg"
+    onnx.save(_tiny(), str(path))
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ModelImportError) as err:
+        import_model(path, name="tiny", contract=_contract(), repository=tmp_path / "repo", photos=[*pics[:3], bad])
+    assert err.value.what == "photos" and "bad.jpg" in str(err.value)
+    custom = _tiny()
+    custom.graph.node.insert(0, helper.make_node("Foo", ["x"], ["x_foo"], domain="my.domain"))
+    custom.graph.node[1].input[0] = "x_foo"
+    custom.opset_import.append(helper.make_opsetid("my.domain", 1))
+    onnx.save(custom, str(path))
+    with pytest.raises(ModelImportError) as err:
+        import_model(path, name="tiny", contract=_contract(), repository=tmp_path / "repo", photos=pics[:4])
+    assert err.value.what == "model" and "onnxruntime" in str(err.value)
+    assert not (tmp_path / "repo").exists()
+
+
 @pytest.mark.parametrize("text, labels", [
     ("\ufeffcat\r\ndog\r\nbird\r\nfish\r\n", ["cat", "dog", "bird", "fish"]),  # BOM and CRLF
     ("cat\ndog\nbird\ngreat white fish", ["cat", "dog", "bird", "great white fish"]),  # no final newline
