@@ -77,6 +77,10 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
 
     from streaming.ops.kafka_io import client_security, kafka_client
 
+    for field in ("kafka_ssl_ca_file", "kafka_ssl_keystore_file"):  # read here as by the job's clients
+        path = getattr(config, field)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(field, f"{path} is not a file this process can read")
     timeout_ms = int(CHECK_TIMEOUT_S * 1000)
     try:
         admin = kafka_client(KafkaAdminClient, bootstrap_servers=config.kafka_bootstrap, client_id="imgstream-check",

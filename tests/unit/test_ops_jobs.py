@@ -43,6 +43,14 @@ def test_a_malformed_kafka_bootstrap_is_refused_by_name(bootstrap):
     assert refused.value.field == "kafka_bootstrap" and bootstrap in refused.value.reason
 
 
+@pytest.mark.parametrize("field", ["kafka_ssl_ca_file", "kafka_ssl_keystore_file"])
+def test_a_tls_file_that_cannot_be_read_is_refused_by_name_not_blamed_on_kafka(field, tmp_path):
+    config = PipelineConfig(kafka_security_protocol="SSL", **{field: str(tmp_path / "missing.pem")})
+    with pytest.raises(ConfigError) as refused:
+        jobs.check_config(StackLayout(), config)
+    assert refused.value.field == field and "missing.pem" in refused.value.reason
+
+
 def test_a_submitted_job_that_does_not_run_is_cancelled(monkeypatch):
     cancelled = []
     monkeypatch.setattr(jobs, "submit", lambda *args, **kwargs: "j1")
