@@ -81,7 +81,10 @@ def stack_up(sasl: bool = typer.Option(False, "--sasl", help="Kafka accepts only
     local_stack.up(layout, log=_echo)
     if sasl and not _layout().kafka_sasl:
         _echo("Kafka runs with SASL: export IMGSTREAM_STACK_KAFKA_SASL=1 so that other imgstream commands log in")
-    typer.echo(json.dumps(_masked(local_stack.status(layout)), indent=2))
+    report = local_stack.status(layout)
+    typer.echo(json.dumps(_masked(report), indent=2))
+    if not report["healthy"]:
+        raise typer.Exit(1)
 
 
 SECRET_WORDS = ("secret", "password", "credential", "token")

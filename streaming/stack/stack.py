@@ -5,6 +5,8 @@ is idempotent: `up` on a running stack only checks health; `down` stops what run
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +44,15 @@ def prepare(layout: StackLayout) -> StackArtifacts:
 
 
 def specs(layout: StackLayout, prepared: StackArtifacts) -> list[process.ServiceSpec]:
-    return [
+    ports = {"kafka": (layout.kafka_port, layout.kafka_controller_port), "s3proxy": (layout.s3_port,),
+             "triton": (layout.triton_http_port, layout.triton_grpc_port, layout.triton_metrics_port),
+             "flink-jobmanager": (layout.flink_rest_port, layout.flink_rpc_port)}
+    return [dataclasses.replace(spec, ports=ports.get(spec.name, ()), host=layout.host) for spec in [
         kafka.kafka_service(layout, list(prepared.kafka_jars)),
         s3.s3_service(layout, prepared.s3proxy_jar),
         triton.triton_service(layout, prepared.model_repository),
         *flink.flink_services(layout),
-    ]
+    ]]
 
 
 def service(layout: StackLayout, prepared: StackArtifacts, name: str) -> process.ServiceSpec:
