@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from streaming.config import ENV_PREFIX, ConfigError, PipelineConfig, field_types
 from streaming.stack.flink import FLINK_HOME, flink_env
 from streaming.stack.layout import PROJECT_ROOT, StackLayout
+from streaming.stack.process import loopback_opener
 
 JOB_SCRIPT = PROJECT_ROOT / "flink_jobs" / "classify.py"
 # Flink's terminal job states (SUSPENDED: locally terminal, this JobManager gave the job up); every
@@ -42,7 +43,7 @@ def _rest(layout: StackLayout, path: str, method: str = "GET", body: dict | None
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{layout.flink_rest}{path}", data=data, method=method,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with loopback_opener().open(req, timeout=10) as resp:
         text = resp.read()
     return json.loads(text) if text else {}
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import urllib.request
 from pathlib import Path
 
 import pyflink
 
 from streaming.stack.layout import StackLayout
-from streaming.stack.process import ServiceSpec
+from streaming.stack.process import ServiceSpec, loopback_opener
 
 FLINK_HOME = Path(pyflink.__file__).parent
 # Sized for a 2-core, 24 GB machine shared with Kafka, Triton and S3Proxy. Under ~1.7 GB the
@@ -101,7 +100,7 @@ def flink_env(layout: StackLayout) -> dict[str, str]:
 
 def overview(layout: StackLayout) -> dict | None:
     try:
-        with urllib.request.urlopen(f"{layout.flink_rest}/overview", timeout=2) as resp:
+        with loopback_opener().open(f"{layout.flink_rest}/overview", timeout=2) as resp:
             return json.load(resp)
     except (OSError, ValueError):
         return None

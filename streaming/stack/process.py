@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -39,6 +40,11 @@ class ServiceSpec:
 
 class ServiceError(RuntimeError):
     """A service did not start or did not become healthy; the message names its log."""
+
+
+def loopback_opener() -> urllib.request.OpenerDirector:
+    """For the stack's HTTP endpoints on loopback: never through http_proxy/HTTP_PROXY."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def pid_file(run_dir: Path, name: str) -> Path:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from streaming.stack.artifacts import java_executable
 from streaming.stack.layout import StackLayout
-from streaming.stack.process import ServiceSpec
+from streaming.stack.process import ServiceSpec, loopback_opener
 
 SERVICE_NAME = "s3proxy"
 JVM_OPTS = (
@@ -49,7 +48,7 @@ def write_properties(layout: StackLayout) -> Path:
 
 def s3_healthy(layout: StackLayout) -> bool:
     """True if the endpoint answers HTTP at all (an anonymous request gets 403: that is up)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    opener = loopback_opener()
     try:
         with opener.open(layout.s3_endpoint + "/", timeout=2):
             return True

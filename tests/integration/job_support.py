@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import urllib.request
 from collections import Counter
 
 import psutil
@@ -24,7 +23,7 @@ class OwnJob(jobs.RunningJob):
 
 
 def rest(layout: StackLayout, path: str) -> dict | list:
-    with urllib.request.urlopen(f"{layout.flink_rest}{path}", timeout=10) as response:
+    with process.loopback_opener().open(f"{layout.flink_rest}{path}", timeout=10) as response:
         return json.loads(response.read())
 
 

@@ -42,10 +42,15 @@ def test_stack_up_sasl_flag_reaches_the_stack(monkeypatch, tmp_path):
     monkeypatch.setenv("IMGSTREAM_STACK_DIR", str(tmp_path))
     monkeypatch.delenv("IMGSTREAM_STACK_KAFKA_SASL", raising=False)
     monkeypatch.setattr(cli.local_stack, "up", lambda layout, log: seen.append(layout.kafka_sasl))
-    monkeypatch.setattr(cli.local_stack, "status", lambda layout: {"kafka": {"security_protocol": layout.kafka_security_protocol}})
+    healthy = [True]
+    monkeypatch.setattr(cli.local_stack, "status", lambda layout: {
+        "kafka": {"security_protocol": layout.kafka_security_protocol}, "healthy": healthy[0]})
     result = CliRunner().invoke(cli.app, ["stack", "up", "--sasl"])
     assert result.exit_code == 0 and seen == [True] and "SASL_PLAINTEXT" in result.output
     assert CliRunner().invoke(cli.app, ["stack", "up"]).exit_code == 0 and seen == [True, False]
+    healthy[0] = False  # a service that is not healthy at the end: exit 1, with the report
+    result = CliRunner().invoke(cli.app, ["stack", "up"])
+    assert result.exit_code == 1 and '"healthy": false' in result.output
 
 
 @pytest.mark.parametrize("result, shown", [
