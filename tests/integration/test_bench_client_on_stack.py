@@ -17,4 +17,3 @@ def test_kept_buffers_stop_the_page_faults_of_every_batch_sent(layout, prepared)
     for variant in (kept, shared):
         assert variant["minor_faults_per_image"] < baseline["minor_faults_per_image"] / 2, (variant, baseline)
     assert all(r["triton_cpu_ms_per_image"] > 0 and r["client_cpu_ms_per_image"] > 0 for r in rows.values())
-    assert baseline["client_cpu_vs_baseline"] == 1.0

@@ -44,15 +44,13 @@ def test_json_report_shape(tiny_run):
     assert {p["group"] for p in report["photos"]} == set(GROUPS)
     for rows in report["groups"].values():
         assert set(rows) == {key for key, _ in METHODS}
-        for key, row in rows.items():
-            if "unavailable" in row:  # only the C limit (no gcc/header) or OpenCV (not installed)
-                assert key == "c_limit" or key.startswith("opencv")
-                continue
+        for key, row in rows.items():  # ./run installs gcc, libturbojpeg's headers and OpenCV: none is missing
+            assert "unavailable" not in row, f"{key}: {row['unavailable']}"
             assert row["images_per_core_s"] > 0 and row["mp_per_core_s"] > 0
             assert len(row["rounds_images_per_core_s"]) == 2
             assert key == "c_limit" or 0 <= row["mad_max"] < 255
     for runs in report["scaling"].values():
-        assert set(runs) == {"1", "2"} and runs["1"]["speedup"] == 1.0
+        assert set(runs) == {"1", "2"}
     assert {"cpu", "pillow_libjpeg_turbo", "libturbojpeg"} <= set(report["machine"])
     assert all(set(t) == {"target", "value", "met"} for t in report["targets"])
 
