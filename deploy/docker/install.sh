@@ -105,6 +105,10 @@ is_python_series "$venv/bin/python" \
 mkdir -p "$work/src"
 tar -C "$src" --exclude=__pycache__ --exclude='*.pyc' --exclude=triton_models/repository -cf - \
   pyproject.toml requirements.lock README.md streaming flink_jobs triton_models | tar -C "$work/src" -xf -
+# requirements.lock also holds each file's sha256 (for ./run's --require-hashes); as a constraints file
+# here only its pins: pip turns a hash in a constraints file into hash-checking mode for the whole
+# install, which the package's own source tree cannot pass
+awk '/^[A-Za-z0-9]/ { print $1 }' "$src/requirements.lock" >"$work/src/requirements.lock"
 printf '%s\n' "${BUILD_CONSTRAINTS[@]}" >"$work/build-constraints.txt"
 if [[ -n $uv ]]; then
   "$uv" pip install --python "$venv/bin/python" --constraint "$work/src/requirements.lock" \
