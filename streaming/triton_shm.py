@@ -24,13 +24,17 @@ import os
 import queue
 import secrets
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
+
+with warnings.catch_warnings():  # it imports pkg_resources (setuptools 80.9.0, pinned), which warns
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    import tritonclient.utils.shared_memory as shm
 
 PREFIX = "imgstream-"
 SHM_DIR = "/dev/shm"
