@@ -15,15 +15,20 @@ Measured on PyFlink's own runner, queue and emitter (20,000 records from one thr
 
 Why no lost record: the loop's callback pops until it finds the queue empty, so a coroutine
 appended while a callback is pending or running is started by it; one appended after a callback
-found the queue empty finds it empty too, and wakes the loop itself. Deque appends, pops and
-lengths are atomic under the GIL.
+found the queue empty finds it empty too, and wakes the loop itself. The append and the look at
+the length happen under one lock: PyFlink also calls `run_async` from a retry strategy's timer
+thread, and two callers appending to an empty queue before either looked would both have seen
+two records, and neither would have woken the loop, for good.
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
+
+_APPENDING = threading.Lock()  # a runner's queue made, a coroutine appended, "was it empty?" asked
 
 
 def start_requests_together() -> None:
@@ -33,11 +38,14 @@ def start_requests_together() -> None:
     from pyflink.fn_execution.datastream.process.async_function.operation import AsyncFunctionRunner
 
     def run_async(self: Any, async_function: Any, record: Any, result_handler: Any) -> None:
-        queued = self.__dict__.get("_queued_starts")
-        if queued is None:  # first use (a racing second deque would still get its own wake-up)
-            queued = self._queued_starts = deque()
-        queued.append(self.exception_handler_wrapper(async_function, record, result_handler))
-        if len(queued) == 1:
+        coroutine = self.exception_handler_wrapper(async_function, record, result_handler)
+        with _APPENDING:
+            queued = self.__dict__.get("_queued_starts")
+            if queued is None:
+                queued = self._queued_starts = deque()
+            queued.append(coroutine)
+            first = len(queued) == 1
+        if first:
             self._loop.call_soon_threadsafe(_start_queued, self._loop, queued)
 
     AsyncFunctionRunner.run_async = run_async

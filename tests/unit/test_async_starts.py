@@ -4,6 +4,7 @@ them from the bundle thread."""
 import asyncio
 import random
 import threading
+from collections import deque
 
 import pytest
 from pyflink.fn_execution.datastream.process.async_function.operation import (
@@ -108,6 +109,33 @@ def test_records_appended_while_the_loop_starts_others_are_not_lost(pyflink_as_s
     operator.drain()
     operator.stop()
     assert sorted(operator.outputs.values) == list(range(20_000))
+
+
+def test_two_threads_appending_to_an_empty_queue_still_wake_the_loop(pyflink_as_shipped, monkeypatch):
+    """PyFlink's retry timer thread calls run_async beside the bundle thread. A thread switch right
+    after each append (forced here) made both see two records: neither woke the loop, ever again."""
+    import time
+
+    class SwitchingDeque(deque):
+        def append(self, item):
+            super().append(item)
+            time.sleep(0.05)  # the other thread runs here
+
+    start_requests_together()
+    operator = Operator()
+    operator.runner._queued_starts = SwitchingDeque()
+    callers = [threading.Thread(target=operator.process, args=(echo, record)) for record in (0, 1)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    for record in range(2, 10):
+        operator.process(echo, record)
+    deadline = time.monotonic() + 10
+    while len(operator.outputs.values) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    operator.stop()
+    assert sorted(operator.outputs.values) == list(range(10))
 
 
 def test_an_exception_reaches_the_result_handler(pyflink_as_shipped):
