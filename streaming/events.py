@@ -324,6 +324,12 @@ def result_key(result: Result) -> str | None:
 
 def result_to_json(result: Result) -> str:
     """One compact JSON object per result, at most MAX_RESULT_BYTES of UTF-8."""
+    return written_result(result)[1]
+
+
+def written_result(result: Result) -> tuple[Result, str]:
+    """The result as it is written, and its JSON (`result_to_json`): a result too large to write
+    is written as a small result_too_large error, and that error is what this returns."""
     rid, id_cut = _cap(result.id, MAX_ID_CHARS)
     uri, uri_cut = _cap(redact_uri(result.uri), MAX_URI_CHARS)
     body: dict[str, Any] = {"id": rid, "uri": uri}
@@ -347,14 +353,15 @@ def result_to_json(result: Result) -> str:
     text = _dumps(body)
     size = len(text.encode("utf-8"))
     if size <= MAX_RESULT_BYTES:
-        return text
+        return result, text
     # Last resort (a model with very many or very long labels): a small error in its place.
-    small = {"id": rid[:256] if rid else rid, "uri": uri[:256] if uri else uri,
-             "error": {"code": RESULT_TOO_LARGE, "stage": "result", "retryable": False,
-                       "message": f"the result would be {size} bytes, limit {MAX_RESULT_BYTES}"},
+    error = ErrorResult(rid[:256] if rid else rid, uri[:256] if uri else uri, RESULT_TOO_LARGE, "result",
+                        f"the result would be {size} bytes, limit {MAX_RESULT_BYTES}", False, result.timings_ms)
+    small = {"id": error.id, "uri": error.uri,
+             "error": {"code": error.code, "stage": error.stage, "retryable": False, "message": error.message},
              "timings_ms": body["timings_ms"]}
     if rid and len(rid) > 256 or id_cut:
         small["id_truncated"] = True
     if uri and len(uri) > 256 or uri_cut:
         small["uri_truncated"] = True
-    return _dumps(small)
+    return error, _dumps(small)

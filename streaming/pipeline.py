@@ -32,6 +32,7 @@ from streaming.contract import ModelContract
 from streaming.errors import ModelChanged, ModelNotAllowed, PipelineError, RequestTimeout
 from streaming.events import (
     ErrorResult, ImageRequest, Prediction, Result, parse_request, result_key, result_to_json, salvage_id,
+    written_result,
 )
 from streaming.fetch import Fetcher
 from streaming.infer import Inferred, TritonClassifier
@@ -188,7 +189,9 @@ class AsyncImagePipeline:
         started = perf_counter()
         result = await self.process(raw)
         try:
-            return result, result_key(result), result_to_json(result)
+            key = result_key(result)
+            result, text = written_result(result)  # what the operator counts is what was written
+            return result, key, text
         except Exception as exc:  # noqa: BLE001 - one result per request, whatever went wrong
             fallback = error_result(raw, None, exc, dict(result.timings_ms), started)
             return fallback, result_key(fallback), result_to_json(fallback)

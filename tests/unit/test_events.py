@@ -10,7 +10,7 @@ from streaming.contract import Output
 from streaming.errors import EventTooLarge, InvalidEvent, ObjectNotFound
 from streaming.events import (MAX_ID_CHARS, MAX_MESSAGE_CHARS, MAX_RESULT_BYTES, SALVAGE_MAX_BYTES, ErrorResult,
                               Label, Prediction, parse_request, redact_uri, result_key, result_to_json,
-                              salvage_id)
+                              salvage_id, written_result)
 from streaming.uris import MAX_URI_CHARS
 
 
@@ -264,6 +264,10 @@ def test_a_result_that_cannot_fit_becomes_a_small_error():
     body = json.loads(text)
     assert len(text.encode()) < 2048 and body["error"]["code"] == "result_too_large"
     assert body["id"] == "a" * 256 and body["id_truncated"] is True and body["error"]["retryable"] is False
+    written, same = written_result(Prediction("a" * 5000, "s3://b/k", "m", labels))  # what the operator counts
+    assert same == text and isinstance(written, ErrorResult) and written.code == "result_too_large"
+    prediction = Prediction("a", "s3://b/k", "m", labels[:1])
+    assert written_result(prediction) == (prediction, result_to_json(prediction))
 
 
 _any_text = st.text(st.one_of(st.characters(), st.sampled_from(["\ud800", "\x00", "\U0001F600", "\\", '"'])),
