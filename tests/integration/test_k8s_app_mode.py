@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from streaming.ops import jobs, kafka_io  # noqa: E402
 from streaming.stack import kafka  # noqa: E402
 from streaming.stack.artifacts import read_lock  # noqa: E402
 from streaming.stack.job_config import kafka_config  # noqa: E402
+from streaming.stack.process import loopback_opener  # noqa: E402
 from tests.integration.app_mode_support import (  # noqa: E402
     IMAGE_FLINK_HOME, image_path, job_environment, leftovers, local_flink, private_flink_home, process_environment,
     start, stop,
@@ -173,7 +173,7 @@ def test_dev_flinkdeployment_runs_in_application_mode_from_the_installed_image_f
         # the PodMonitor's port: both processes serve Prometheus metrics (the reporter plugin of the distribution)
         for role, port in (("jobmanager", local.conf["metrics.reporter.prom.port"]),
                            ("taskmanager", local.taskmanager_ports["metrics.reporter.prom.port"])):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            with loopback_opener().open(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 assert f"flink_{role}_" in response.read().decode(), f"{role} on :{port}"
     finally:
         for process in reversed(started):

@@ -12,14 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import yaml
 
 from streaming.ops import kafka_io
-from streaming.stack.process import running_pid
+from streaming.stack.process import loopback_opener, running_pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
@@ -30,7 +29,7 @@ JMX_NAMES = K8S_DIR / "monitoring" / "JmxNames.java"
 
 
 def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with loopback_opener().open(url, timeout=10) as response:
         return response.read().decode()
 
 

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from k8s_support import K8S_DIR, REPO, ensure_kustomize, generated, render, run_script  # noqa: E402
 from streaming.events import Prediction  # noqa: E402
 from streaming.pipeline import ImagePipeline  # noqa: E402
+from streaming.stack.process import loopback_opener  # noqa: E402
 from streaming.stack.triton import ready, triton_service  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_dev_triton_pod_builds_serves_and_answers_the_job(layout, prepared, pipe
             assert proc.poll() is None, f"Triton exited {proc.returncode}: {(tmp_path / 'triton.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, "Triton not ready in 180 s"
             time.sleep(1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/repository/index", data=b"{}") as response:
+        with loopback_opener().open(f"http://127.0.0.1:{http}/v2/repository/index", data=b"{}") as response:
             loaded = {m["name"] for m in json.load(response) if m.get("state") == "READY"}
         assert loaded == set(models["TRITON_MODELS"].split())
         config = dataclasses.replace(pipeline_config, triton_grpc=f"127.0.0.1:{grpc}",
