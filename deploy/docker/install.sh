@@ -27,8 +27,6 @@ set -euo pipefail
 
 readonly PYTHON_SERIES=3.11  # pyproject.toml: requires-python >=3.11,<3.12 (and PyFlink 2.2's wheels)
 readonly MAVEN_CENTRAL=https://repo1.maven.org/maven2
-# pyproject.toml's build backend (setuptools>=69, wheel), pinned for the build of this package
-readonly BUILD_CONSTRAINTS=("setuptools==80.9.0" "wheel==0.45.1")
 
 log() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -105,20 +103,62 @@ is_python_series "$venv/bin/python" \
 mkdir -p "$work/src"
 tar -C "$src" --exclude=__pycache__ --exclude='*.pyc' --exclude=triton_models/repository -cf - \
   pyproject.toml requirements.lock README.md streaming flink_jobs triton_models | tar -C "$work/src" -xf -
-# requirements.lock also holds each file's sha256 (for ./run's --require-hashes); as a constraints file
-# here only its pins: pip turns a hash in a constraints file into hash-checking mode for the whole
-# install, which the package's own source tree cannot pass
-awk '/^[A-Za-z0-9]/ { print $1 }' "$src/requirements.lock" >"$work/src/requirements.lock"
-printf '%s\n' "${BUILD_CONSTRAINTS[@]}" >"$work/build-constraints.txt"
+# requirements.lock holds the sha256 of every file it pins: installed in hash-checking mode, as ./run does,
+# but only the package's own dependencies (not its test and bench extras): the lock's entries that its
+# `dependencies` need, followed through the lock's "# via" annotations (pip-compile's list of what
+# requires each entry), and pip, setuptools and wheel. Those three go first: with no build isolation, the
+# lock's sdists and this package are built with them, never with an unpinned download. Then the package,
+# without dependencies (all of them are in the lock); pip check fails if one was not.
+"$venv/bin/python" -I - "$work/src/requirements.lock" "$work/src/pyproject.toml" "$work" <<'PY'
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+TOOLS = {"pip", "setuptools", "wheel"}
+
+
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+blocks, parents, name = {}, {}, None  # entry -> its lines; entry -> what requires it
+for line in Path(sys.argv[1]).read_text(encoding="utf-8").splitlines(keepends=True):
+    if re.match(r"[A-Za-z0-9]", line):
+        name = norm(re.match(r"[A-Za-z0-9._-]+", line).group())
+        blocks[name], parents[name] = [], set()
+    elif name is None:
+        continue  # the header
+    comment = re.match(r"\s*#\s*(?:via\b)?\s*([A-Za-z0-9._-]+)", line)
+    if comment and not line.lstrip().startswith("--"):
+        parents[name].add(norm(comment.group(1)))
+    if name is not None:
+        blocks[name].append(line)
+with open(sys.argv[2], "rb") as f:
+    project = tomllib.load(f)["project"]
+needed = TOOLS | {norm(re.match(r"[A-Za-z0-9._-]+", d).group()) for d in project["dependencies"]}
+missing = needed - set(blocks)
+if missing:
+    sys.exit(f"requirements.lock does not pin {sorted(missing)}")
+while True:
+    more = {entry for entry, via in parents.items() if entry not in needed and via & needed}
+    if not more:
+        break
+    needed |= more
+out = Path(sys.argv[3])
+(out / "tools.lock").write_text("".join(line for entry in sorted(TOOLS) for line in blocks[entry]))
+(out / "runtime.lock").write_text("".join(line for entry in sorted(needed) for line in blocks[entry]))
+PY
 if [[ -n $uv ]]; then
-  "$uv" pip install --python "$venv/bin/python" --constraint "$work/src/requirements.lock" \
-    --build-constraint "$work/build-constraints.txt" "$work/src"
+  install=("$uv" pip install --python "$venv/bin/python" --no-deps --no-build-isolation)
 else
-  # PIP_CONSTRAINT reaches the isolated build environment (the command line's --constraint does not)
-  PIP_CONSTRAINT=$work/build-constraints.txt "$venv/bin/python" -m pip install --no-input \
-    --disable-pip-version-check --constraint "$work/src/requirements.lock" "$work/src"
+  install=("$venv/bin/python" -m pip install --no-input --disable-pip-version-check --no-deps --no-build-isolation)
 fi
-# --constraint pins what is installed; this checks that nothing outside the lock came in
+"${install[@]}" --require-hashes -r "$work/tools.lock"
+"${install[@]}" --require-hashes -r "$work/runtime.lock"
+"${install[@]}" "$work/src"
+"$venv/bin/python" -m pip check
+# the hashes pin what is installed; this checks that nothing outside the lock came in
 "$venv/bin/python" -I - "$work/src/requirements.lock" "$work/src/pyproject.toml" <<'PY'
 import re
 import sys
@@ -132,16 +172,14 @@ def norm(name):
 
 lock = {}
 for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.split("#", 1)[0].strip()
-    if line:
-        name, _, version = line.partition("==")
-        lock[norm(name.split("[", 1)[0])] = version.strip()
+    if line[:1].isalnum():  # "name==version \", then its hashes and annotations, indented
+        name, _, version = line.split()[0].partition("==")
+        lock[norm(name.split("[", 1)[0])] = version
 with open(sys.argv[2], "rb") as f:
     project = norm(tomllib.load(f)["project"]["name"])
-tools = {"pip", "setuptools", "wheel"}  # the venv's own installers (pip venvs only), not the job's
 unlocked = sorted(f"{d.metadata['Name']}=={d.version} (lock: {lock.get(norm(d.metadata['Name']), 'none')})"
                   for d in metadata.distributions()
-                  if norm(d.metadata["Name"]) not in tools | {project}
+                  if norm(d.metadata["Name"]) != project
                   and lock.get(norm(d.metadata["Name"])) != d.version)
 if unlocked:
     sys.exit("installed but not as requirements.lock pins them: " + ", ".join(unlocked))

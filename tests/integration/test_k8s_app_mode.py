@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,10 @@ def test_dev_flinkdeployment_runs_in_application_mode_from_the_installed_image_f
     assert installed_jar.is_file() and not installed_jar.is_symlink()
     assert hashlib.sha256(installed_jar.read_bytes()).hexdigest() == connector.sha256
     assert (prefix / "flink_jobs" / "classify.py").read_bytes() == (REPO / "flink_jobs" / "classify.py").read_bytes()
+    # the package's dependencies only: not its test and bench extras
+    names = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in _distributions(prefix)}
+    assert {"apache-flink", "tritonclient", "numpy", "imgstream"} <= names, names
+    assert not names & {"pytest", "hypothesis", "atheris", "matplotlib", "py-spy", "opencv-python-headless"}, names
     # idempotent: a second run keeps the venv, its distributions and the connector as they are
     before, jar_mtime = _distributions(prefix), installed_jar.stat().st_mtime_ns
     _install(prefix, flink_home, prepared.connector_jar, tmp_path / "install-again.log")

@@ -58,26 +58,27 @@ def test_the_dockerfile_runs_the_install_script_and_installs_nothing_else():
     assert "!deploy/docker/install.sh" in ignore, "the script is not in the build context"
 
 
-def test_the_install_script_pins_what_it_installs():
+def test_the_install_script_checks_the_hash_of_everything_it_installs():
     text = SCRIPT.read_text()
     lines = commands(text)
-    installs = [line for line in lines if re.search(r"\bpip install\b", line)]
-    assert len(installs) == 2, installs  # one with uv, one with pip
-    for line in installs:
-        assert '--constraint "$work/src/requirements.lock"' in line, f"unpinned: {line}"
-        assert not re.search(r"\s(-U|--upgrade|--pre)\b", line), line
-    uv_install, pip_install = installs
-    assert '--build-constraint "$work/build-constraints.txt"' in uv_install
-    assert 'PIP_CONSTRAINT=$work/build-constraints.txt' in pip_install
-    # the build backend: pinned, and what pyproject.toml asks for
-    pins = re.search(r"^readonly BUILD_CONSTRAINTS=\((.*)\)$", text, re.M).group(1).replace('"', "").split()
-    requires = {Requirement(r).name: Requirement(r) for r in
-                tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]}
-    pinned = {Requirement(p).name: Requirement(p) for p in pins}
-    assert set(pinned) == set(requires)
-    for name, pin in pinned.items():
-        (spec,) = pin.specifier
-        assert spec.operator == "==" and requires[name].specifier.contains(spec.version), pin
+    # one install command, uv's or pip's, both without dependency resolution or build isolation
+    (uv_install,) = [line for line in lines if line.startswith('install=("$uv" pip install')]
+    (pip_install,) = [line for line in lines if line.startswith('install=("$venv/bin/python" -m pip install')]
+    for line in (uv_install, pip_install):
+        assert "--no-deps" in line and "--no-build-isolation" in line, line
+        assert not re.search(r"\s(-U|--upgrade|--pre|--constraint)\b", line), line
+    installs = [line for line in lines if line.startswith('"${install[@]}"')]
+    assert installs == ['"${install[@]}" --require-hashes -r "$work/tools.lock"',
+                        '"${install[@]}" --require-hashes -r "$work/runtime.lock"',
+                        '"${install[@]}" "$work/src"'], installs
+    assert '"$venv/bin/python" -m pip check' in lines  # a dependency the lock's annotations missed fails
+    assert not [line for line in lines if re.search(r"\bpip install\b", line) and not line.startswith("install=(")]
+    # the build backend the package asks for is in the lock (installed first, with the lock's hashes)
+    lock = (REPO / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", lock, re.M))
+    for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]:
+        requirement = Requirement(requirement)
+        assert requirement.name in pins and requirement.specifier.contains(pins[requirement.name]), requirement
     # Python: uv installs the exact version the Dockerfile names
     assert any('"$uv" python install "$python"' in line for line in lines)
     assert re.search(r"^ARG PYTHON_VERSION=\d+\.\d+\.\d+$", (DOCKER / "Dockerfile").read_text(), re.M)
