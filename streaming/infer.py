@@ -135,12 +135,18 @@ def _served(client: grpcclient.InferenceServerClient) -> str:
 
 
 def parse_classification(raw: np.ndarray) -> tuple[Label, ...]:
-    """Triton's "score:index:label" strings for one image, best first."""
+    """Triton's "score:index:label" strings for one image, best first: "score:index" (label "")
+    for a class its labels file does not name, the label's bytes as the file has them (not UTF-8:
+    replaced). Raises InferenceFailed for any other string."""
     labels = []
     for item in raw:
-        text = item.decode() if isinstance(item, bytes) else str(item)
-        score, index, label = text.split(":", 2)
-        labels.append(Label(label=label, index=int(index), score=float(score)))
+        text = item.decode(errors="replace") if isinstance(item, bytes) else str(item)
+        score, _, rest = text.partition(":")
+        index, _, label = rest.partition(":")
+        try:
+            labels.append(Label(label=label, index=int(index), score=float(score)))
+        except ValueError:
+            raise InferenceFailed(f"Triton's classification {text[:80]!r} is not score:index:label") from None
     return tuple(labels)
 
 
@@ -206,12 +212,14 @@ class TritonClassifier:
         with self._lock:
             self._closed = True
             shared, self._shared = self._shared, None
-        if shared is not None:
-            shared.close()
-        if self._client is not None:
-            self._client.close()
-            self._channel.close()
-            self._client = self._channel = self._model_infer = None
+        client, channel = self._client, self._channel
+        self._client = self._channel = self._model_infer = None
+        if channel is not None:
+            channel.close()
+        if shared is not None:  # regions still in use are unregistered through `client` when let go
+            shared.close(then=client.close if client is not None else None)
+        elif client is not None:
+            client.close()
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -355,9 +363,10 @@ class TritonClassifier:
                                    f"now {self.contract.to_json()}") from None
             raise
         if version != self._version:
-            # a new version: its contract may differ (read now; when that fails, the batch fails and
-            # the next one reads it again); the first answer's version is only noted
-            current = self.read_contract() if self._version else contract
+            # a new version (or the first answer: the version loaded since the contract was read may
+            # be a new one): its contract may differ (read now; when that fails, the batch fails and
+            # the next one reads it again)
+            current = self.read_contract()
             self._version = version
             if current != contract:
                 raise ModelChanged(f"model {self.config.model_name!r} version {version} answered with "
@@ -398,6 +407,8 @@ class TritonClassifier:
                         response = model_infer(model_infer_request(request, raw), timeout=self.config.infer_timeout_s)
                     except grpc.RpcError as rpc_error:
                         raise _server_error(rpc_error) from None
+                    except ValueError:  # grpc's "Cannot invoke RPC on closed channel!": close() ran meanwhile
+                        raise InferenceFailed("the Triton client is closed") from None
                 result = grpcclient.InferResult(response)
             except InferenceServerException as exc:
                 shared = self._shared  # None once closed

@@ -27,7 +27,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
@@ -67,6 +67,8 @@ class SharedInputs:
     _regions: list[_Region] = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
     _closed: bool = field(init=False, repr=False, default=False)
+    _held: int = field(init=False, repr=False, default=0)  # once closed: the regions still in use
+    _then: Callable[[], None] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -98,7 +100,10 @@ class SharedInputs:
                 if not closed:
                     self._free.put(region)
             if closed:
-                self._destroy(region)
+                try:
+                    self._destroy(region)
+                finally:
+                    self._let_go()
 
     def forget(self) -> None:
         """Triton lost the registrations (a restart): register each region again at its next use."""
@@ -106,9 +111,12 @@ class SharedInputs:
             for region in self._regions:
                 region.registered = False
 
-    def close(self) -> None:
-        """Remove the idle regions now; one in use is removed when its holder is done with it."""
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """Remove the idle regions now; one in use is removed when its holder is done with it.
+        `then` runs once the last one is removed (closing `client`, which removing them needs)."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             idle = []
             while not self._free.empty():
@@ -116,8 +124,20 @@ class SharedInputs:
                 if region is not None:
                     idle.append(region)
             self._free.put(None)  # wakes and refuses whoever waits for a region
+            self._held, self._then = self.slots - len(idle), then
         for region in idle:
             self._destroy(region)
+        self._let_go(0)
+
+    def _let_go(self, regions: int = 1) -> None:
+        """Once closed: `regions` more removed; the last one runs `then`."""
+        with self._lock:
+            self._held -= regions
+            then = self._then if self._held == 0 else None
+            if then is not None:
+                self._then = None
+        if then is not None:
+            then()
 
     def _destroy(self, region: _Region) -> None:
         if region.handle is None:

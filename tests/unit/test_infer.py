@@ -6,7 +6,7 @@ from tritonclient.utils import InferenceServerException
 from streaming.contract import CONTRACT_PARAMETER, lite_contract
 from streaming.errors import (InferenceFailed, InferenceUnavailable, ModelContractInvalid, ModelNotFound, Permanent,
                               Retryable)
-from streaming.infer import _translate, contract_from_config
+from streaming.infer import _translate, contract_from_config, parse_classification
 
 
 def triton_error(status: str | None, message: str) -> InferenceServerException:
@@ -81,8 +81,9 @@ def test_a_batch_made_for_an_older_contract_is_model_changed_before_any_call():
         classifier.infer(np.zeros((2, 240, 240, 3), np.float32), lite_contract(240))
 
 
+@pytest.mark.parametrize("before", ["1", ""])  # version 1 served the last batch; no batch answered yet
 @pytest.mark.parametrize("same", [True, False])
-def test_a_new_version_that_answers_with_another_contract_is_model_changed(monkeypatch, same):
+def test_a_new_version_that_answers_with_another_contract_is_model_changed(monkeypatch, same, before):
     import dataclasses
 
     from streaming.config import PipelineConfig
@@ -92,7 +93,7 @@ def test_a_new_version_that_answers_with_another_contract_is_model_changed(monke
     old = lite_contract(224)
     new = old if same else dataclasses.replace(old, resize=dataclasses.replace(old.resize, mode="squash"))
     classifier = TritonClassifier(PipelineConfig(triton_grpc="127.0.0.1:1"))
-    classifier._contract, classifier._version = old, "1"  # version 1 served the last batch
+    classifier._contract, classifier._version = old, before  # the contract as read at open
     answers = np.array([[b"0.9:1:cat"]], dtype=object)
     monkeypatch.setattr(classifier, "_infer", lambda batch, contract: (answers, "2"))  # Triton's side
 
@@ -163,3 +164,19 @@ def test_a_batch_in_shared_memory_is_named_not_sent():
     sent = service_pb2.ModelInferRequest.FromString(model_infer_request(ours(5, ("region-1", 96)), None))
     assert sent == tritonclients_request(None, 5, ("region-1", 96))
     assert len(sent.raw_input_contents) == 0
+
+
+@pytest.mark.parametrize("raw, labels", [
+    ([b"0.9:1:a:b:c"], [("a:b:c", 1, 0.9)]),  # a label with colons
+    ([b"0.4:3", b"0.3:2:two"], [("", 3, 0.4), ("two", 2, 0.3)]),  # a class the labels file does not name
+    (["0.5:7:caf\u00e9", b"0.25:2:caf\xe9"], [("caf\u00e9", 7, 0.5), ("caf\ufffd", 2, 0.25)]),  # labels not UTF-8
+])
+def test_classification_strings_triton_sends_are_read(raw, labels):
+    parsed = parse_classification(np.array(raw, dtype=object))
+    assert [(l.label, l.index, l.score) for l in parsed] == labels
+
+
+@pytest.mark.parametrize("text", [b"", b"0.5", b"high:1:cat", b"0.5:one:cat", b"0.5::cat"])
+def test_a_classification_string_of_another_form_is_inference_failed(text):
+    with pytest.raises(InferenceFailed, match="is not score:index:label"):
+        parse_classification(np.array([b"0.9:0:ok", text], dtype=object))
