@@ -125,7 +125,7 @@ class PipelineConfig:
     infer_retry_window_s: float = 90.0  # while Triton is unreachable, keep retrying this long
     max_batch_size: int = 16
     max_batch_wait_ms: int = 10
-    infer_concurrency: int = 2  # batches in flight to Triton at once
+    infer_concurrency: int = 2  # batches in flight to Triton at once, per model
     # batches through /dev/shm instead of the request: only with Triton on the same host (checked
     # before a job is submitted); 0.1-0.2 ms less client CPU per 224-px image (`imgstream bench client`)
     triton_shared_memory: bool = False

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import logging
 import mmap
 import os
@@ -307,8 +308,8 @@ class DecoderPool:
                 code, message = reply.get("code"), str(reply.get("message"))
             else:
                 shape = tuple(reply["shape"])
-                found = (int(reply["width"]), int(reply["height"]), float(reply["decode_ms"]),
-                         float(reply["resize_ms"]), str(reply["path"]), tuple(reply["scale"]))
+                found = (int(reply["width"]), int(reply["height"]), _time_ms(reply["decode_ms"]),
+                         _time_ms(reply["resize_ms"]), str(reply["path"]), tuple(reply["scale"]))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _Died(f"worker sent a malformed reply ({type(exc).__name__})") from None
         if failed:
@@ -422,3 +423,12 @@ def _process_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _time_ms(value: object) -> float:
+    """A reply's time: a finite, non-negative number (NaN or infinity would fail the result's JSON and
+    the job's gauges downstream), else ValueError."""
+    ms = float(value)  # type: ignore[arg-type]  # a str or a list: ValueError, TypeError
+    if not 0 <= ms < math.inf:
+        raise ValueError(f"{value!r} is not a time")
+    return ms

@@ -27,6 +27,9 @@ STAGES = ("queue", "fetch", "decode", "resize", "infer", "total")
 WINDOW = 2048  # latest results the latency percentiles are taken over
 REFRESH_S = 1.0  # the percentiles and the mean batch size are recomputed at most this often
 QUANTILES = (("p50", 0.5), ("p99", 0.99))
+# A time beyond this, negative or NaN is no request's (a decoder process sends any number it likes):
+# left out, since a gauge that raises (int() of it, or Beam's int64) fails the bundle and the task.
+MAX_LATENCY_MS = 1e9
 
 
 def all_error_codes() -> list[str]:
@@ -71,7 +74,7 @@ class PipelineStats:
                 self.counts["predictions"] += 1
                 self._batch_sizes.append(result.batch_size)
             for stage, value in result.timings_ms.items():
-                if stage in self._latency:
+                if stage in self._latency and 0.0 <= value <= MAX_LATENCY_MS:
                     self._latency[stage].append(value)
 
     def latency_ms(self, stage: str, label: str) -> float:

@@ -27,6 +27,7 @@ class Lane:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._closed = False
+        self._closing = threading.Lock()  # no call is put after close() has put the threads' stop marks
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:
@@ -34,24 +35,26 @@ class Lane:
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """A future of `fn(*args)` run on one of the threads."""
-        if self._closed:
-            raise RuntimeError("the lane is closed")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put((future, fn, args))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("the lane is closed")
+            self._queue.put((future, fn, args))
         return future
 
     def close(self) -> None:
         """Stop the threads once their current call ends; cancel the calls still queued."""
-        self._closed = True
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                _post(item[0], _cancel, None)
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._closing:
+            self._closed = True
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    _post(item[0], _cancel, None)
+            for _ in self._threads:
+                self._queue.put(None)
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:

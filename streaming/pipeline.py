@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Mapping, Protocol, Sequence
@@ -89,11 +90,20 @@ class AsyncImagePipeline:
         self.cache: DecodedImageCache | None = None
         self._built: list[Any] = []  # built by open(), closed by close()
         self._prepare_lane: Lane | None = None
-        self._infer_pool: ThreadPoolExecutor | None = None
+        # one per model, `infer_concurrency` threads each: a model whose calls hang (Triton retrying
+        # one with no available version) takes only its own threads, never another model's
+        self._infer_pools: dict[str, ThreadPoolExecutor] = {}
         self._batchers: dict[tuple[str, ModelContract], MicroBatcher] = {}  # one per model and contract
         self.in_flight = 0
 
     def open(self) -> None:
+        try:
+            self._open()
+        except BaseException:  # nobody closes what failed to open (PyFlink never closes that operator)
+            self.close()
+            raise
+
+    def _open(self) -> None:
         keep_large_buffers(self.config.malloc_keep_bytes)
         if self.decoder is None:
             # one decoder process per decode slot: a decode past max_decode_ms is killed, its slot freed
@@ -115,7 +125,6 @@ class AsyncImagePipeline:
                 self.models[name] = self._open_model(dataclasses.replace(self.config, model_name=name,
                                                                          model_version=""))
         self._prepare_lane = Lane(self.config.fetch_concurrency, "prepare")
-        self._infer_pool = ThreadPoolExecutor(self.config.infer_concurrency, thread_name_prefix="infer")
 
     def _open_model(self, config: PipelineConfig) -> TritonClassifier:
         classifier = TritonClassifier(config)
@@ -140,11 +149,18 @@ class AsyncImagePipeline:
     def close(self) -> None:
         if self._prepare_lane is not None:
             self._prepare_lane.close()
-        if self._infer_pool is not None:
-            self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        pools, self._infer_pools = self._infer_pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._batchers = {}  # they call on the infer threads just shut down
         built, self._built = self._built, []
         for client in reversed(built):  # only what open() built: the caller closes its stand-ins
             client.close()
+        # closed for good: a later open() builds them again
+        closed = {id(client) for client in built}
+        self.fetcher, self.classifier, self.decoder = (None if id(part) in closed else part
+                                                       for part in (self.fetcher, self.classifier, self.decoder))
+        self.models = {name: model for name, model in self.models.items() if id(model) not in closed}
 
     def prepare(self, ref: ObjectRef, model: Model) -> tuple[PreparedImage, ModelContract]:
         """Fetch, decode for the model's contract (cached; read from Triton only until it first
@@ -193,7 +209,10 @@ class AsyncImagePipeline:
             result, text = written_result(result)  # what the operator counts is what was written
             return result, key, text
         except Exception as exc:  # noqa: BLE001 - one result per request, whatever went wrong
-            fallback = error_result(raw, None, exc, dict(result.timings_ms), started)
+            # not a time JSON cannot hold (a decoder process sends any number): it may be what failed
+            timings = {stage: ms for stage, ms in result.timings_ms.items()
+                       if isinstance(ms, (int, float)) and math.isfinite(ms)}
+            fallback = error_result(raw, None, exc, timings, started)
             return fallback, result_key(fallback), result_to_json(fallback)
 
     async def _run(self, request: ImageRequest, timings: dict[str, float], started: float) -> Prediction:
@@ -234,9 +253,13 @@ class AsyncImagePipeline:
         # batch's outputs are read as the contract its images were prepared for says
         key = (name, contract)
         if key not in self._batchers:
+            if name not in self._infer_pools:
+                self._infer_pools[name] = ThreadPoolExecutor(self.config.infer_concurrency,
+                                                             thread_name_prefix=f"infer-{len(self._infer_pools)}")
             self._batchers[key] = MicroBatcher(functools.partial(self.infer, model, contract),
                                                 max_size=self.config.max_batch_size,
-                                                max_wait_ms=self.config.max_batch_wait_ms, executor=self._infer_pool,
+                                                max_wait_ms=self.config.max_batch_wait_ms,
+                                                executor=self._infer_pools[name],
                                                 max_concurrent_batches=self.config.infer_concurrency)
         return self._batchers[key]
 

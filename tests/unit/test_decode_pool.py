@@ -210,7 +210,7 @@ def test_a_retry_past_max_decode_ms_is_a_timeout_and_later_requests_get_their_ow
 # parent trusts nothing it writes). Frames as streaming.decoder_worker writes them.
 ROGUE_WORKER = """
 import json, struct, sys
-reply = sys.argv[1].encode()
+reply, body = sys.argv[1].encode(), bytes(int(sys.argv[2]))
 out, inp = sys.stdout.buffer, sys.stdin.buffer
 def frame(payload):
     out.write(struct.pack(">I", len(payload)) + payload)
@@ -221,7 +221,7 @@ while True:
         if len(head) < 4:
             sys.exit(0)
         inp.read(struct.unpack(">I", head)[0])
-    frame(reply); frame(b""); out.flush()
+    frame(reply); frame(body); out.flush()
 """
 
 
@@ -240,7 +240,7 @@ def test_whatever_a_decoder_process_answers_the_caller_gets_a_typed_error(monkey
     real_popen = subprocess.Popen
 
     def rogue(argv, **kwargs):  # the pool's own launch, with the rogue script in the worker's place
-        return real_popen([argv[0], str(script), reply.decode()], **kwargs)
+        return real_popen([argv[0], str(script), reply.decode(), "0"], **kwargs)
 
     monkeypatch.setattr(decoder_pool.subprocess, "Popen", rogue)
     with DecoderPool(1, max_decode_ms=5_000) as pool:
@@ -248,6 +248,40 @@ def test_whatever_a_decoder_process_answers_the_caller_gets_a_typed_error(monkey
             pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
         assert ("died twice" in caught.value.message) == died
         assert pool.replaced == (2 if died else 0) and len(pool.pids()) == 1
+
+
+def whole_reply(decode_ms: str, resize_ms: str) -> str:
+    return ('{"ok": true, "shape": [224, 224, 3], "width": 640, "height": 480, "decode_ms": %s, "resize_ms": %s, '
+            '"path": "turbo", "scale": [1, 1]}' % (decode_ms, resize_ms))
+
+
+@pytest.mark.parametrize("decode_ms, resize_ms, good", [
+    ("1.5", "0.5", True), ("NaN", "0.5", False), ("1.5", "Infinity", False), ("-1", "0.5", False),
+    ("1e400", "0.5", False),
+])
+def test_a_decoder_process_that_reports_a_time_no_decode_takes_is_replaced(monkeypatch, tmp_path, decode_ms,
+                                                                            resize_ms, good):
+    """The times go into the result and the job's gauges: NaN or infinity there would fail the result's
+    JSON or the bundle's metrics, so a reply that carries one is a worker out of step."""
+    from streaming import decoder_pool
+
+    script = tmp_path / "rogue_worker.py"
+    script.write_text(ROGUE_WORKER)
+    real_popen = subprocess.Popen
+    reply = whole_reply(decode_ms, resize_ms)
+
+    def rogue(argv, **kwargs):
+        return real_popen([argv[0], str(script), reply, str(224 * 224 * 3)], **kwargs)
+
+    monkeypatch.setattr(decoder_pool.subprocess, "Popen", rogue)
+    with DecoderPool(1, max_decode_ms=5_000) as pool:
+        if good:
+            decoded = pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+            assert decoded.tensor.shape == (224, 224, 3) and decoded.decode_ms == 1.5 and pool.replaced == 0
+            return
+        with pytest.raises(CorruptImage, match="died twice"):
+            pool.decode(good_jpeg(), max_pixels=MAX_PIXELS)
+        assert pool.replaced == 2
 
 
 def test_the_pool_survives_many_requests_from_many_threads(pool):

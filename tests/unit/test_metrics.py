@@ -130,3 +130,15 @@ def test_any_code_gets_a_gauge(code):
     stats.record(ErrorResult("b", "u", code, "fetch", "x"))
     with bundle_thread() as container:
         assert bundle_end(root, container)[f"errors_by_code.{code}"] == 1
+
+
+@pytest.mark.parametrize("decode_ms", [float("nan"), float("inf"), 1e300, -1e30])
+def test_a_time_no_request_takes_is_left_out_not_reported(decode_ms):
+    # a gauge that raises fails the bundle, and so the task: a decoder process reporting such a time
+    # (out of step, or taken over by its image) would fail the job again on every replay
+    stats, root = registered()
+    stats.record(Prediction("a", "u", "m", (), {"decode": decode_ms, "total": 10.0}, batch_size=1))
+    with bundle_thread() as container:
+        read = bundle_end(root, container)
+    assert read["latency_ms.decode_p50"] == read["latency_ms.decode_p99"] == 0
+    assert read["latency_ms.total_p99"] == 10 and read["results"] == 1

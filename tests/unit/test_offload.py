@@ -114,3 +114,36 @@ def test_a_call_that_ends_after_its_loop_closed_is_dropped_quietly():
 def test_a_lane_needs_a_thread():
     with pytest.raises(ValueError, match="threads"):
         Lane(0, "none")
+
+
+class _ClosingOnPut:
+    """The lane's queue, closing the lane from another thread just before a call is put: the
+    moment between `run`'s look at `_closed` and its put."""
+
+    def __init__(self, lane: Lane):
+        self._lane, self._queue, self._closed_once = lane, lane._queue, False
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+    def put(self, item):
+        if item is not None and not self._closed_once:
+            self._closed_once = True
+            closer = threading.Thread(target=self._lane.close)
+            closer.start()
+            closer.join(timeout=0.5)  # ends at once unless close() has to wait for this put
+        self._queue.put(item)
+
+
+def test_a_call_put_while_the_lane_closes_is_run_or_cancelled_never_stranded():
+    lane = Lane(1, "racing")
+    lane._queue = _ClosingOnPut(lane)
+
+    async def main():
+        call = lane.run(time.sleep, 0)
+        done, _ = await asyncio.wait([call], timeout=2)
+        assert done  # run or cancelled, not left behind the threads' stop marks, never settled
+    asyncio.run(main())
+    for thread in lane._threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive()

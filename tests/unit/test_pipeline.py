@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from streaming.errors import ModelChanged
 from streaming.events import ErrorResult, Label, Prediction
 from streaming.fetch import FetchedObject
 from streaming.infer import Inferred
+from streaming import pipeline as pipeline_module
 from streaming.pipeline import AsyncImagePipeline, ImagePipeline
 
 LABELS = (Label("ladybug", 301, 0.9),)
@@ -321,9 +323,137 @@ def test_an_event_may_name_an_allowed_model_and_batches_are_per_model(parts):
     assert "secret_model" in refused.message and "efficientnet_lite0, other" in refused.message
 
 
+class StuckClassifier(Classifier):
+    """A model whose every call hangs until released (Triton retrying a model with no available version)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def infer(self, batch, contract):
+        self.release.wait(10)
+        return super().infer(batch, contract)
+
+
+def test_a_stuck_model_leaves_the_other_models_their_own_infer_threads(parts):
+    store, decoder, default = parts
+    stuck = StuckClassifier()
+    cfg = config(allowed_models=("stuck",), infer_concurrency=2, max_batch_size=1, request_timeout_s=30)
+    pipeline = AsyncImagePipeline(cfg, fetcher=store, classifier=default, decoder=decoder, models={"stuck": stuck})
+    pipeline.open()
+
+    async def scenario():
+        stuck_ones = [asyncio.ensure_future(pipeline.process(json.dumps(
+            {"id": f"s{i}", "uri": "s3://photos/a.jpg", "model": "stuck"}))) for i in range(4)]
+        await asyncio.sleep(0.2)  # every call slot of the stuck model is taken
+        plain = await asyncio.wait_for(pipeline.process(event("plain")), 5)  # not behind the stuck calls
+        held = not stuck.release.is_set()
+        stuck.release.set()
+        return plain, held, await asyncio.gather(*stuck_ones)
+
+    try:
+        plain, held, stuck_results = asyncio.run(scenario())
+    finally:
+        stuck.release.set()
+        pipeline.close()
+    assert isinstance(plain, Prediction) and plain.model == "efficientnet_lite0", plain
+    assert held  # answered while the stuck model still held every thread it may use
+    assert all(isinstance(result, Prediction) for result in stuck_results), stuck_results
+
+
 @pytest.mark.parametrize("model", [5, "", "m" * 257, None])
 def test_a_model_field_that_is_not_a_name_is_an_invalid_event(parts, model):
     store, decoder, classifier = parts
     with ImagePipeline(config(), fetcher=store, classifier=classifier, decoder=decoder) as pipe:
         result = pipe.process(json.dumps({"id": "x", "uri": "s3://photos/a.jpg", "model": model}))
     assert isinstance(result, ErrorResult) and result.code == "invalid_event"
+
+
+class BuiltPool(Decoder):
+    """Stands in for the DecoderPool that open() builds; refuses to decode once closed, as it does."""
+
+    def __init__(self, workers, **limits):
+        super().__init__()
+        self.closed = False
+
+    def wait_ready(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def decode(self, data, resize, *, max_pixels):
+        if self.closed:
+            raise RuntimeError("the decoder pool is closed")
+        return super().decode(data, resize, max_pixels=max_pixels)
+
+
+def test_a_pipeline_opened_again_after_close_builds_afresh(parts, monkeypatch):
+    # close() closes what open() built (the decoder pool, the infer threads their batchers call on):
+    # a second open() must build them again, not reuse the closed ones; the caller's stand-ins stay
+    monkeypatch.setattr(pipeline_module, "DecoderPool", BuiltPool)
+    store, _, classifier = parts
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier)
+    results, pools = [], []
+    for _ in range(2):
+        pipeline.open()
+        pools.append(pipeline.decoder)
+        try:
+            results += run(pipeline, event())
+        finally:
+            pipeline.close()
+    assert all(isinstance(result, Prediction) for result in results), results
+    assert pools[0] is not pools[1] and all(pool.closed for pool in pools)
+    assert (pipeline.fetcher, pipeline.classifier) == (store, classifier) and not store.closed
+
+
+class MisreportingDecoder(Decoder):
+    """A decoder that reports a time JSON cannot hold: a decoder process out of step, or taken over
+    by the image it decodes, sends any number it likes."""
+
+    def __init__(self, decode_ms: float):
+        super().__init__()
+        self.decode_ms = decode_ms
+
+    def decode(self, data, resize, *, max_pixels):
+        decoded = super().decode(data, resize, max_pixels=max_pixels)
+        return dataclasses.replace(decoded, decode_ms=self.decode_ms)
+
+
+@pytest.mark.parametrize("decode_ms", [float("nan"), float("inf")])
+def test_a_non_finite_time_in_a_result_is_still_answered(parts, decode_ms):
+    # the time is what makes the result unwritable: the internal_error that replaces it must not carry it too
+    store, _, classifier = parts
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier,
+                                  decoder=MisreportingDecoder(decode_ms))
+    pipeline.open()
+    try:
+        result, key, text = asyncio.run(pipeline.answer(event("odd")))
+    finally:
+        pipeline.close()
+    body = json.loads(text)
+    assert isinstance(result, ErrorResult) and key == "odd" and body["error"]["code"] == "internal_error"
+    assert "decode" not in body["timings_ms"] and body["timings_ms"]["fetch"] == 0.5
+
+
+class UnreadyPool(BuiltPool):
+    """A decoder pool whose processes did not all start."""
+
+    def wait_ready(self):
+        raise RuntimeError("decoder process 1 did not start")
+
+
+def test_an_open_that_fails_closes_what_it_built(parts, monkeypatch):
+    # PyFlink never calls close() on an operator whose open() raised: the decoder processes started
+    # so far, the fetcher's pools and the Triton channels would stay until the worker process ends
+    pools = []
+
+    def unready_pool(workers, **limits):
+        pools.append(UnreadyPool(workers))
+        return pools[-1]
+    monkeypatch.setattr(pipeline_module, "DecoderPool", unready_pool)
+    store, _, classifier = parts
+    pipeline = AsyncImagePipeline(config(), fetcher=store, classifier=classifier)
+    with pytest.raises(RuntimeError, match="did not start"):
+        pipeline.open()
+    assert len(pools) == 1 and pools[0].closed and pipeline.decoder is None and not store.closed
