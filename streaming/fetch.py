@@ -35,6 +35,7 @@ import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator
 
 from streaming import deadline
@@ -159,8 +160,7 @@ class Fetcher:
             raise UriNotAllowed("file path is no longer inside file_root", stage="fetch")
         limit = self._config.max_object_bytes
         with _file_errors():
-            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
-            fd = os.open(ref.key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = open_beneath(root, ref.key)
             with os.fdopen(fd, "rb", buffering=0) as f:
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
@@ -171,6 +171,29 @@ class Fetcher:
                 if info.st_size > limit:
                     raise ObjectTooLarge(f"file is {info.st_size} bytes, limit {limit}")
                 return read_limited(f.read, limit, current), etag, False
+
+
+def open_beneath(root: str, path: str) -> int:
+    """A read-only fd of `path` (a real path inside the real `root`), opened one folder at a time
+    from `root` with no symlink followed: a folder of the path swapped for a symlink after the
+    check cannot lead outside `root` (ELOOP or ENOTDIR instead). O_NONBLOCK: opening a FIFO must
+    not wait for a writer (the caller refuses what is not a regular file)."""
+    real_root = os.path.realpath(root)
+    *folders, name = PurePosixPath(path).relative_to(real_root).parts
+    fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder in folders:
+            try:
+                inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except NotADirectoryError:  # a file, or a symlink (which O_DIRECTORY reports so)
+                if stat.S_ISLNK(os.stat(folder, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, "a folder of the path is a symlink") from None
+                raise
+            os.close(fd)
+            fd = inner
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def file_etag(info: os.stat_result) -> str:

@@ -97,6 +97,23 @@ def test_file_swapped_for_symlink_after_parse_is_refused(fetcher, config, root):
     assert caught.value.stage == "fetch"
 
 
+def test_a_folder_swapped_for_a_symlink_after_the_last_check_leads_nowhere(fetcher, config, root, monkeypatch):
+    """The window between the fetch's own check of the real path and its open: a folder of the path
+    replaced then by a symlink to a folder outside the root must not be followed."""
+    from streaming import fetch as fetch_module
+
+    (root / "album").mkdir()
+    (root / "album" / "outside.jpg").write_bytes(b"inside")
+    parsed = ref(config, "album/outside.jpg")
+    (root / "album" / "outside.jpg").unlink()
+    (root / "album").rmdir()
+    (root / "album").symlink_to(root.parent)  # root.parent holds outside.jpg, b"secret"
+    monkeypatch.setattr(fetch_module, "resolve_under", lambda path, _root: path)  # the check already passed
+    with pytest.raises(UriNotAllowed, match="symlink") as caught:
+        fetcher.fetch(parsed)
+    assert caught.value.stage == "fetch"
+
+
 def test_file_ref_outside_root_is_refused(fetcher, root):
     with pytest.raises(UriNotAllowed):
         fetcher.fetch(ObjectRef("file", "", str(root.parent / "outside.jpg")))
