@@ -76,6 +76,7 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+    from streaming.ops import kafka_io
     from streaming.ops.kafka_io import client_security, kafka_client
 
     for field in ("kafka_ssl_ca_file", "kafka_ssl_keystore_file"):  # read here as by the job's clients
@@ -99,6 +100,8 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
         existing = set(admin.list_topics())
         wanted = {"requests_topic": config.requests_topic, "results_topic": config.results_topic}
         missing = {field: topic for field, topic in wanted.items() if topic not in existing}
+        if "requests_topic" not in missing:
+            _check_requests_compression(admin, config)
         if not missing:
             return []
         if not create:
@@ -107,7 +110,9 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
                                      "(create it, or submit with --create-topics)")
         names = sorted(set(missing.values()))
         result = admin.create_topics({name: {"num_partitions": max(layout.topic_partitions, config.parallelism),
-                                             "replication_factor": -1}  # -1: the broker's default
+                                             "replication_factor": -1,  # -1: the broker's default
+                                             "topic_configs": kafka_io.REQUESTS_TOPIC_CONFIGS
+                                             if name == config.requests_topic else {}}
                                       for name in names}, timeout_ms=timeout_ms, raise_errors=False)
         for topic in result["topics"]:
             error = for_code(topic["error_code"])
@@ -122,6 +127,28 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
                           f"Kafka at {config.kafka_bootstrap} failed: {type(exc).__name__}") from None
     finally:
         admin.close()
+
+
+def _check_requests_compression(admin: Any, config: PipelineConfig) -> None:
+    """The requests topic stores batches uncompressed (`kafka_io.REQUESTS_TOPIC_CONFIGS`: why there).
+    Not checked when the topic's config is not shown (no DescribeConfigs permission)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, config.requests_topic,
+                                                       configs={"compression.type": None})], config_filter="all")
+        (entry,) = found.get("topic", {}).values()
+        compression = entry["compression.type"]["value"]
+    except (KafkaError, KeyError, TypeError, ValueError, AttributeError):  # not shown, or not as expected
+        return
+    if compression != "uncompressed":
+        raise ConfigError("requests_topic",
+                          f"topic {config.requests_topic!r} has compression.type={compression}: a compressed event "
+                          "can decompress to gigabytes in the job's Kafka consumer (OutOfMemoryError, then a "
+                          "restart for ever). Set compression.type=uncompressed on it (kafka-configs.sh --alter "
+                          "--entity-type topics --entity-name ... --add-config compression.type=uncompressed): "
+                          "the broker then refuses any batch over max.message.bytes uncompressed")
 
 
 def _check_transaction_timeout(admin: Any, config: PipelineConfig) -> None:

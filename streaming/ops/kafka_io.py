@@ -37,6 +37,13 @@ from streaming.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 Client = TypeVar("Client")
+# The requests topic keeps its batches uncompressed. Kafka bounds a batch by `max.message.bytes` as
+# it arrives, compressed, so a 1-MiB gzip or zstd batch can carry one event of up to 2 GB, which the
+# job's Kafka consumer (Java) must allocate whole: a 200-MB gzip event failed the TaskManager with
+# OutOfMemoryError, and its replay again, for ever. A topic that stores batches uncompressed makes
+# the broker decompress each one as it arrives and refuse it (MESSAGE_TOO_LARGE) when it is over
+# `max.message.bytes` uncompressed. `job submit` creates the topic so and refuses one that is not.
+REQUESTS_TOPIC_CONFIGS = {"compression.type": "uncompressed"}
 
 
 def kafka_client(kind: Callable[..., Client], *args: Any, **settings: Any) -> Client:

@@ -101,6 +101,9 @@ def server_properties(layout: StackLayout) -> dict[str, str]:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "message.max.bytes": str(MESSAGE_MAX_BYTES),
+        # every topic as the requests topic must be (kafka_io.REQUESTS_TOPIC_CONFIGS): batches kept
+        # uncompressed, so the broker refuses one over message.max.bytes once decompressed
+        **kafka_io.REQUESTS_TOPIC_CONFIGS,
         "replica.fetch.max.bytes": str(MESSAGE_MAX_BYTES),
         "socket.request.max.bytes": str(4 * MESSAGE_MAX_BYTES),
         "num.network.threads": "2",

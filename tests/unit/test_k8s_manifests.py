@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2
 
 from streaming import contract, infer
 from streaming.config import ENV_PREFIX, PipelineConfig
+from streaming.ops.kafka_io import REQUESTS_TOPIC_CONFIGS
 from streaming.stack.artifacts import read_lock
 from streaming.stack.layout import StackLayout
 from k8s_support import (  # noqa: F401 (build_repository, kustomize, objects, rendered: pytest fixtures)
@@ -182,6 +183,10 @@ def test_kafka_matches_the_job(objects):
         assert peer["podSelector"]["matchLabels"] == {"app": one(objects, "FlinkDeployment")["metadata"]["name"]}
     broker_config = kafka["spec"]["kafka"].get("config", {})
     assert int(broker_config.get("transaction.max.timeout.ms", 900_000)) >= config.transaction_timeout_ms
+    # the requests topic keeps batches uncompressed, as `job submit` requires (kafka_io.REQUESTS_TOPIC_CONFIGS)
+    requests_config = topics[config.requests_topic]["spec"].get("config", {})
+    for key, value in REQUESTS_TOPIC_CONFIGS.items():
+        assert requests_config.get(key, broker_config.get(key)) == value, (key, requests_config)
 
 
 def test_partitions_and_replicas_fit_the_job_and_brokers(objects):
