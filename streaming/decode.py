@@ -32,6 +32,11 @@ photos, and it stops at the first libjpeg warning instead of returning a half-gr
 Bounded before decoding, for every input (whichever path decodes it):
 
 * pixels: more than `max_pixels` declared is `ImageTooLarge`;
+* JPEG markers (every input that starts FF D8): more than `MAX_SEGMENTS` before the first scan,
+  more than `MAX_JPEG_EXTRANEOUS_BYTES` of junk or fill between them, more than
+  `MAX_JPEG_EXIF_SEGMENTS` Exif segments or `MAX_JPEG_TABLE_BYTES` of SOF and DQT segments is
+  `CorruptImage` (Pillow's header parser walks them in Python, a byte, a marker or a value at a
+  time, and joins the Exif segments one copy at a time);
 * JPEG scans (every input that starts FF D8, baseline or progressive; the marker walk in
   `jpeg_markers` skips what libjpeg skips): more than 500 scans, or more than
   `MAX_PIXEL_PASSES` x `max_pixels` pixels x scans, is `UnsupportedImage` (each scan is a pass
@@ -69,8 +74,8 @@ from PIL import Image, UnidentifiedImageError
 
 from streaming.contract import Resize, crop_box
 from streaming.errors import CorruptImage, ImageTooLarge, PipelineError, UnsupportedImage
-from streaming.jpeg_markers import JpegHeader, count_scans, jpeg_header
-from streaming.tiff_ifd import tiff_layout
+from streaming.jpeg_markers import MAX_SEGMENTS, JpegHeader, count_scans, jpeg_header
+from streaming.tiff_ifd import MAX_ENTRIES, tiff_layout
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +91,23 @@ MAX_JPEG_SCANS = 500  # libjpeg-turbo's own limit, applied to both paths
 # pixels x scans of one JPEG, at most this many full passes of a max_pixels image (a 12 MP
 # progressive photo has ~10 scans: 120 M; 500 empty scans of a 2048x2048 frame: 2.1 G, ~1.2 s)
 MAX_PIXEL_PASSES = 16
-# Bytes that are not markers between a JPEG's segments, before its first scan: a writer's slip
-# leaves a few; 32 MiB of them cost Pillow's byte-at-a-time header parser 4 s of CPU
+# Bytes that are not markers between a JPEG's segments (junk, FF fill), before its first scan: a
+# writer's slip leaves a few; 32 MiB of them cost Pillow's byte-at-a-time header parser 4-7 s of CPU
 MAX_JPEG_EXTRANEOUS_BYTES = 64 * 1024
+# Exif APP1 segments before the first scan: Pillow appends each to the first (one copy of the whole
+# so far per segment: 4 s of CPU for 200,000 tiny ones); a camera writes one
+MAX_JPEG_EXIF_SEGMENTS = 16
+# Bytes of SOF and DQT segments before the first scan: a photo has < 1 KiB of them; Pillow's parser
+# reads every value (a component per 3 bytes of SOF, however many the frame declares: 2.7 s for 32 MiB)
+MAX_JPEG_TABLE_BYTES = 64 * 1024
 MAX_TIFF_SAMPLES = 16  # per pixel; Pillow's TIFF modes have at most 5
 # A tile's side: at most the image's (rounded up to 16, as the format asks) or this, whichever is
 # larger (writers use 128-512 whatever the image: GDAL 256, libvips 128); libtiff allocates a tile
 MAX_TIFF_TILE_SIDE = 1024
+# Strips or tiles of one TIFF, at most (whatever the image's rows): Pillow builds an object per strip
+# and decodes each with a call of its own (4 s and 370 MiB for a 1x1,000,000 image in 1,000,000
+# strips, a 3.8 MiB file); a 64 MP photo in 256x256 tiles has ~1,000, with a strip per row 8,000
+MAX_TIFF_STRIPS = 1 << 16
 PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Copies of the full decoded image a Pillow plugin holds at once (its own buffers and the
 # image): libwebp's canvas and previous canvas, the frame bytes handed to Pillow, the image;
@@ -175,6 +190,14 @@ def _check_jpeg(data: bytes, max_pixels: int) -> tuple[JpegHeader, int]:
     header = jpeg_header(data)
     if header.extraneous > MAX_JPEG_EXTRANEOUS_BYTES:  # libjpeg warns of these; Pillow crawls through them
         raise CorruptImage(f"JPEG has {header.extraneous} bytes that are not markers before its first scan")
+    if header.segments > MAX_SEGMENTS:  # the walk stopped there; Pillow's parser would go on, in Python
+        raise CorruptImage(f"JPEG has more than {MAX_SEGMENTS} markers before its first scan")
+    if header.exif_segments > MAX_JPEG_EXIF_SEGMENTS:
+        raise CorruptImage(f"JPEG has {header.exif_segments} Exif segments; at most {MAX_JPEG_EXIF_SEGMENTS} "
+                           "are read")
+    if header.table_bytes > MAX_JPEG_TABLE_BYTES:
+        raise CorruptImage(f"JPEG has {header.table_bytes} bytes of frame and quantization-table segments "
+                           "before its first scan")
     scans = count_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise UnsupportedImage(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
@@ -364,12 +387,15 @@ def _check_webp_canvas(data: bytes, limits: _Limits) -> None:
 
 
 def _check_tiff(data: bytes, limits: _Limits) -> None:
-    """A TIFF's IFD0 (`tiff_ifd`) checked before Pillow opens it: `max_pixels`, at most one strip
-    per row (per sample), tiles no larger than `MAX_TIFF_TILE_SIDE` or the image (rounded up to
-    16) and no more of them than cover it."""
+    """A TIFF's IFD0 (`tiff_ifd`) checked before Pillow opens it: at most `MAX_ENTRIES` entries
+    (all read), `max_pixels`, at most one strip per row (per sample), tiles no larger than
+    `MAX_TIFF_TILE_SIDE` or the image (rounded up to 16) and no more of them than cover it, and
+    never more than `MAX_TIFF_STRIPS` strips or tiles."""
     layout = tiff_layout(data)
     if layout is None:
         return
+    if layout.entries > MAX_ENTRIES:  # the rest were not read: a strip bomb could hide there
+        raise CorruptImage(f"TIFF's first directory has {layout.entries} entries; at most {MAX_ENTRIES} are read")
     width, height, samples = layout.width, layout.height, max(1, layout.samples)
     _check_pixels(width, height, limits.max_pixels)
     if samples > MAX_TIFF_SAMPLES:
@@ -382,6 +408,7 @@ def _check_tiff(data: bytes, limits: _Limits) -> None:
         most = -(-width // tile_width) * -(-height // tile_length) * samples
     else:
         most = max(1, height) * samples
+    most = min(most, MAX_TIFF_STRIPS)
     if max(layout.strips, layout.tiles) > most:
         raise CorruptImage(f"TIFF declares {max(layout.strips, layout.tiles)} strips or tiles for a {width}x{height} "
                            f"image (at most {most})")

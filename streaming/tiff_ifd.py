@@ -32,11 +32,14 @@ class TiffLayout:
     tiles: int = 0  # TileOffsets entries
     tile_width: int = 0
     tile_length: int = 0
+    entries: int = 0  # IFD0's entry count, as declared (only the first MAX_ENTRIES are read)
 
 
 def tiff_layout(data: bytes) -> TiffLayout | None:
     """IFD0's layout fields, or None when `data` is not a TIFF. Never raises; what it cannot
-    read is left at its default (Pillow then judges the file)."""
+    read is left at its default (Pillow then judges the file). Of a field found twice, the first
+    (as Pillow takes it), but the strip and tile counts are the largest: Pillow skips an entry it
+    cannot read (a type it does not know, values past the end) and takes the next."""
     order = ORDERS.get(data[:4])
     if order is None:
         return None
@@ -47,19 +50,21 @@ def tiff_layout(data: bytes) -> TiffLayout | None:
         return int.from_bytes(data[at:at + width], order) if at + width <= len(data) else 0
 
     ifd = number(8, 8) if big else number(4, 4)
-    found: dict[str, int] = {}
-    for k in range(min(number(ifd, count_bytes), MAX_ENTRIES)):
+    entries = number(ifd, count_bytes)
+    found: dict[str, int] = {"entries": entries}
+    for k in range(min(entries, MAX_ENTRIES)):
         entry = ifd + count_bytes + entry_bytes * k
         if entry + entry_bytes > len(data):
             break
         name = _TAGS.get(number(entry, 2))
         width = _TYPE_BYTES.get(number(entry + 2, 2), 0)
         count = number(entry + 4, offset_bytes)
+        if name in ("strips", "tiles"):
+            found[name] = max(found.get(name, 0), count)
+            continue
         if name is None or name in found:
             continue
         value = entry + 4 + offset_bytes  # the value field: the values when they fit, else their offset
-        if name in ("strips", "tiles"):
-            found[name] = count
-        elif width in (1, 2, 4, 8) and count >= 1:  # the first value
+        if width in (1, 2, 4, 8) and count >= 1:  # the first value
             found[name] = number(value if width * count <= offset_bytes else number(value, offset_bytes), width)
     return TiffLayout(**found)

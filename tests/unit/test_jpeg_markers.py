@@ -201,3 +201,88 @@ def test_a_jpeg_made_of_extraneous_bytes_is_walked_at_c_speed_and_refused_before
     assert jpeg_header(data).extraneous == 32 << 20
     with pytest.raises(CorruptImage, match="not markers"):
         decode_to_tensor(data, max_pixels=10**6, jpeg_backend="pillow")
+
+
+def segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+EMPTY_APP0 = segment(0xE0, b"")
+
+
+@pytest.mark.parametrize("filler", [EMPTY_APP0, RST[0], TEM, b"\xff\x00"])
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_the_walk_stops_after_max_segments_and_the_file_is_refused(filler, backend):
+    """32 MiB of 4-byte segments (or RSTn, or stuffed zeros) took the walk 3-5 s and Pillow's parser
+    5-10 s more, a marker at a time: the walk stops at the limit, and the file is refused."""
+    from streaming.jpeg_markers import MAX_SEGMENTS
+
+    base = jpeg(64, 48)
+    data = base[:2] + filler * (20 * MAX_SEGMENTS) + base[2:]
+    header = jpeg_header(data)
+    assert header.segments == MAX_SEGMENTS + 1  # stopped there, not at the 81,920th
+    with pytest.raises(CorruptImage, match=f"more than {MAX_SEGMENTS} markers"):
+        decode_to_tensor(data, max_pixels=10**6, jpeg_backend=backend)
+
+
+def test_a_jpeg_just_under_the_marker_limit_decodes():
+    from streaming.jpeg_markers import MAX_SEGMENTS
+
+    base = jpeg(64, 48)
+    data = base[:2] + EMPTY_APP0 * (MAX_SEGMENTS - jpeg_header(base).segments) + base[2:]
+    assert jpeg_header(data).segments == MAX_SEGMENTS
+    for backend in ("turbojpeg", "pillow"):
+        assert decode_to_tensor(data, max_pixels=10**6, jpeg_backend=backend).tensor.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_fill_bytes_count_as_extraneous(backend):
+    """Pillow's parser steps over FF fill a byte at a time (6.6 s for 32 MiB); libjpeg does not mind."""
+    base = jpeg(64, 48)
+    data = base[:2] + FILL * 70_000 + base[2:]
+    assert jpeg_header(data).extraneous == 70_000
+    with pytest.raises(CorruptImage, match="not markers"):
+        decode_to_tensor(data, max_pixels=10**6, jpeg_backend=backend)
+
+
+def exif_app1(entries: bytes = b"", count: int = 0) -> bytes:
+    import struct
+    return segment(0xE1, b"Exif\x00\x00" + b"II" + struct.pack("<HIH", 42, 8, count) + entries + b"\0\0\0\0")
+
+
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_many_exif_segments_are_refused(backend):
+    """Pillow appends every Exif APP1 to the first, copying all of it each time: quadratic."""
+    from streaming.decode import MAX_JPEG_EXIF_SEGMENTS
+
+    base = jpeg(64, 48)
+    data = base[:2] + exif_app1() * (MAX_JPEG_EXIF_SEGMENTS + 1) + base[2:]
+    assert jpeg_header(data).exif_segments == MAX_JPEG_EXIF_SEGMENTS + 1
+    with pytest.raises(CorruptImage, match="Exif segments"):
+        decode_to_tensor(data, max_pixels=10**6, jpeg_backend=backend)
+    allowed = base[:2] + exif_app1() * MAX_JPEG_EXIF_SEGMENTS + base[2:]
+    assert decode_to_tensor(allowed, max_pixels=10**6, jpeg_backend=backend).tensor.shape == (224, 224, 3)
+
+
+def test_the_orientation_is_read_from_the_first_exif_segment_as_pillow_reads_it():
+    import struct
+
+    from streaming.decode import _pillow_orientation
+
+    rotated = exif_app1(struct.pack("<HHI", 0x0112, 3, 1) + (6).to_bytes(4, "little"), 1)
+    data = b"\xff\xd8" + exif_app1() + rotated + jpeg(64, 48)[2:]
+    with Image.open(BytesIO(data)) as image:
+        assert jpeg_header(data).orientation == _pillow_orientation(image) == 1
+
+
+@pytest.mark.parametrize("marker, body", [
+    (0xC0, bytes([8, 0, 48, 0, 64, 3]) + bytes([1, 0x11, 0]) * 21_000),  # a frame of 21,000 components
+    (0xDB, (b"\x00" + bytes(range(1, 65))) * 1_000)])  # 1,000 quantization tables
+@pytest.mark.parametrize("backend", ["turbojpeg", "pillow"])
+def test_large_frame_and_table_segments_are_refused(marker, body, backend):
+    """Pillow's parser reads them a value at a time (0.5 s for 100 SOF segments of 64 KiB)."""
+    base = jpeg(64, 48)
+    data = base[:2] + segment(marker, body) * 2 + base[2:]
+    assert jpeg_header(data).table_bytes > 120_000
+    with pytest.raises(CorruptImage, match="quantization-table"):
+        decode_to_tensor(data, max_pixels=10**6, jpeg_backend=backend)
