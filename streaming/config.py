@@ -33,7 +33,7 @@ TOOL_ENV_VARIABLES = ("IMGSTREAM_SAMPLES_DIR",  # tests/unit/test_model_export.p
 # (`_s` fields 86,400, `_ms` fields 86,400,000): beyond that, timers overflow or never fire.
 POSITIVE_FIELDS = frozenset({
     "max_event_bytes", "max_uri_chars", "max_object_bytes", "max_pixels", "max_decode_ms", "max_decode_bytes",
-    "fetch_timeout_s", "fetch_concurrency", "infer_timeout_s", "max_batch_size",
+    "fetch_timeout_s", "fetch_concurrency", "fetch_buffer_bytes", "infer_timeout_s", "max_batch_size",
     "infer_concurrency", "request_timeout_s", "max_in_flight", "parallelism", "checkpoint_interval_ms",
     "bundle_size", "bundle_time_ms", "transaction_timeout_ms"})
 MAX_SECONDS = 86_400
@@ -112,6 +112,9 @@ class PipelineConfig:
     fetch_timeout_s: float = 10.0
     fetch_retries: int = 3  # after the first attempt
     fetch_concurrency: int = 16  # requests fetched at once per operator (I/O: may exceed the cores)
+    # objects' bytes the fetch threads of one operator hold at once, read and not yet decoded
+    # (streaming/budget.py); at least 2 x max_object_bytes
+    fetch_buffer_bytes: int = 256 * 1024 * 1024
     decode_concurrency: int = 0  # of those, decoded at once (CPU); 0: the cores this process may use
     cache_bytes: int = 0  # decoded-image LRU cache in bytes (for workloads where images return); 0: off
     # Model / Triton
@@ -189,6 +192,10 @@ class PipelineConfig:
             raise ConfigError("kafka_ssl_ca_file" if self.kafka_ssl_ca_file else "kafka_ssl_keystore_file",
                               "kafka_ssl_* files need kafka_security_protocol SSL or SASL_SSL")
         _check_half_set(self)
+        if self.fetch_buffer_bytes < 2 * self.max_object_bytes:
+            raise ConfigError("fetch_buffer_bytes", f"must be at least 2 x max_object_bytes ({2 * self.max_object_bytes}): "
+                                                    "a body read in pieces is held twice while they are joined, "
+                                                    f"got {self.fetch_buffer_bytes}")
         if self.max_uri_chars > MAX_URI_CHARS:
             raise ConfigError("max_uri_chars", f"must be at most {MAX_URI_CHARS} (results never carry a longer URI), "
                                                f"got {self.max_uri_chars}")

@@ -41,6 +41,7 @@ class Attempt:
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.expired = False  # the watchdog shut this attempt's sockets down
+        self.paid = 0  # bytes of the object read, paid for from the fetch budget (`streaming.budget`)
         self._done = False
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []

@@ -39,6 +39,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator
 
 from streaming import deadline
+from streaming.budget import ByteBudget
 from streaming.config import PipelineConfig
 from streaming.deadline import Attempt, Transient
 from streaming.errors import AccessDenied, FetchFailed, ObjectNotFound, ObjectTooLarge, PipelineError, UriNotAllowed
@@ -81,7 +82,7 @@ class Fetcher:
         self._init_runtime()
 
     def _init_runtime(self) -> None:
-        self._transport = Transport(self._config.fetch_concurrency)
+        self._transport = Transport(self._config.fetch_concurrency, ByteBudget(self._config.fetch_buffer_bytes))
         self._s3 = S3Getter(self._config, self._transport)
         self._http = HttpGetter(self._config, self._transport, self._resolver)
 
@@ -117,18 +118,37 @@ class Fetcher:
 
     # -- fetching ----------------------------------------------------------------------
     def fetch(self, ref: ObjectRef, *, if_none_match: str | None = None) -> FetchedObject:
-        """Fetch one object. Raises a `PipelineError` subclass; nothing else on purpose.
+        """Fetch one object (tools: its bytes leave the fetch budget on return). Raises a
+        `PipelineError` subclass; nothing else on purpose.
 
         With `if_none_match` (an ETag from an earlier fetch), an object that still has that
         ETag is not transferred: the result has `not_modified=True` and empty `data`.
         """
+        with self.fetching(ref, if_none_match=if_none_match) as fetched:
+            return fetched
+
+    @contextmanager
+    def fetching(self, ref: ObjectRef, *, if_none_match: str | None = None) -> Iterator[FetchedObject]:
+        """As `fetch`, the object's bytes counted in the fetch budget (`streaming.budget`,
+        `fetch_buffer_bytes`) until the block ends: the job's requests hold them so until decoded."""
+        fetched = self._fetch(ref, if_none_match)
+        try:
+            yield fetched
+        finally:
+            self._transport.budget.give(len(fetched.data))
+
+    def _fetch(self, ref: ObjectRef, if_none_match: str | None) -> FetchedObject:
         once = self._one_attempt(ref)
         start = time.perf_counter()
         attempts = self._config.fetch_retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 with deadline.attempt(self._config.fetch_timeout_s) as current:
-                    data, etag, not_modified = once(ref, if_none_match, current)
+                    try:
+                        data, etag, not_modified = once(ref, if_none_match, current)
+                    except BaseException:
+                        self._transport.budget.give(current.paid)  # read, then failed: none of it is kept
+                        raise
                 return FetchedObject(ref.uri, data, etag, _ms_since(start), attempt, not_modified)
             except Transient as exc:
                 message = redact(exc.message, self._config)
@@ -170,7 +190,12 @@ class Fetcher:
                     return b"", etag, True
                 if info.st_size > limit:
                     raise ObjectTooLarge(f"file is {info.st_size} bytes, limit {limit}")
-                return read_limited(f.read, limit, current), etag, False
+                try:  # paid for as twice its size: the pieces and their join
+                    data = self._transport.budget.read(lambda: read_limited(f.read, info.st_size, current),
+                                                       2 * info.st_size, current)
+                except ObjectTooLarge:
+                    raise Transient("the file grew while it was read") from None
+                return data, etag, False
 
 
 def open_beneath(root: str, path: str) -> int:

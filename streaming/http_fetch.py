@@ -100,7 +100,7 @@ class HttpGetter:
             raise Transient(f"HTTP {status} from {where}")
         if status != 200:
             raise FetchFailed(f"HTTP {status} from {where}")
-        data = read_body(response, self._config.max_object_bytes, attempt)
+        data = read_body(response, self._config.max_object_bytes, attempt, self._transport.budget)
         etag = response.headers.get("ETag")
         if etag and not etag.startswith("W/"):
             etag = etag.strip('"')

@@ -58,9 +58,10 @@ class PreparedImage:
 
 
 class Fetch(Protocol):
-    """What the stage needs of a fetcher (`streaming.fetch.Fetcher`, or a test's stand-in)."""
+    """What the stage needs of a fetcher (`streaming.fetch.Fetcher`, or a test's stand-in): the
+    object, its bytes held (counted in the fetch budget) until the block ends."""
 
-    def fetch(self, ref: ObjectRef, *, if_none_match: str | None = None) -> FetchedObject: ...
+    def fetching(self, ref: ObjectRef, *, if_none_match: str | None = None) -> ContextManager[FetchedObject]: ...
 
 
 class Decoder(Protocol):
@@ -124,23 +125,22 @@ def _fetch_decode(fetcher: Fetch, ref: ObjectRef, resize: Resize, max_pixels: in
                   cache: DecodedImageCache | None, decoder: Decoder | None) -> PreparedImage:
     stage = _Decode(decoder or InProcessDecoder(), resize, max_pixels)
     if cache is None or not cache.enabled:
-        fetched = fetcher.fetch(ref)
-        return stage(fetched, fetched.fetch_ms, None)
+        with fetcher.fetching(ref) as fetched:
+            return stage(fetched, fetched.fetch_ms, None)
     known = cache.etag_for(ref.uri, resize)
-    fetched = fetcher.fetch(ref, if_none_match=known)
-    fetch_ms = fetched.fetch_ms
-    if fetched.not_modified:
-        image = cache.get(CacheKey(ref.uri, known, resize))
-        if image is not None:
-            return PreparedImage(image.tensor, known, fetch_ms, cache_hit=True)
-        fetched = fetcher.fetch(ref)  # evicted in between: fetch it whole after all
-        fetch_ms += fetched.fetch_ms
-        return stage(fetched, fetch_ms, cache)
-    key = CacheKey.of(fetched, resize)
-    image = cache.get(key) if key is not None else None
+    with fetcher.fetching(ref, if_none_match=known) as fetched:
+        fetch_ms = fetched.fetch_ms
+        if not fetched.not_modified:
+            key = CacheKey.of(fetched, resize)
+            image = cache.get(key) if key is not None else None
+            if image is not None:
+                return PreparedImage(image.tensor, fetched.etag, fetch_ms, cache_hit=True)
+            return stage(fetched, fetch_ms, cache)
+    image = cache.get(CacheKey(ref.uri, known, resize))
     if image is not None:
-        return PreparedImage(image.tensor, fetched.etag, fetch_ms, cache_hit=True)
-    return stage(fetched, fetch_ms, cache)
+        return PreparedImage(image.tensor, known, fetch_ms, cache_hit=True)
+    with fetcher.fetching(ref) as fetched:  # evicted in between: fetch it whole after all
+        return stage(fetched, fetch_ms + fetched.fetch_ms, cache)
 
 
 @dataclass(frozen=True)

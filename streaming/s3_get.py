@@ -95,7 +95,7 @@ class S3Getter:
             response = self._transport.get(pool, target, headers, attempt)
             try:
                 if response.status == 200:
-                    data = read_body(response, self._config.max_object_bytes, attempt)
+                    data = read_body(response, self._config.max_object_bytes, attempt, self._transport.budget)
                     etag = response.headers.get("ETag")
                     return data, etag.strip('"') if etag else None, False
                 if response.status == 304 and if_none_match:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from streaming import deadline
+from streaming.budget import ByteBudget
 from streaming.deadline import Attempt, Transient
 from streaming.errors import FetchFailed, ObjectTooLarge, PipelineError
 
@@ -340,10 +341,12 @@ class Response:
 
 
 class Transport:
-    """Connection pools, built lazily; safe to share between threads."""
+    """Connection pools, built lazily, and the budget the bodies read over them are paid from;
+    safe to share between threads."""
 
-    def __init__(self, max_connections: int):
+    def __init__(self, max_connections: int, budget: ByteBudget):
         self._max = max_connections
+        self.budget = budget
         self._lock = threading.Lock()
         self._pools: collections.OrderedDict[tuple, Pool] = collections.OrderedDict()
 
@@ -384,19 +387,26 @@ class Transport:
             raise
 
 
-def read_body(response: Response, limit: int, attempt: Attempt) -> bytes:
-    """The whole body, refused as soon as it is over `limit` (Content-Length checked first)."""
+def read_body(response: Response, limit: int, attempt: Attempt, budget: ByteBudget) -> bytes:
+    """The whole body, refused as soon as it is over `limit` (Content-Length checked first), paid
+    for from `budget` before it is read: its length when read in one call, twice that (the pieces
+    and their join) or twice `limit` (no length given) when read in pieces."""
     length = response.length  # not read yet: the Content-Length `begin` already checked
     if length is not None and length > limit:
         raise ObjectTooLarge(f"object is {length} bytes, limit {limit}")
-    if length is not None and length <= WHOLE_READ_BYTES:
-        data = response.read(length)  # one read into one buffer (the deadline's watchdog bounds it)
-        attempt.remaining_s()
-    else:
-        data = read_limited(response.read1, limit, attempt)
-    if length is not None and len(data) != length:
-        raise Transient(f"body cut short: {len(data)} of {length} bytes")
-    return data
+
+    def read() -> bytes:
+        if length is not None and length <= WHOLE_READ_BYTES:
+            data = response.read(length)  # one read into one buffer (the deadline's watchdog bounds it)
+            attempt.remaining_s()
+        else:
+            data = read_limited(response.read1, limit, attempt)
+        if length is not None and len(data) != length:
+            raise Transient(f"body cut short: {len(data)} of {length} bytes")
+        return data
+
+    whole = length is not None and length <= WHOLE_READ_BYTES
+    return budget.read(read, length if whole else 2 * (limit if length is None else length), attempt)
 
 
 def read_limited(read: Callable[[int], bytes], limit: int, attempt: Attempt, *, truncate: bool = False) -> bytes:

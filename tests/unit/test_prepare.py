@@ -2,6 +2,7 @@
 objects without ETag), on the decode slots; on file:// objects."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -150,6 +151,10 @@ class NoEtagStore:
 
     def __init__(self, data: bytes):
         self.data, self.fetches = data, 0
+
+    @contextlib.contextmanager
+    def fetching(self, ref, *, if_none_match=None):  # the Fetch protocol: nothing to hold for a stand-in
+        yield self.fetch(ref, if_none_match=if_none_match)
 
     def fetch(self, ref, *, if_none_match=None):
         self.fetches += 1

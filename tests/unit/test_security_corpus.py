@@ -5,6 +5,7 @@ the job runs (its async path, cache and micro-batcher); only the Triton call is 
 manifest outcome (the integration test does the same through Kafka, Flink and S3)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -31,6 +32,10 @@ class CorpusFetcher:
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
+
+    @contextlib.contextmanager
+    def fetching(self, ref, *, if_none_match=None):  # the Fetch protocol: nothing to hold for a stand-in
+        yield self.fetch(ref, if_none_match=if_none_match)
 
     def fetch(self, ref, *, if_none_match=None):
         name = ref.key.removeprefix(PREFIX)

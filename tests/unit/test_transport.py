@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming.budget import ByteBudget
 from streaming.config import PipelineConfig
 from streaming.errors import FetchFailed, ObjectNotFound
 from streaming.fetch import Fetcher
@@ -264,7 +265,7 @@ def test_a_pooled_connection_the_server_closed_meanwhile_is_replaced_not_failed(
 
 
 def test_pools_are_bounded_the_least_recently_used_closed():
-    transport = Transport(4)
+    transport = Transport(4, ByteBudget(1 << 20))
     first = transport.pool("http", "10.0.0.1", 80)
     others = []
     for i in range(MAX_POOLS):
