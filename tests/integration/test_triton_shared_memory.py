@@ -1,12 +1,15 @@
 """Batches through Triton's system shared memory, against the real Triton: the same outputs as
 over plain gRPC, regions registered again when Triton forgets them, removed at close, and the
-regions of a process that died removed by the next one."""
+regions of a process that died removed by the next one, and a client closed while an infer thread
+is in its call (the job stops with a batch in flight): the call fails as a closed client's, and its
+region is unregistered from Triton when the call lets it go (not left mapped there for good)."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -15,6 +18,7 @@ import tritonclient.grpc as grpcclient
 
 from streaming import triton_shm
 from streaming.contract import lite_contract
+from streaming.errors import InferenceFailed
 from streaming.infer import TritonClassifier
 from streaming.stack.job_config import stack_config
 
@@ -137,3 +141,38 @@ def test_the_regions_of_a_process_that_died_are_removed_by_the_next_one(config, 
     finally:
         survivor.close()
 
+
+def test_close_during_a_call_unregisters_its_region_once_let_go(layout, admin):
+    config = dataclasses.replace(stack_config(layout), triton_shared_memory=True, infer_retry_window_s=2.0)
+    before = ours(admin)
+    classifier = TritonClassifier(config)
+    classifier.open()
+    calling, release = threading.Event(), threading.Event()
+    model_infer = classifier._model_infer
+
+    def held(*args, **kwargs):  # the call, paused while close() runs
+        calling.set()
+        release.wait(10)
+        return model_infer(*args, **kwargs)
+
+    classifier._model_infer = held
+    outcome = []
+
+    def infer() -> None:
+        try:
+            outcome.append(classifier.infer(np.zeros((2, 224, 224, 3), np.uint8), lite_contract(224)))
+        except Exception as exc:  # noqa: BLE001 - what the infer thread got
+            outcome.append(exc)
+
+    thread = threading.Thread(target=infer)
+    thread.start()
+    try:
+        assert calling.wait(30)
+        classifier.close()
+        held = ours(admin) - before
+        assert len(held) == 1  # still the call's
+    finally:
+        release.set()
+        thread.join(30)
+    assert not held & ours(admin)  # unregistered as the call let it go
+    assert isinstance(outcome[0], InferenceFailed) and "closed" in outcome[0].message
