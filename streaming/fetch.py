@@ -16,6 +16,8 @@ config's limits: one retry loop and one deadline per attempt for every scheme.
   object, refused credentials, a bad request, a malformed response, a size limit.
 * Size: `max_object_bytes` is checked against Content-Length / the file size before reading,
   and again while reading, so a lying or missing length never lets more through.
+* Memory: a body is paid for from the fetch budget (`streaming.budget`, `fetch_buffer_bytes`)
+  before it is read, and held there until the `fetching` block that asked for it ends.
 * ETag kept (quotes stripped). For file:// the ETag is the one web servers give static files,
   "<size hex>-<mtime ns hex>". `if_none_match=` makes a conditional fetch: when the object
   still has that ETag nothing is transferred and `FetchedObject.not_modified` is True (the
