@@ -222,6 +222,27 @@ def jpeg_extraneous(jpeg: bytes, junk: int = 70_000) -> bytes:
     return jpeg[:end] + b"\x17" * junk + jpeg[end:]
 
 
+def jpeg_many_markers(jpeg: bytes, markers: int = 5000) -> bytes:
+    """`markers` empty APP0 segments (4 bytes each) after SOI: every parser walks them one by one
+    (Pillow's in Python: 5-10 s for 32 MiB of them); the decoder refuses more than 4,096."""
+    return jpeg[:2] + b"\xff\xe0\x00\x02" * markers + jpeg[2:]
+
+
+def jpeg_exif_segments(jpeg: bytes, segments: int = 17) -> bytes:
+    """`segments` Exif APP1 segments, each an empty IFD0: Pillow joins them one copy at a time
+    (quadratic); a camera writes one, and the decoder refuses more than 16."""
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00\x00\x00"
+    return jpeg[:2] + (b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif) * segments + jpeg[2:]
+
+
+def tiff_entries_bomb(filler: int = 1100, strips: int = 5000) -> bytes:
+    """A strip bomb (`tiff_strip_bomb`) whose StripOffsets come after `filler` entries of an
+    unknown tag: a reader of the first 1,024 entries would not see them; the decoder refuses a
+    directory of more than 1,024 entries."""
+    return tiff_by_hand(64, 64, 1, [(1, 3, [0])] * filler + [(273, 4, [8] * strips), (278, 4, [1]),
+                                                           (279, 4, [1] * strips)], b"\0" * 16)
+
+
 def polyglot_jpeg_zip() -> bytes:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -288,6 +309,9 @@ def build() -> dict[str, bytes]:
         "tiff-jpeg.tiff": save(pic, "TIFF", compression="jpeg"),
         "scan-bomb-in-tiff-2000-scans.tiff": tiff_jpeg_scan_bomb(),
         "jpeg-70000-extraneous-bytes.jpg": jpeg_extraneous(baseline),
+        "jpeg-5000-empty-app0.jpg": jpeg_many_markers(baseline),
+        "jpeg-17-exif-segments.jpg": jpeg_exif_segments(baseline),
+        "bomb-tiff-strips-after-1100-entries.tiff": tiff_entries_bomb(),
         "scan-bomb-2000-scans.jpg": scan_bomb(2000),
         "scan-bomb-2000-scans-rst0.jpg": rst0_after_soi(scan_bomb(2000)),
         "bomb-webp-anim-8000x8000.webp": webp_canvas_bomb(),
