@@ -27,8 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import logging
+import math
 import mmap
 import os
 import queue

@@ -394,9 +394,10 @@ def read_body(response: Response, limit: int, attempt: Attempt, budget: ByteBudg
     length = response.length  # not read yet: the Content-Length `begin` already checked
     if length is not None and length > limit:
         raise ObjectTooLarge(f"object is {length} bytes, limit {limit}")
+    whole = length is not None and length <= WHOLE_READ_BYTES
 
     def read() -> bytes:
-        if length is not None and length <= WHOLE_READ_BYTES:
+        if whole:
             data = response.read(length)  # one read into one buffer (the deadline's watchdog bounds it)
             attempt.remaining_s()
         else:
@@ -405,7 +406,6 @@ def read_body(response: Response, limit: int, attempt: Attempt, budget: ByteBudg
             raise Transient(f"body cut short: {len(data)} of {length} bytes")
         return data
 
-    whole = length is not None and length <= WHOLE_READ_BYTES
     return budget.read(read, length if whole else 2 * (limit if length is None else length), attempt)
 
 

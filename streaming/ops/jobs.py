@@ -76,8 +76,7 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-    from streaming.ops import kafka_io
-    from streaming.ops.kafka_io import client_security, kafka_client
+    from streaming.ops.kafka_io import REQUESTS_TOPIC_CONFIGS, client_security, kafka_client
 
     for field in ("kafka_ssl_ca_file", "kafka_ssl_keystore_file"):  # read here as by the job's clients
         path = getattr(config, field)
@@ -111,7 +110,7 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
         names = sorted(set(missing.values()))
         result = admin.create_topics({name: {"num_partitions": max(layout.topic_partitions, config.parallelism),
                                              "replication_factor": -1,  # -1: the broker's default
-                                             "topic_configs": kafka_io.REQUESTS_TOPIC_CONFIGS
+                                             "topic_configs": REQUESTS_TOPIC_CONFIGS
                                              if name == config.requests_topic else {}}
                                       for name in names}, timeout_ms=timeout_ms, raise_errors=False)
         for topic in result["topics"]:
@@ -132,45 +131,47 @@ def _check_kafka(layout: StackLayout, config: PipelineConfig, create: bool) -> l
 def _check_requests_compression(admin: Any, config: PipelineConfig) -> None:
     """The requests topic stores batches uncompressed (`kafka_io.REQUESTS_TOPIC_CONFIGS`: why there).
     Not checked when the topic's config is not shown (no DescribeConfigs permission)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-    from kafka.errors import KafkaError
-
-    try:
-        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, config.requests_topic,
-                                                       configs={"compression.type": None})], config_filter="all")
-        (entry,) = found.get("topic", {}).values()
-        compression = entry["compression.type"]["value"]
-    except (KafkaError, KeyError, TypeError, ValueError, AttributeError):  # not shown, or not as expected
-        return
-    if compression != "uncompressed":
-        raise ConfigError("requests_topic",
-                          f"topic {config.requests_topic!r} has compression.type={compression}: a compressed event "
-                          "can decompress to gigabytes in the job's Kafka consumer (OutOfMemoryError, then a "
-                          "restart for ever). Set compression.type=uncompressed on it (kafka-configs.sh --alter "
-                          "--entity-type topics --entity-name ... --add-config compression.type=uncompressed): "
-                          "the broker then refuses any batch over max.message.bytes uncompressed")
+    for compression in _shown_config(admin, "topic", [config.requests_topic], "compression.type"):
+        if compression != "uncompressed":
+            raise ConfigError("requests_topic",
+                              f"topic {config.requests_topic!r} has compression.type={compression}: a compressed "
+                              "event can decompress to gigabytes in the job's Kafka consumer (OutOfMemoryError, "
+                              "then a restart for ever). Set compression.type=uncompressed on it (kafka-configs.sh "
+                              "--alter --entity-type topics --entity-name ... --add-config "
+                              "compression.type=uncompressed): the broker then refuses any batch over "
+                              "max.message.bytes uncompressed")
 
 
 def _check_transaction_timeout(admin: Any, config: PipelineConfig) -> None:
     """The sink's transactions last up to `transaction_timeout_ms`; a broker refuses a producer that
     asks for more than its `transaction.max.timeout.ms` (the job would fail and restart for ever).
     Not checked when the brokers do not show their configs (no DescribeConfigs permission)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError
 
     try:
         brokers = [str(b["broker_id"]) for b in admin.describe_cluster()["brokers"]]
-        found = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, broker,
-                                                       configs={"transaction.max.timeout.ms": None})
-                                        for broker in brokers], config_filter="all")
-        limits = [int(entry["transaction.max.timeout.ms"]["value"]) for entry in found.get("broker", {}).values()
-                  if "transaction.max.timeout.ms" in entry]
-    except (KafkaError, KeyError, TypeError, ValueError, AttributeError):  # not shown, or not as expected
+    except (KafkaError, KeyError, TypeError):  # not shown, or not as expected
         return
+    limits = [int(value) for value in _shown_config(admin, "broker", brokers, "transaction.max.timeout.ms")
+              if value.isdigit()]
     if limits and config.transaction_timeout_ms > min(limits):
         raise ConfigError("transaction_timeout_ms", f"is {config.transaction_timeout_ms}, above the brokers' "
                                                     f"transaction.max.timeout.ms ({min(limits)}): Kafka would refuse "
                                                     "the job's transactions")
+
+
+def _shown_config(admin: Any, kind: str, names: list[str], key: str) -> list[str]:
+    """`key`'s value in the config of each `kind` resource ("broker" or "topic") of `names`, as
+    Kafka shows it: none when it does not (no DescribeConfigs permission) or not as expected."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType[kind.upper()], name, configs={key: None})
+                                        for name in names], config_filter="all")
+        return [str(entry[key]["value"]) for entry in found.get(kind, {}).values() if key in entry]
+    except (KafkaError, KeyError, TypeError, ValueError, AttributeError):
+        return []
 
 
 def job_environment(config: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:
